@@ -1,0 +1,211 @@
+"""The `phiforge` command line: a thin typer app, one subcommand per stage, each calling a library function.
+
+Bad input (missing files, bad config fields, over-long prompts) ends with one line on stderr and exit
+code 1; `phiforge --debug ...` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="phiforge: raw corpus -> textbook-quality data -> Phi model -> eval -> quantized model you can chat with.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    _state["debug"] = debug
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return ""
+
+
+@app.command()
+def info(
+    preset: str = typer.Option(None, help="A preset name (see `phiforge info --list`)."),
+    model: Path = typer.Option(None, help="A model directory in Hugging Face layout."),
+    group_size: int = typer.Option(128, help="Quantization group size for the int8/int4 estimates."),
+    list_presets: bool = typer.Option(False, "--list", help="List the presets and exit."),
+):
+    """Parameters and weight memory at fp32/bf16/int8/int4, built on the meta device (nothing allocated)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .model import PRESETS, build, get_preset, load_config, memory_table
+
+    console = Console()
+    if list_presets or (preset is None and model is None):
+        table = Table("preset", "arch", "layers", "hidden", "heads/kv", "vocab", "context", "params")
+        for name, c in PRESETS.items():
+            table.add_row(
+                name,
+                c.arch,
+                str(c.num_hidden_layers),
+                str(c.hidden_size),
+                f"{c.num_attention_heads}/{c.num_key_value_heads}",
+                str(c.vocab_size),
+                str(c.max_position_embeddings),
+                f"{c.num_params() / 1e6:,.1f}M",
+            )
+        console.print(table)
+        return
+    cfg = load_config(model) if model else get_preset(preset)
+    n = build(cfg, device="meta").num_params()
+    table = Table(title=f"{model or preset} ({cfg.arch}): {n:,} parameters", show_header=True)
+    table.add_column("precision")
+    table.add_column("weights", justify="right")
+    for k, v in memory_table(cfg, group_size).items():
+        table.add_row(k if "int" not in k else f"{k} (g{group_size}, weight-only)", _fmt_bytes(v))
+    console.print(table)
+    console.print(
+        f"layers {cfg.num_hidden_layers}, hidden {cfg.hidden_size}, intermediate {cfg.intermediate_size}, "
+        f"heads {cfg.num_attention_heads}/{cfg.num_key_value_heads} kv, head_dim {cfg.head_dim}, "
+        f"rotary dim {cfg.rotary_dim}, vocab {cfg.vocab_size}, context {cfg.max_position_embeddings}"
+        + (f" (longrope from {cfg.original_max_position_embeddings})" if cfg.rope_scaling else "")
+    )
+
+
+def _params(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
+    from .infer.sampling import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        stop=list(stop or []),
+    )
+
+
+_MODEL = typer.Option(
+    ..., "--model", "-m", help="Model directory (Hugging Face layout, with tokenizer.json)."
+)
+_MAXNEW = typer.Option(256, help="Maximum number of new tokens.")
+_TEMP = typer.Option(0.0, help="Sampling temperature; 0 = greedy.")
+_TOPK = typer.Option(0, help="Keep the k most likely tokens (0 = off).")
+_TOPP = typer.Option(1.0, help="Nucleus sampling mass (1 = off).")
+_REP = typer.Option(1.0, help="Repetition penalty (1 = off; 1.1-1.3 typical).")
+_SEED = typer.Option(None, help="Random seed for sampling (same seed, same output).")
+_STOP = typer.Option(None, help="Stop string (repeatable).")
+
+
+@app.command()
+def generate(
+    model: Path = _MODEL,
+    prompt: str = typer.Option(
+        ..., "--prompt", "-p", help="Prompt text (plain completion, no chat template)."
+    ),
+    max_new_tokens: int = _MAXNEW,
+    temperature: float = _TEMP,
+    top_k: int = _TOPK,
+    top_p: float = _TOPP,
+    repetition_penalty: float = _REP,
+    seed: int = _SEED,
+    stop: list[str] = _STOP,
+):
+    """Complete a prompt, streaming tokens to stdout; speed goes to stderr."""
+    from .infer.engine import Engine
+
+    params = _params(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    engine = Engine.load(model)
+    sys.stdout.write(prompt)
+    res = engine.complete(prompt, params, on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+    sys.stdout.write("\n")
+    print(
+        f"[{len(res.tokens)} tokens, prefill {res.prompt_tokens / max(res.prefill_s, 1e-9):.0f} tok/s, "
+        f"decode {res.decode_tps:.1f} tok/s, finish: {res.finish_reason}]",
+        file=sys.stderr,
+    )
+
+
+@app.command()
+def chat(
+    model: Path = _MODEL,
+    system: str = typer.Option(None, help="System message."),
+    max_new_tokens: int = _MAXNEW,
+    temperature: float = typer.Option(0.7, help="Sampling temperature; 0 = greedy."),
+    top_k: int = _TOPK,
+    top_p: float = typer.Option(0.95, help="Nucleus sampling mass (1 = off)."),
+    repetition_penalty: float = _REP,
+    seed: int = _SEED,
+):
+    """Interactive multi-turn chat through the Phi-3 chat template. /reset clears, /exit quits."""
+    from .infer.engine import Engine
+
+    params = _params(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None)
+    engine = Engine.load(model)
+    base = [{"role": "system", "content": system}] if system else []
+    messages = list(base)
+    print("phiforge chat: /reset to start over, /exit to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip() == "/reset":
+            messages = list(base)
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        res = engine.chat(messages, params, on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+        messages.append({"role": "assistant", "content": res.text})
+        print()
+        print(f"[{len(res.tokens)} tokens, {res.decode_tps:.1f} tok/s]", file=sys.stderr)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory."),
+    seconds: float = typer.Option(60.0, help="Training time budget in seconds."),
+    preset: str = typer.Option("tiny", help="Model preset (Phi-3 architecture)."),
+):
+    """Tokenizer + tiny Phi-3 model trained on local Python source for a minute, then a completion."""
+    from .demo import run
+
+    run(out, seconds, preset)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 — every failure becomes one line unless --debug
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if _state["debug"]:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""One config dataclass for the whole Phi family, and named presets.
+
+`arch` picks the block: "phi3" (Phi-3/3.5/4: RMSNorm, fused qkv, SwiGLU, GQA, longrope) or
+"phi" (phi-1/1.5/2: LayerNorm, parallel attention+MLP, gelu, biases everywhere, partial rotary).
+Field names follow the Hugging Face config.json so hf.py maps them 1:1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "phi3"  # "phi3" | "phi"
+    vocab_size: int = 32064
+    hidden_size: int = 3072
+    intermediate_size: int = 8192
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None -> = num_attention_heads (no GQA)
+    max_position_embeddings: int = 4096
+    original_max_position_embeddings: int | None = None  # longrope switch point
+    rope_theta: float = 10000.0
+    partial_rotary_factor: float = 1.0
+    rope_scaling: dict | None = None  # {"type": "longrope", "short_factor", "long_factor", ...}
+    norm_eps: float = 1e-5  # rms_norm_eps (phi3) / layer_norm_eps (phi)
+    hidden_act: str = "silu"  # phi3: silu (SwiGLU); phi: gelu_new
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 32000
+    pad_token_id: int | None = 32000
+    sliding_window: int | None = None  # kept for HF round trips; attention here is always full causal
+    dropout: float = 0.0  # resid/embd/attn dropout, one knob (training only)
+
+    def __post_init__(self):
+        if self.arch not in ("phi3", "phi"):
+            raise ValueError(f"unknown arch {self.arch!r}: expected 'phi3' or 'phi'")
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} not divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} not divisible by "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind in ("su", "yarn"):  # old Phi-3 names for the same thing (as transformers does)
+                kind = "longrope"
+            if kind not in ("longrope", "default"):
+                raise ValueError(f"unsupported rope_scaling type {kind!r}: expected 'longrope'")
+            if kind == "default":
+                self.rope_scaling = None
+            else:
+                half = self.rotary_dim // 2
+                for key in ("short_factor", "long_factor"):
+                    f = self.rope_scaling.get(key)
+                    if not isinstance(f, (list, tuple)) or len(f) != half:
+                        raise ValueError(
+                            f"rope_scaling.{key} must be a list of {half} numbers, got {f!r:.60}"
+                        )
+                self.rope_scaling = {**self.rope_scaling, "type": "longrope"}
+                self.rope_scaling.pop("rope_type", None)
+                if self.original_max_position_embeddings is None:
+                    self.original_max_position_embeddings = self.max_position_embeddings
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    def replace(self, **kw) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+    def num_params(self) -> int:
+        """Exact parameter count (equal to transformers' for the same config), computed without building."""
+        h, i, v, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
+        qkv = h * (h + 2 * self.kv_dim)
+        if self.arch == "phi3":
+            per_layer = qkv + h * h + h * 2 * i + i * h + 2 * h  # qkv, o, gate_up, down, 2 RMSNorm
+            head = 0 if self.tie_word_embeddings else v * h
+            return L * per_layer + v * h + h + head
+        # phi: biases on every linear, one LayerNorm per block, final LayerNorm, lm_head with bias
+        per_layer = qkv + (h + 2 * self.kv_dim) + h * h + h + h * i + i + i * h + h + 2 * h
+        head = (0 if self.tie_word_embeddings else v * h) + v
+        return L * per_layer + v * h + 2 * h + head
+
+
+def _longrope(rotary_dim: int, short: float = 1.0, long_max: float = 8.0) -> dict:
+    # Real checkpoints ship searched factors; presets carry a smooth ramp of the right length so a
+    # freshly built model exercises the same code path (load a checkpoint to get the published ones).
+    half = rotary_dim // 2
+    long = [1.0 + (long_max - 1.0) * (k / max(half - 1, 1)) ** 2 for k in range(half)]
+    return {"type": "longrope", "short_factor": [short] * half, "long_factor": long}
+
+
+def _phi3(**kw) -> ModelConfig:
+    return ModelConfig(arch="phi3", **kw)
+
+
+def _phi(**kw) -> ModelConfig:
+    base = dict(
+        arch="phi",
+        vocab_size=51200,
+        max_position_embeddings=2048,
+        partial_rotary_factor=0.5,
+        hidden_act="gelu_new",
+        bos_token_id=1,  # as transformers' PhiConfig defaults; real phi-1/2 configs say 50256
+        eos_token_id=2,
+        pad_token_id=None,
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+# Public Phi checkpoints, numbers checked against their published config.json files
+# (tests/model/test_config.py compares parameter counts with transformers).
+PRESETS: dict[str, ModelConfig] = {
+    "phi-1": _phi(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        eos_token_id=50256,
+        bos_token_id=50256,
+    ),
+    "phi-1.5": _phi(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        eos_token_id=50256,
+        bos_token_id=50256,
+    ),
+    "phi-2": _phi(
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        partial_rotary_factor=0.4,
+        eos_token_id=50256,
+        bos_token_id=50256,
+    ),  # rotary_dim 32 of 80
+    "phi-3-mini-4k": _phi3(
+        eos_token_id=32000,
+        max_position_embeddings=4096,
+        original_max_position_embeddings=4096,
+        sliding_window=2047,
+    ),
+    "phi-3-mini-128k": _phi3(
+        max_position_embeddings=131072,
+        original_max_position_embeddings=4096,
+        rope_scaling=_longrope(96),
+        sliding_window=262144,
+    ),
+    "phi-3-medium-4k": _phi3(
+        hidden_size=5120,
+        intermediate_size=17920,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=10,
+        sliding_window=2047,
+        original_max_position_embeddings=4096,
+    ),
+    "phi-3.5-mini": _phi3(
+        max_position_embeddings=131072,
+        original_max_position_embeddings=4096,
+        rope_scaling=_longrope(96),
+        sliding_window=262144,
+        eos_token_id=32000,
+    ),
+    "phi-4": _phi3(
+        vocab_size=100352,
+        hidden_size=5120,
+        intermediate_size=17920,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=10,
+        max_position_embeddings=16384,
+        original_max_position_embeddings=16384,
+        rope_theta=250000.0,
+        bos_token_id=100257,
+        eos_token_id=100265,
+        pad_token_id=100349,
+    ),
+    "phi-4-mini": _phi3(
+        vocab_size=200064,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        original_max_position_embeddings=4096,
+        partial_rotary_factor=0.75,
+        rope_scaling=_longrope(96),
+        tie_word_embeddings=True,
+        bos_token_id=199999,
+        eos_token_id=199999,
+        pad_token_id=199999,
+    ),
+    # Tiny Phi-3-architecture presets for CPU work (vocab sized for a small BPE tokenizer).
+    "tiny": _phi3(
+        vocab_size=8192,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=1024,
+        original_max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=0,
+        pad_token_id=0,
+    ),
+    "tiny-10m": _phi3(
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        max_position_embeddings=2048,
+        original_max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=0,
+        pad_token_id=0,
+    ),
+    "tiny-30m": _phi3(
+        vocab_size=16384,
+        hidden_size=384,
+        intermediate_size=1536,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        max_position_embeddings=2048,
+        original_max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=0,
+        pad_token_id=0,
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])
+
+
+def memory_table(cfg: ModelConfig, group_size: int = 128) -> dict[str, int]:
+    """Weight bytes at each precision. int8/int4 are weight-only on linear layers with one fp16 scale per
+    group; embeddings stay fp16 (as llama.cpp and gpt-fast do), norms fp32."""
+    n = cfg.num_params()
+    emb = cfg.vocab_size * cfg.hidden_size
+    norms = cfg.hidden_size * (2 * cfg.num_hidden_layers + 1)
+    linear = n - emb - norms
+    out = {"fp32": 4 * n, "bf16": 2 * n}
+    for name, bits in (("int8", 8), ("int4", 4)):
+        packed = linear * bits / 8 + 2 * math.ceil(linear / group_size)
+        out[name] = int(packed + 2 * emb + 4 * norms)
+    return out
+
+
+__all__ = ["ModelConfig", "PRESETS", "get_preset", "memory_table", "field"]

@@ -1,0 +1,212 @@
+"""The Phi family as one small PyTorch module.
+
+Two block shapes, chosen by `cfg.arch`:
+  phi3: x = x + attn(rms(x)); x = x + swiglu(rms(x))           (Phi-3, Phi-3.5, Phi-4)
+  phi:  h = ln(x); x = x + attn(h) + gelu_mlp(h)                (phi-1, phi-1.5, phi-2: parallel block)
+q, k and v are always one fused projection (phi's separate HF tensors are fused on load) because one
+matmul per layer is what makes batch-1 decode fast. Internal names are our own; hf.py maps them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .rope import RopeTables, apply_rope
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (layers, B, kv_heads, max_len, head_dim) each."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        bias = cfg.arch == "phi"
+        self.nh, self.nkv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.layer = layer
+        self.qkv = nn.Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=bias)
+        self.out = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, cos, sin, pos: int, cache: KVCache | None, mask: torch.Tensor | None):
+        B, T, _ = x.shape
+        qkv = self.qkv(x).view(B, T, self.nh + 2 * self.nkv, self.hd)
+        qk = apply_rope(qkv[:, :, : self.nh + self.nkv], cos, sin)
+        q = qk[:, :, : self.nh].transpose(1, 2)
+        k = qk[:, :, self.nh :].transpose(1, 2)
+        v = qkv[:, :, self.nh + self.nkv :].transpose(1, 2)
+        if cache is not None:
+            ck, cv = cache.k[self.layer], cache.v[self.layer]
+            ck[:, :, pos : pos + T] = k
+            cv[:, :, pos : pos + T] = v
+            if pos > 0:  # attend over everything cached so far (a fresh prefill can use k, v directly)
+                k, v = ck[:, :, : pos + T], cv[:, :, : pos + T]
+        gqa = self.nkv != self.nh
+        if T == 1 and not self.training:
+            return self.out(self._decode_attention(q, k, v, mask).reshape(B, 1, self.nh * self.hd))
+        if mask is None:
+            # causal needs a mask only when new queries sit behind old keys with T > 1
+            causal = T > 1 and pos == 0
+            if T > 1 and pos > 0:
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=causal,
+                enable_gqa=gqa,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+
+    def _decode_attention(self, q, k, v, mask):
+        # One query per row: PyTorch's CPU flash kernel costs milliseconds here (measured 6 ms/call on the
+        # tiny model), two small matmuls cost microseconds. Query heads of a KV group share one matmul.
+        B, L = q.shape[0], k.shape[2]
+        g = self.nh // self.nkv
+        q = q.reshape(B, self.nkv, g, self.hd)
+        s = torch.matmul(q, k.transpose(-1, -2)) * self.hd**-0.5  # (B, nkv, g, L)
+        if mask is not None:
+            s = s.masked_fill(~mask.view(B, 1, 1, L), float("-inf"))
+        return torch.matmul(s.softmax(-1), v)  # (B, nkv, g, hd) == heads in order
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.arch == "phi3"
+        if cfg.hidden_act not in ("silu", "gelu_new", "gelu_pytorch_tanh", "gelu"):
+            raise ValueError(f"unsupported hidden_act {cfg.hidden_act!r}")
+        self.act = cfg.hidden_act
+        up = 2 * cfg.intermediate_size if self.swiglu else cfg.intermediate_size
+        self.up = nn.Linear(cfg.hidden_size, up, bias=not self.swiglu)  # phi3: fused gate|up
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=not self.swiglu)
+
+    def forward(self, x):
+        h = self.up(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            return self.down(up * F.silu(gate))
+        if self.act == "gelu":
+            return self.down(F.gelu(h))
+        return self.down(F.gelu(h, approximate="tanh"))  # gelu_new == tanh approximation
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused kernel
+        # low precision: normalize in fp32 and cast back before the weight, as transformers does
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "phi3":
+        return RMSNorm(cfg.hidden_size, cfg.norm_eps)
+    return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.parallel = cfg.arch == "phi"
+        self.norm1 = norm(cfg)
+        self.attn = Attention(cfg, layer)
+        if not self.parallel:
+            self.norm2 = norm(cfg)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, pos, cache, mask):
+        if self.parallel:
+            h = self.norm1(x)
+            return x + self.drop(self.attn(h, cos, sin, pos, cache, mask)) + self.drop(self.mlp(h))
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, pos, cache, mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = norm(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=cfg.arch == "phi")
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rope = RopeTables(cfg)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        pos: int = 0,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+        targets: torch.Tensor | None = None,
+    ):
+        """idx (B, T) token ids starting at cache slot `pos`. `positions` (B, T) overrides the rotary
+        positions (left-padded batches); `mask` (B, 1, T, pos+T) bool overrides causal masking.
+        Returns logits (B, T or 1, V), or the mean cross-entropy when `targets` is given (-100 ignored)."""
+        B, T = idx.shape
+        x = self.drop(self.embed(idx))
+        max_pos = int(positions.max()) if positions is not None else pos + T - 1
+        cos, sin = self.rope.get(max_pos + 1, self.rope.kind_for(max_pos), x.device, x.dtype)
+        if positions is None:
+            cos, sin = cos[pos : pos + T, None], sin[pos : pos + T, None]  # (T, 1, half): broadcast over B
+        else:
+            cos, sin = cos[positions].unsqueeze(2), sin[positions].unsqueeze(2)
+        for block in self.blocks:
+            x = block(x, cos, sin, pos, cache, mask)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(self.norm(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-100)
+
+    def num_params(self) -> int:
+        seen = {id(p): p.numel() for p in self.parameters()}  # tied weights count once
+        return sum(seen.values())
+
+
+def build(cfg: ModelConfig, device="cpu", dtype=torch.float32, seed: int | None = None) -> Transformer:
+    """Build a randomly initialised model (std 0.02 as Phi's initializer_range). device="meta" allocates nothing."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device):
+        model = Transformer(cfg)
+    if device != "meta":
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 1:
+                nn.init.ones_(p)
+            else:
+                nn.init.normal_(p, std=0.02)
+    return model.to(dtype)

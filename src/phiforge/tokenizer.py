@@ -1,0 +1,246 @@
+"""Tokenizer: a thin wrapper over Hugging Face `tokenizers` plus the Phi-3 chat format.
+
+The BPE itself is `tokenizers` (Rust); this file only adds what the rest of phiforge needs:
+Phi-3 special ids, the chat template rendered in plain Python (byte-identical to the Jinja one
+transformers runs), a save() that AutoTokenizer can load, and a streaming detokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import tokenizers
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+
+# Order matters for train_bpe: trainer special tokens take ids 0.. in this order.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+CHAT_ROLES = ("system", "user", "assistant")
+
+# microsoft/Phi-3.5-mini-instruct tokenizer_config.json "chat_template", verbatim (the "\n" inside the
+# Jinja string literals are real newlines, as json.load gives them). Note the `and message['content']`:
+# an empty system message renders nothing, and unknown roles render nothing (we raise instead).
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and message['content'] %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
+def _token_str(v) -> str | None:
+    # tokenizer_config.json stores special tokens either as "<s>" or as a serialized AddedToken dict.
+    if isinstance(v, dict):
+        v = v.get("content")
+    return v if isinstance(v, str) else None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # temp file in the same dir + os.replace: readers never see a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Tokenizer:
+    def __init__(
+        self,
+        tok: tokenizers.Tokenizer,
+        *,
+        chat_template: str | None = None,
+        bos_token: str | None = None,
+        eos_token: str = "<|endoftext|>",
+        pad_token: str | None = None,
+        unk_token: str | None = None,
+        model_max_length: int | None = None,
+    ):
+        self.tok = tok
+        self.chat_template = chat_template  # metadata only; rendering is always the Phi-3 format
+        self.bos_token, self.eos_token, self.unk_token = bos_token, eos_token, unk_token
+        self.pad_token = pad_token or eos_token  # Phi-3 pads with <|endoftext|>
+        self.model_max_length = model_max_length
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Tokenizer:
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {file}")
+        text = file.read_text(encoding="utf-8")
+        try:
+            json.loads(text)  # a clear error for garbage, before the Rust parser's terse one
+            tok = tokenizers.Tokenizer.from_str(text)
+        except Exception as e:
+            raise ValueError(f"invalid tokenizer file {file}: {e}") from None
+        kw = {}
+        cfg_file = file.parent / "tokenizer_config.json"
+        if cfg_file.is_file():
+            try:
+                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"invalid tokenizer config {cfg_file}: {e}") from None
+            if isinstance(cfg.get("chat_template"), str):
+                kw["chat_template"] = cfg["chat_template"]
+            for k in ("bos_token", "eos_token", "pad_token", "unk_token"):
+                if (s := _token_str(cfg.get(k))) is not None:
+                    kw[k] = s
+            mml = cfg.get("model_max_length")
+            if isinstance(mml, int) and mml < 10**9:  # HF writes ~1e30 for "unknown"
+                kw["model_max_length"] = mml
+        jinja = file.parent / "chat_template.jinja"  # where transformers>=4.50 saves the template
+        if "chat_template" not in kw and jinja.is_file():
+            kw["chat_template"] = jinja.read_text(encoding="utf-8")
+        return cls(tok, **kw)
+
+    # ---- plain encode / decode ----
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        # Added tokens (<|end|> etc.) in `text` are always matched as single ids, as in transformers.
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tok.token_to_id(token)
+
+    def id_to_token(self, id: int) -> str | None:
+        return self.tok.id_to_token(id)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.token_to_id(self.bos_token) if self.bos_token else None
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.token_to_id(self.eos_token) if self.eos_token else None
+
+    @property
+    def end_id(self) -> int | None:
+        return self.token_to_id("<|end|>")
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        # A chat reply ends with <|end|>; a plain completion with <|endoftext|>. Stop on either.
+        ids = {self.token_to_id("<|endoftext|>"), self.end_id, self.eos_id}
+        return frozenset(i for i in ids if i is not None)
+
+    # ---- chat ----
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> str:
+        if not messages:
+            raise ValueError("cannot render an empty conversation")
+        out = []
+        for m in messages:
+            role, content = m.get("role"), m.get("content")
+            if role not in CHAT_ROLES:
+                raise ValueError(f"unknown chat role {role!r}: expected one of {', '.join(CHAT_ROLES)}")
+            if not isinstance(content, str):
+                raise ValueError(f"{role} message content must be a string, got {type(content).__name__}")
+            if role == "system" and not content:
+                continue  # the template drops an empty system message
+            out.append(f"<|{role}|>\n{content}<|end|>\n")
+        out.append("<|assistant|>\n" if add_generation_prompt else (self.eos_token or ""))
+        return "".join(out)
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
+    ) -> list[int]:
+        # Same as transformers: render to text, then encode without BOS/EOS; <|user|> etc. are added
+        # tokens, so they come out as single ids even inside the rendered string.
+        return self.encode(self.render_chat(messages, add_generation_prompt), add_special_tokens=False)
+
+    # ---- save ----
+
+    def save(self, directory: str | os.PathLike) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+        for k in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            s = getattr(self, k)
+            if s is not None and self.token_to_id(s) is not None:
+                cfg[k] = s
+        if self.model_max_length is not None:
+            cfg["model_max_length"] = self.model_max_length
+        cfg["chat_template"] = PHI3_CHAT_TEMPLATE
+        _atomic_write(d / "tokenizer.json", self.tok.to_str(pretty=True))
+        _atomic_write(d / "tokenizer_config.json", json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
+class StreamDecoder:
+    """Incremental detokenizer: push ids one at a time, get back only the newly finished text.
+
+    Decodes a sliding window (ids since the last emit, plus the previously emitted chunk as context) and
+    returns the difference. The context matters for SentencePiece-style decoders (real Phi-3) that strip
+    a leading space only at the start of a decode. Output ending in U+FFFD is held back: with byte-level
+    BPE a multi-byte UTF-8 char can be split across tokens and is only complete a token or two later.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+        self.tokenizer, self.skip = tokenizer, skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the context window
+        self.read = 0  # ids before this have been emitted
+
+    def _diff(self) -> str:
+        dec = self.tokenizer.decode
+        prev = dec(self.ids[self.prefix : self.read], self.skip)
+        full = dec(self.ids[self.prefix :], self.skip)
+        return full[len(prev) :]
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        new = self._diff()
+        if not new or new.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return new
+
+    def flush(self) -> str:
+        # End of stream: emit whatever is held back, even if it really is an invalid byte sequence.
+        new = self._diff()
+        self.prefix = self.read = len(self.ids)
+        return new
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """Byte-level BPE (GPT-2 style) with the Phi-3 special tokens at ids 0..4."""
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(
+            f"vocab_size {vocab_size} too small: need >= {256 + len(SPECIAL_TOKENS)} (bytes + specials)"
+        )
+    tok = tokenizers.Tokenizer(models.BPE())  # no unk: every byte is in the base alphabet
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    # normalized=False / no strip: "<|end|>\n" must keep its "\n" as a separate token, as the template expects.
+    specials = [
+        AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False) for t in SPECIAL_TOKENS
+    ]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, even unseen ones
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    t = Tokenizer(tok)
+    if out_dir is not None:
+        t.save(out_dir)
+    return t
