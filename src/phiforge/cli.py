@@ -42,24 +42,29 @@ def info(
 ):
     """Parameters and weight memory at fp32/bf16/int8/int4, built on the meta device (nothing allocated)."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from .model import PRESETS, build, get_preset, load_config, memory_table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # pipes: no truncated cells
     if list_presets or (preset is None and model is None):
-        table = Table("preset", "arch", "layers", "hidden", "heads/kv", "vocab", "context", "params")
+        heads = ("preset", "arch", "layers", "hidden", "heads", "kv", "vocab", "context", "params")
+        table = Table(*(Column(h, no_wrap=True) for h in heads))  # never truncate what users type
         for name, c in PRESETS.items():
-            table.add_row(
+            n = c.num_params()
+            size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+            row = (
                 name,
                 c.arch,
-                str(c.num_hidden_layers),
-                str(c.hidden_size),
-                f"{c.num_attention_heads}/{c.num_key_value_heads}",
-                str(c.vocab_size),
-                str(c.max_position_embeddings),
-                f"{c.num_params() / 1e6:,.1f}M",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.vocab_size,
+                c.max_position_embeddings,
+                size,
             )
+            table.add_row(*map(str, row))
         console.print(table)
         return
     cfg = load_config(model) if model else get_preset(preset)

@@ -72,7 +72,6 @@ class Engine:
             decode_layout(model)
 
     @classmethod
-    @classmethod
     def load(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> Engine:
         path = Path(path)
         model = load_model(path, device=device, dtype=dtype)
@@ -133,6 +132,8 @@ class Engine:
             torch.Generator(device=self.device).manual_seed(params.seed) if params.seed is not None else None
         )
         stops = self.stop_ids(params)
+        if params.stop and self.tok is None:
+            raise ValueError("stop strings need a tokenizer (no tokenizer.json with this model)")
         rows = [_Row(prompt_len=n) for n in lens]
         if self.tok is not None:
             for r in rows:
@@ -208,8 +209,11 @@ class Engine:
             return
         r.pending += r.decoder.push(tid)
         hit = min((k for k in (r.pending.find(s) for s in params.stop) if k >= 0), default=-1)
-        if hit >= 0:
-            r.pending = r.pending[:hit]
+        if hit >= 0:  # the text before the stop string goes out with this token; the rest never does
+            out, r.pending = r.pending[:hit], ""
+            r.text += out
+            if on_token:
+                on_token(i, tid, out)
             self._finish(i, r, "stop", on_token, flush=False)
             return
         # hold back the longest tail that could still grow into a stop string

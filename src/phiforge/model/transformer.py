@@ -199,14 +199,19 @@ def build(cfg: ModelConfig, device="cpu", dtype=torch.float32, seed: int | None 
     """Build a randomly initialised model (std 0.02 as Phi's initializer_range). device="meta" allocates nothing."""
     if seed is not None:
         torch.manual_seed(seed)
-    with torch.device(device):
+    # construct on meta and initialise once: nn.Linear's own init would cost as much as ours again
+    with torch.device("meta"):
         model = Transformer(cfg)
-    if device != "meta":
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif p.dim() == 1:
-                nn.init.ones_(p)
-            else:
-                nn.init.normal_(p, std=0.02)
+    if str(device) == "meta":
+        return model.to(dtype)
+    model = model.to_empty(device=device)
+    if cfg.tie_word_embeddings:  # to_empty re-creates parameters one module at a time: re-tie
+        model.lm_head.weight = model.embed.weight
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            nn.init.zeros_(p)
+        elif p.dim() == 1:
+            nn.init.ones_(p)
+        else:
+            nn.init.normal_(p, std=0.02)
     return model.to(dtype)
