@@ -16,6 +16,7 @@ import torch
 
 from ..model import KVCache, Transformer, load_model
 from ..tokenizer import StreamDecoder, Tokenizer
+from . import kernels
 from .sampling import SamplingParams, apply_repetition_penalty, sample
 
 # on_token(row, token_id, text) is called for every generated token; text is the newly visible text
@@ -61,6 +62,14 @@ def decode_layout(model: Transformer) -> None:
             mod.weight.data = mod.weight.data.t().contiguous().t()
 
 
+def use_native_gemv(model: Transformer) -> None:
+    """Route batch-1 fp32 linears to the native gemv (infer/kernels.c); shapes and state_dict unchanged."""
+    for mod in model.modules():
+        if type(mod) is torch.nn.Linear:
+            mod.__class__ = kernels.DecodeLinear
+            mod.weight.data = mod.weight.data.contiguous()
+
+
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer | None = None):
         self.model = model.eval()
@@ -68,8 +77,11 @@ class Engine:
         self.cfg = model.cfg
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        if self.device.type == "cpu":
-            decode_layout(model)
+        if self.device.type == "cpu" and self.dtype == torch.float32:
+            if kernels.library() is not None:
+                use_native_gemv(model)
+            else:
+                decode_layout(model)
 
     @classmethod
     def load(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> Engine:

@@ -1,0 +1,92 @@
+"""Native CPU kernels, compiled on first use with the system C compiler and loaded with ctypes.
+
+No torch headers and no build step at install time: `gcc -O3 -march=native -fopenmp` on one small C
+file takes about a second, the .so is cached under ~/.cache/phiforge keyed by the source hash and the
+machine, and everything falls back to PyTorch when no compiler is present (or PHIFORGE_KERNELS=0).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+SRC = Path(__file__).with_name("kernels.c")
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    if os.environ.get("PHIFORGE_KERNELS", "1") == "0" or platform.machine() not in (
+        "x86_64",
+        "AMD64",
+        "aarch64",
+    ):
+        return None
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        return None
+    src = SRC.read_bytes()
+    key = hashlib.sha256(src + platform.node().encode() + cc.encode()).hexdigest()[:16]
+    cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phiforge"
+    so = cache_dir / f"kernels-{key}.so"
+    if not so.exists():
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".so")
+            os.close(fd)
+        except OSError:
+            return None
+        try:
+            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SRC), "-o", tmp]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            os.replace(tmp, so)  # atomic: concurrent processes never load a half-written library
+        except (OSError, subprocess.SubprocessError):
+            Path(tmp).unlink(missing_ok=True)
+            return None
+    lib = ctypes.CDLL(str(so))
+    f = lib.gemv_f32
+    f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    f.restype = None
+    return lib
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x (..., in) holding one row, w (out, in) contiguous fp32 -> (..., out)."""
+    lib = library()
+    out = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
+    x = x.contiguous()
+    lib.gemv_f32(
+        x.data_ptr(),
+        w.data_ptr(),
+        b.data_ptr() if b is not None else None,
+        out.data_ptr(),
+        w.shape[0],
+        w.shape[1],
+        torch.get_num_threads(),
+    )
+    return out
+
+
+class DecodeLinear(torch.nn.Linear):
+    """nn.Linear whose single-row, no-grad, fp32 CPU calls go to the native gemv (same parameters,
+    same state_dict); everything else (prefill, training) is F.linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.numel() == x.shape[-1]
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and self.weight.is_contiguous()
+        ):
+            return gemv(x, self.weight, self.bias)
+        return torch.nn.functional.linear(x, self.weight, self.bias)

@@ -1,0 +1,61 @@
+"""The native batch-1 gemv: same numbers as F.linear (to fp32 reassociation), every shape, and a fallback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from phiforge.infer import kernels
+
+needs_cc = pytest.mark.skipif(kernels.library() is None, reason="no C compiler: engine uses the PyTorch path")
+
+
+@needs_cc
+@pytest.mark.parametrize(("out", "inp"), [(1, 1), (7, 33), (64, 256), (300, 1000), (513, 96), (8192, 128)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_linear(out, inp, bias):
+    g = torch.Generator().manual_seed(out * inp)
+    w = torch.randn(out, inp, generator=g)
+    b = torch.randn(out, generator=g) if bias else None
+    x = torch.randn(1, 1, inp, generator=g)
+    got, want = kernels.gemv(x, w, b), F.linear(x, w, b)
+    assert got.shape == want.shape == (1, 1, out)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * inp**0.5)
+
+
+@needs_cc
+def test_decode_linear_only_takes_single_rows_without_grad():
+    lin = torch.nn.Linear(64, 32)
+    lin.__class__ = kernels.DecodeLinear
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))  # 4 rows: F.linear path
+        torch.testing.assert_close(lin(x[:1]), F.linear(x[:1], lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+    y = lin(x[:1])  # grad enabled: must stay differentiable
+    y.sum().backward()
+    assert lin.weight.grad is not None
+
+
+def test_engine_without_native_kernels_still_generates():
+    code = (
+        "import torch\n"
+        "from phiforge.model import ModelConfig, build\n"
+        "from phiforge.infer.engine import Engine\n"
+        "from phiforge.infer.sampling import SamplingParams\n"
+        "cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,"
+        " num_attention_heads=2, max_position_embeddings=64, eos_token_id=None, pad_token_id=0)\n"
+        "m = build(cfg, seed=0)\n"
+        "ref = [int(m(torch.tensor([[1, 2, 3]]))[0, -1].argmax())]\n"
+        "e = Engine(m)\n"
+        "assert type(m.blocks[0].attn.qkv) is torch.nn.Linear\n"
+        "assert not m.blocks[0].attn.qkv.weight.is_contiguous()  # column-major decode layout\n"
+        "r = e.generate([[1, 2, 3]], SamplingParams(max_new_tokens=1, ignore_eos=True))[0]\n"
+        "assert r.tokens == ref, (r.tokens, ref)\n"
+    )
+    env = {**os.environ, "PHIFORGE_KERNELS": "0"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
