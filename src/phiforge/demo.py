@@ -44,7 +44,11 @@ def local_python_files(max_bytes: int) -> list[str]:
 
 
 def run(
-    out: Path = Path("runs/demo"), seconds: float = 60.0, preset: str = "tiny", seed: int = 0, vocab: int = 4096
+    out: Path = Path("runs/demo"),
+    seconds: float = 60.0,
+    preset: str = "tiny",
+    seed: int = 0,
+    vocab: int = 4096,
 ) -> Path:
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)

@@ -59,3 +59,41 @@ def test_engine_without_native_kernels_still_generates():
     )
     env = {**os.environ, "PHIFORGE_KERNELS": "0"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
+@needs_cc
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(num_attention_heads=4, num_key_value_heads=4),
+        dict(num_attention_heads=6, num_key_value_heads=2, partial_rotary_factor=0.75),  # Phi-4-mini-like
+        dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True),
+    ],
+)
+def test_native_phi3_decode_matches_pytorch_forward(shape):
+    from phiforge.model import KVCache, ModelConfig, build
+
+    cfg = ModelConfig(
+        vocab_size=300,
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        max_position_embeddings=128,
+        eos_token_id=None,
+        pad_token_id=0,
+        **shape,
+    )
+    model = build(cfg, seed=1).eval()
+    for p in model.parameters():  # larger weights and non-trivial norms: a wrong index would show
+        p.data.normal_(0, 0.2) if p.dim() > 1 else p.data.uniform_(0.5, 1.5)
+    seq = torch.randint(0, cfg.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = model(seq)  # full causal forward, no cache
+        cache = KVCache(cfg, 1, 64)
+        model(seq[:, :8], pos=0, cache=cache)
+        dec = kernels.Phi3Decoder(model, cache)
+        for t in range(8, 40):
+            got = dec(int(seq[0, t]), t, "short")
+            torch.testing.assert_close(
+                got[0, 0], want[0, t], rtol=1e-5, atol=1e-5 * float(want[0, t].abs().max())
+            )

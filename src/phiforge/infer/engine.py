@@ -162,6 +162,11 @@ class Engine:
                 seen[i, p] = True
 
         cache = KVCache(self.cfg, B, total, self.device, self.dtype)
+        native = (
+            kernels.Phi3Decoder(self.model, cache)
+            if kernels.Phi3Decoder.supports(self.model, B, pads is not None)
+            else None
+        )
         t0 = time.perf_counter()
         logits = self._forward(ids[:, :T], 0, cache, pads)
         kind = self.model.rope.kind_for(T - 1)  # the longest row has no pads
@@ -186,6 +191,8 @@ class Engine:
             new_kind = self.model.rope.kind_for(step)
             if new_kind != kind:
                 logits, kind = self._forward(ids[:, : step + 1], 0, cache, pads), new_kind
+            elif native is not None:
+                logits = native(int(nxt[0]), step, kind)
             else:
                 logits = self._forward(ids[:, step : step + 1], step, cache, pads)
         decode_s = time.perf_counter() - t1

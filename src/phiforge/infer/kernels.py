@@ -55,7 +55,69 @@ def library() -> ctypes.CDLL | None:
     f = lib.gemv_f32
     f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
     f.restype = None
+    f = lib.phi3_decode_layer
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    f.argtypes = [ptr] * 11 + [i64] * 8 + [ctypes.c_float, ptr, ctypes.c_int]
+    f.restype = None
     return lib
+
+
+class Phi3Decoder:
+    """Single-token decode of a Phi-3 model through `phi3_decode_layer`, one native call per layer.
+
+    Valid for batch 1, fp32, CPU, no padding; the engine falls back to the PyTorch path otherwise."""
+
+    def __init__(self, model, cache):
+        cfg = model.cfg
+        self.model, self.cache, self.lib = model, cache, library()
+        hid, inter, nh, nkv, hd = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
+        self.dims = (hid, inter, nh, nkv, hd, cfg.rotary_dim, cache.max_len)
+        self.scratch = torch.empty(2 * hid + (nh + 2 * nkv) * hd + nh * hd + 2 * inter + nh * cache.max_len)
+        self.layers = []
+        for i, b in enumerate(model.blocks):
+            ws = (
+                b.norm1.weight,
+                b.attn.qkv.weight,
+                b.attn.out.weight,
+                b.norm2.weight,
+                b.mlp.up.weight,
+                b.mlp.down.weight,
+            )
+            assert all(w.is_contiguous() and w.dtype == torch.float32 for w in ws)
+            self.layers.append(
+                tuple(w.data_ptr() for w in ws) + (cache.k[i, 0].data_ptr(), cache.v[i, 0].data_ptr())
+            )
+        self.eps = cfg.norm_eps
+
+    @staticmethod
+    def supports(model, batch: int, padded: bool) -> bool:
+        cfg = model.cfg
+        p = next(model.parameters())
+        return (
+            library() is not None
+            and cfg.arch == "phi3"
+            and cfg.hidden_act == "silu"
+            and batch == 1
+            and not padded
+            and p.dtype == torch.float32
+            and p.device.type == "cpu"
+        )
+
+    def __call__(self, token: int, pos: int, kind: str) -> torch.Tensor:
+        m = self.model
+        x = m.embed.weight[token].clone()
+        cos, sin = m.rope.get(pos + 1, kind, x.device, x.dtype)
+        c, s = cos[pos].data_ptr(), sin[pos].data_ptr()
+        scratch, nt, f = self.scratch.data_ptr(), torch.get_num_threads(), self.lib.phi3_decode_layer
+        for ptrs in self.layers:
+            f(x.data_ptr(), *ptrs, c, s, pos, *self.dims, self.eps, scratch, nt)
+        return gemv(m.norm(x), m.lm_head.weight, m.lm_head.bias).view(1, 1, -1)
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
