@@ -49,11 +49,12 @@ def run(
     preset: str = "tiny",
     seed: int = 0,
     vocab: int = 4096,
+    max_bytes: int = 6_000_000,
 ) -> Path:
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    texts = local_python_files(max_bytes=6_000_000)
+    texts = local_python_files(max_bytes)
     console.print(
         f"[bold]1/4 corpus[/]: {len(texts)} stdlib files, {sum(map(len, texts)) / 1e6:.1f} MB of Python"
     )
