@@ -50,7 +50,7 @@ static void rope(float *v, const float *cos, const float *sin, int64_t half) {
 void phi3_decode_layer(float *x, const float *ln1, const float *wqkv, const float *wo, const float *ln2,
                        const float *wgu, const float *wdown, float *k_cache, float *v_cache, const float *cos,
                        const float *sin, int64_t pos, int64_t H, int64_t I, int64_t nh, int64_t nkv, int64_t hd,
-                       int64_t rd, int64_t max_len, float eps, float *scratch, int nthreads) {
+                       int64_t rd, int64_t max_len, int64_t window, float eps, float *scratch, int nthreads) {
     float *h = scratch;                      /* H */
     float *qkv = h + H;                      /* (nh + 2 nkv) hd */
     float *att = qkv + (nh + 2 * nkv) * hd;  /* nh hd */
@@ -58,6 +58,7 @@ void phi3_decode_layer(float *x, const float *ln1, const float *wqkv, const floa
     float *gu = o + H;                       /* 2 I */
     float *scores = gu + 2 * I;              /* nh (pos + 1) */
     const int64_t half = rd / 2, group = nh / nkv, L = pos + 1;
+    const int64_t t0 = window > 0 && L > window ? L - window : 0; /* sliding window: last W keys */
     const float scale = 1.0f / sqrtf((float)hd);
 
     rms_norm(x, ln1, h, H, eps);
@@ -75,15 +76,15 @@ void phi3_decode_layer(float *x, const float *ln1, const float *wqkv, const floa
         const float *q = qkv + head * hd;
         const float *kc = k_cache + (head / group) * max_len * hd, *vc = v_cache + (head / group) * max_len * hd;
         float *s = scores + head * L, *out = att + head * hd, mx = -INFINITY, sum = 0.f;
-        for (int64_t t = 0; t < L; ++t) {
+        for (int64_t t = t0; t < L; ++t) {
             float d = 0.f;
             for (int64_t e = 0; e < hd; ++e) d += q[e] * kc[t * hd + e];
             s[t] = d * scale;
             mx = s[t] > mx ? s[t] : mx;
         }
-        for (int64_t t = 0; t < L; ++t) sum += (s[t] = expf(s[t] - mx));
+        for (int64_t t = t0; t < L; ++t) sum += (s[t] = expf(s[t] - mx));
         for (int64_t e = 0; e < hd; ++e) out[e] = 0.f;
-        for (int64_t t = 0; t < L; ++t) {
+        for (int64_t t = t0; t < L; ++t) {
             const float p = s[t] / sum;
             for (int64_t e = 0; e < hd; ++e) out[e] += p * vc[t * hd + e];
         }

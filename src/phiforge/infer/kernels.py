@@ -57,7 +57,7 @@ def library() -> ctypes.CDLL | None:
     f.restype = None
     f = lib.phi3_decode_layer
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    f.argtypes = [ptr] * 11 + [i64] * 8 + [ctypes.c_float, ptr, ctypes.c_int]
+    f.argtypes = [ptr] * 11 + [i64] * 9 + [ctypes.c_float, ptr, ctypes.c_int]
     f.restype = None
     return lib
 
@@ -77,7 +77,7 @@ class Phi3Decoder:
             cfg.num_key_value_heads,
             cfg.head_dim,
         )
-        self.dims = (hid, inter, nh, nkv, hd, cfg.rotary_dim, cache.max_len)
+        self.dims = (hid, inter, nh, nkv, hd, cfg.rotary_dim, cache.max_len, cfg.sliding_window or 0)
         self.scratch = torch.empty(2 * hid + (nh + 2 * nkv) * hd + nh * hd + 2 * inter + nh * cache.max_len)
         self.layers = []
         for i, b in enumerate(model.blocks):

@@ -32,7 +32,7 @@ class ModelConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 32000
     pad_token_id: int | None = 32000
-    sliding_window: int | None = None  # kept for HF round trips; attention here is always full causal
+    sliding_window: int | None = None  # attend to the last W positions only (as transformers' Phi3)
     dropout: float = 0.0  # resid/embd/attn dropout, one knob (training only)
 
     def __post_init__(self):

@@ -84,7 +84,7 @@ class Attention(nn.Module):
         q = q.reshape(B, self.nkv, g, self.hd)
         s = torch.matmul(q, k.transpose(-1, -2)) * self.hd**-0.5  # (B, nkv, g, L)
         if mask is not None:
-            s = s.masked_fill(~mask.view(B, 1, 1, L), float("-inf"))
+            s = s.masked_fill(~mask.reshape(-1, 1, 1, L), float("-inf"))
         return torch.matmul(s.softmax(-1), v)  # (B, nkv, g, hd) == heads in order
 
 
@@ -182,6 +182,13 @@ class Transformer(nn.Module):
             cos, sin = cos[pos : pos + T, None], sin[pos : pos + T, None]  # (T, 1, half): broadcast over B
         else:
             cos, sin = cos[positions].unsqueeze(2), sin[positions].unsqueeze(2)
+        W = self.cfg.sliding_window
+        if W is not None and pos + T > W:
+            # transformers' sliding-window mask: key slot k is visible to query slot q iff q - W < k <= q
+            q = torch.arange(pos, pos + T, device=idx.device)[:, None]
+            k = torch.arange(pos + T, device=idx.device)[None, :]
+            window = (k <= q) & (k > q - W)
+            mask = window if mask is None else mask & window
         for block in self.blocks:
             x = block(x, cos, sin, pos, cache, mask)
         if last_only:
