@@ -14,6 +14,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -32,9 +33,10 @@ def library() -> ctypes.CDLL | None:
         return None
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
-        return None
+        return _unavailable("no C compiler (gcc/cc) on PATH")
     src = SRC.read_bytes()
-    key = hashlib.sha256(src + platform.node().encode() + cc.encode()).hexdigest()[:16]
+    # -march=native: the binary is only valid for this CPU, so its flags are part of the cache key
+    key = hashlib.sha256(src + _cpu_flags() + cc.encode()).hexdigest()[:16]
     cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phiforge"
     so = cache_dir / f"kernels-{key}.so"
     if not so.exists():
@@ -42,15 +44,18 @@ def library() -> ctypes.CDLL | None:
             cache_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".so")
             os.close(fd)
-        except OSError:
-            return None
+        except OSError as e:
+            return _unavailable(f"cannot write {cache_dir}: {e}")
         try:
             cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SRC), "-o", tmp]
             subprocess.run(cmd, check=True, capture_output=True, timeout=120)
             os.replace(tmp, so)  # atomic: concurrent processes never load a half-written library
-        except (OSError, subprocess.SubprocessError):
+        except (OSError, subprocess.SubprocessError) as e:
             Path(tmp).unlink(missing_ok=True)
-            return None
+            detail = getattr(e, "stderr", b"") or str(e).encode()
+            return _unavailable(
+                f"{cc} failed: {detail.decode(errors='replace').strip().splitlines()[0][:200]}"
+            )
     lib = ctypes.CDLL(str(so))
     f = lib.gemv_f32
     f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
@@ -60,6 +65,24 @@ def library() -> ctypes.CDLL | None:
     f.argtypes = [ptr] * 11 + [i64] * 9 + [ctypes.c_float, ptr, ctypes.c_int]
     f.restype = None
     return lib
+
+
+def _cpu_flags() -> bytes:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.encode()
+    except OSError:
+        pass
+    return platform.processor().encode() + platform.node().encode()
+
+
+def _unavailable(reason: str) -> None:
+    # said once per process: decode still works, only slower, and the user should know why
+    warnings.warn(
+        f"phiforge native kernels unavailable ({reason}); using the slower PyTorch decode path", stacklevel=3
+    )
+    return None
 
 
 class Phi3Decoder:
