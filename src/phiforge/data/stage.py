@@ -1,0 +1,125 @@
+"""Running one datatrove stage: quiet logs, exact merged stats, and a done-marker so finished stages are skipped.
+
+A stage is "done" when its output folder holds `_stage.json` with the settings it ran with. Re-running with
+the same settings skips it; different settings redo it (its outputs are replaced). A stage that was killed
+half-way has no marker: datatrove's own completion files under `logs/` make the re-run skip the tasks that
+had finished, so only the unfinished tasks run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from datatrove.executor import LocalPipelineExecutor
+
+MARKER = "_stage.json"
+
+
+def done_stats(out_dir: Path, settings: dict) -> dict | None:
+    """The stats recorded by a finished stage run with the same settings, else None."""
+    marker = Path(out_dir) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        rec = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+    return rec["stats"] if rec.get("settings") == _jsonable(settings) else None
+
+
+def mark_done(out_dir: Path, settings: dict, stats: dict, seconds: float) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rec = {"settings": _jsonable(settings), "stats": stats, "seconds": round(seconds, 2)}
+    tmp = out_dir / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+    os.replace(tmp, out_dir / MARKER)
+
+
+def reset(*dirs: Path) -> None:
+    """Remove a stage's outputs and logs before redoing it with new settings."""
+    for d in dirs:
+        if Path(d).exists():
+            shutil.rmtree(d)
+
+
+def run_pipeline(pipeline: list, logging_dir: Path, tasks: int, workers: int, quiet: bool = True) -> dict:
+    """Run `pipeline` with datatrove's LocalPipelineExecutor; return {"<i>. <step name>": {metric: total}}."""
+    workers = max(1, min(workers, tasks))
+    executor = LocalPipelineExecutor(
+        pipeline=pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir)
+    )
+    if quiet:
+        with _quiet_task_logs():
+            executor.run()
+    else:
+        executor.run()
+    _raise_on_failed_tasks(logging_dir, tasks)
+    return merged_stats(logging_dir)
+
+
+def merged_stats(logging_dir: Path) -> dict:
+    """Sum the per-task stats files, so a resumed stage still reports every task's counts.
+
+    Keys carry the step's position: a reader and a writer may share a name ("🐿 Jsonl").
+    """
+    out: dict[str, dict[str, float]] = {}
+    for f in sorted((Path(logging_dir) / "stats").glob("*.json")):
+        for i, step in enumerate(json.loads(f.read_text())):
+            agg = out.setdefault(f"{i}. {step['name']}", {})
+            for k, v in step["stats"].items():
+                total = v["total"] if isinstance(v, dict) else v
+                agg[k] = agg.get(k, 0) + total
+    return out
+
+
+def _raise_on_failed_tasks(logging_dir: Path, tasks: int) -> None:
+    done = {p.name for p in (Path(logging_dir) / "completions").glob("*")}
+    missing = [r for r in range(tasks) if f"{r:05d}" not in done]
+    if missing:
+        log = Path(logging_dir) / "logs" / f"task_{missing[0]:05d}.log"
+        raise RuntimeError(f"{len(missing)} of {tasks} tasks failed; first log: {log}")
+
+
+class _quiet_task_logs:
+    """datatrove logs every task to stderr at INFO; keep its per-task log files, drop the stderr copy.
+
+    Our own progress display says what a user needs; the full logs stay under logs/<stage>/logs/.
+    """
+
+    def __enter__(self):
+        import datatrove.executor.base as base
+
+        self.base, self.orig = base, base.add_task_logger
+
+        def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
+            logfile = self.orig(logging_dir, rank, local_rank, node_rank)
+            from loguru import logger
+
+            logger.remove()  # drops both sinks; re-add only the file at DEBUG and errors to stderr
+            logger.add(logfile, level="DEBUG", colorize=False)
+            logger.add(sys.stderr, level="ERROR", colorize=False, format="{message}")
+            return logfile
+
+        base.add_task_logger = add_task_logger
+        from loguru import logger
+
+        logger.remove()  # the parent's default INFO sink ("Launching pipeline ...")
+        logger.add(sys.stderr, level="WARNING", format="{message}")
+        return self
+
+    def __exit__(self, *exc):
+        self.base.add_task_logger = self.orig
+        from loguru import logger
+
+        logger.remove()
+        logger.add(sys.stderr)  # loguru's default sink, as datatrove found it
+        return False
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
