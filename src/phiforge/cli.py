@@ -20,6 +20,12 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _add_subapps() -> None:
+    from .cli_data import app as data_app
+
+    app.add_typer(data_app, name="data")
+
+
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
     _state["debug"] = debug
@@ -188,6 +194,9 @@ def demo(
     from .demo import run
 
     run(out, seconds, preset)
+
+
+_add_subapps()
 
 
 def main() -> None:

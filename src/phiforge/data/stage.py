@@ -8,6 +8,7 @@ had finished, so only the unfinished tasks run again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -53,10 +54,7 @@ def run_pipeline(pipeline: list, logging_dir: Path, tasks: int, workers: int, qu
     executor = LocalPipelineExecutor(
         pipeline=pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir)
     )
-    if quiet:
-        with _quiet_task_logs():
-            executor.run()
-    else:
+    with quiet_logs() if quiet else contextlib.nullcontext():
         executor.run()
     _raise_on_failed_tasks(logging_dir, tasks)
     return merged_stats(logging_dir)
@@ -85,40 +83,49 @@ def _raise_on_failed_tasks(logging_dir: Path, tasks: int) -> None:
         raise RuntimeError(f"{len(missing)} of {tasks} tasks failed; first log: {log}")
 
 
-class _quiet_task_logs:
+_quiet_depth = 0
+
+
+@contextlib.contextmanager
+def quiet_logs():
     """datatrove logs every task to stderr at INFO; keep its per-task log files, drop the stderr copy.
 
     Our own progress display says what a user needs; the full logs stay under logs/<stage>/logs/.
+    Re-entrant: a whole run and the stages inside it can both ask for it.
     """
+    global _quiet_depth
+    from loguru import logger
 
-    def __enter__(self):
-        import datatrove.executor.base as base
+    from . import _quiet_datatrove_task_logs
 
-        self.base, self.orig = base, base.add_task_logger
+    _quiet_depth += 1
+    env = {k: os.environ.get(k) for k in ("PHIFORGE_QUIET_DATATROVE", "TQDM_DISABLE")}
+    if _quiet_depth == 1:
+        os.environ["PHIFORGE_QUIET_DATATROVE"] = "1"  # reaches forkserver workers (see data/__init__.py)
+        os.environ["TQDM_DISABLE"] = "1"  # datatrove's per-file bars in MinHash stages
+        _quiet_datatrove_task_logs()  # and this process, for workers=1
+        import multiprocess
 
-        def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
-            logfile = self.orig(logging_dir, rank, local_rank, node_rank)
-            from loguru import logger
-
-            logger.remove()  # drops both sinks; re-add only the file at DEBUG and errors to stderr
-            logger.add(logfile, level="DEBUG", colorize=False)
-            logger.add(sys.stderr, level="ERROR", colorize=False, format="{message}")
-            return logfile
-
-        base.add_task_logger = add_task_logger
-        from loguru import logger
-
+        # datatrove's workers fork from a forkserver; preloading us there applies the patch to all of them
+        multiprocess.get_context("forkserver").set_forkserver_preload(["phiforge.data"])
         logger.remove()  # the parent's default INFO sink ("Launching pipeline ...")
         logger.add(sys.stderr, level="WARNING", format="{message}")
-        return self
+    try:
+        yield
+    finally:
+        _quiet_depth -= 1
+        if _quiet_depth == 0:
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            logger.remove()
+            logger.add(sys.stderr)  # loguru's default sink, as datatrove found it
+            import datatrove.executor.base as base
+            import datatrove.utils.logging as dl
 
-    def __exit__(self, *exc):
-        self.base.add_task_logger = self.orig
-        from loguru import logger
-
-        logger.remove()
-        logger.add(sys.stderr)  # loguru's default sink, as datatrove found it
-        return False
+            base.add_task_logger, base.close_task_logger = dl.add_task_logger, dl.close_task_logger
 
 
 def _jsonable(obj):

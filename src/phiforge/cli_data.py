@@ -1,0 +1,222 @@
+"""`phiforge data ...`: the data pipeline as one command (`run`) or one stage at a time.
+
+Every stage reads a folder of jsonl(.gz) documents and writes one; `run` chains them under a run directory,
+skips finished stages on a re-run and writes a data card. Each command calls a function of
+`phiforge.data.pipeline` (or dedup/decontam) that a user can import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Textbook-quality data: harvest, annotate, classify, filter, dedup, decontaminate, tokenize.",
+    no_args_is_help=True,
+)
+
+_TASKS = typer.Option(2, help="datatrove tasks (output files) per stage.")
+_WORKERS = typer.Option(2, help="Worker processes running the tasks.")
+_TEACHER_URL = typer.Option(
+    None,
+    help="OpenAI-compatible base URL of the teacher LLM (e.g. http://127.0.0.1:8000/v1). "
+    "Unset: the offline heuristic annotator.",
+)
+_TEACHER_MODEL = typer.Option("gpt-4o-mini", help="Teacher model name sent to the endpoint.")
+_TEACHER_KEY = typer.Option("PHIFORGE_TEACHER_KEY", help="Environment variable holding the API key.")
+_CONCURRENCY = typer.Option(8, help="Teacher requests in flight at once.")
+
+
+def _teacher(url, model, key_env, concurrency, cache=None):
+    from .data.annotate import TeacherConfig
+
+    return TeacherConfig(
+        url=url,
+        model=model,
+        api_key_env=key_env,
+        concurrency=concurrency,
+        cache_path=str(cache) if cache else None,
+    )
+
+
+def _show(stats: dict) -> None:
+    import json
+
+    print(json.dumps({k: v for k, v in stats.items() if k != "steps"}, indent=1, default=str))
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(Path("runs/data"), help="Run directory (data/, tokenizer/, shards/, report/)."),
+    source: str = typer.Option(
+        "local-python",
+        help="'local-python', a jsonl/parquet file or folder, a text folder, or 'hf:<dataset>[:<split>]'.",
+    ),
+    max_mb: float = typer.Option(40.0, help="Cap on the local-python corpus, MB of source files."),
+    teacher_url: str = _TEACHER_URL,
+    teacher_model: str = _TEACHER_MODEL,
+    teacher_key_env: str = _TEACHER_KEY,
+    concurrency: int = _CONCURRENCY,
+    annotate: int = typer.Option(3000, help="Documents in the sample the teacher labels."),
+    classifier: str = typer.Option("hashed", help="'hashed' (n-gram linear, fast) or 'embedding' (MiniLM)."),
+    min_score: float = typer.Option(3.0, help="Keep documents whose classifier score is at least this."),
+    ngram: int = typer.Option(13, help="n-gram size for decontamination."),
+    benchmark: list[Path] = typer.Option(
+        None, help="Eval file/folder to decontaminate against (repeatable); HumanEval is always included."
+    ),
+    vocab: int = typer.Option(8192, help="Tokenizer vocabulary size."),
+    val_fraction: float = typer.Option(0.02, help="Share of documents in the validation split."),
+    tasks: int = _TASKS,
+    workers: int = _WORKERS,
+    verbose: bool = typer.Option(False, help="Show datatrove's own logs."),
+):
+    """Every stage from raw corpus to token shards and a data card. Re-runs skip finished stages."""
+    from .data.pipeline import DataConfig
+    from .data.pipeline import run as run_pipeline
+
+    cfg = DataConfig(
+        source=source, max_bytes=int(max_mb * 1e6), teacher=_teacher(teacher_url, teacher_model,
+        teacher_key_env, concurrency), annotate_docs=annotate, classifier=classifier, min_score=min_score,
+        decontam_n=ngram, benchmarks=[str(b) for b in benchmark or []], vocab_size=vocab,
+        val_fraction=val_fraction, tasks=tasks, workers=workers,
+    )  # fmt: skip
+    run_pipeline(cfg, out, quiet=not verbose)
+
+
+@app.command()
+def harvest(
+    out: Path = typer.Argument(..., help="Output folder of jsonl.gz documents."),
+    source: str = typer.Option("local-python", help="See `data run --help`."),
+    max_mb: float = typer.Option(40.0, help="Cap on the local-python corpus, MB."),
+    tasks: int = _TASKS,
+    workers: int = _WORKERS,
+):
+    """Read a source into documents (local Python code is split per function/class)."""
+    from .data.pipeline import harvest as f
+
+    _show(f(source, out, int(max_mb * 1e6), tasks=tasks, workers=workers))
+
+
+@app.command()
+def annotate(
+    src: Path = typer.Argument(..., help="Folder of documents."),
+    out: Path = typer.Argument(..., help="Output folder: the sample, with metadata.teacher_score."),
+    sample: int = typer.Option(3000, help="About this many documents are labelled (0 = all)."),
+    teacher_url: str = _TEACHER_URL,
+    teacher_model: str = _TEACHER_MODEL,
+    teacher_key_env: str = _TEACHER_KEY,
+    concurrency: int = _CONCURRENCY,
+    cache: Path = typer.Option(None, help="Response cache (sqlite); default <out>/../teacher_cache.sqlite."),
+    tasks: int = _TASKS,
+    workers: int = _WORKERS,
+):
+    """Educational-value scores 0-5 from a teacher LLM (or the heuristic) for a sample of documents."""
+    from .data.pipeline import annotate as f
+
+    cache = cache or (out.parent / "teacher_cache.sqlite" if teacher_url else None)
+    teacher = _teacher(teacher_url, teacher_model, teacher_key_env, concurrency, cache)
+    _show(f(src, out, teacher, sample or None, tasks=tasks, workers=workers))
+
+
+@app.command("train-classifier")
+def train_classifier(
+    src: Path = typer.Argument(..., help="Annotated documents (from `data annotate`)."),
+    out: Path = typer.Argument(..., help="Classifier directory."),
+    kind: str = typer.Option("hashed", help="'hashed' or 'embedding'."),
+):
+    """Fit the quality classifier on teacher labels; print held-out Spearman and F1 at 3."""
+    from .data.pipeline import fit_classifier
+
+    _show(fit_classifier(src, out, kind))
+
+
+@app.command()
+def score(
+    src: Path = typer.Argument(..., help="Folder of documents."),
+    out: Path = typer.Argument(..., help="Output folder: documents with metadata.quality."),
+    classifier: Path = typer.Option(..., help="Classifier directory (from `data train-classifier`)."),
+    tasks: int = _TASKS,
+    workers: int = _WORKERS,
+):
+    """Add metadata.quality (classifier score, 0-5) to every document."""
+    from .data.pipeline import score_filter
+
+    _show(score_filter(src, out, classifier=classifier, tasks=tasks, workers=workers))
+
+
+@app.command("filter")
+def filter_(
+    src: Path = typer.Argument(..., help="Scored documents (from `data score`)."),
+    out: Path = typer.Argument(..., help="Output folder."),
+    min_score: float = typer.Option(3.0, help="Keep documents with metadata.quality >= this."),
+    tasks: int = _TASKS,
+    workers: int = _WORKERS,
+):
+    """Keep documents scoring at or above --min-score."""
+    from .data.pipeline import score_filter
+
+    _show(score_filter(src, out, min_score=min_score, tasks=tasks, workers=workers))
+
+
+@app.command()
+def dedup(
+    src: Path = typer.Argument(..., help="Folder of documents."),
+    out: Path = typer.Argument(..., help="Output folder."),
+    work: Path = typer.Option(None, help="Work folder for signatures/buckets/logs (default <out>.work)."),
+    no_minhash: bool = typer.Option(False, help="Exact dedup only."),
+    tasks: int = _TASKS,
+    workers: int = _WORKERS,
+):
+    """Exact and MinHash near-duplicate removal (datatrove stages); prints the duplicate rate."""
+    from .data.dedup import DedupConfig, run_dedup
+
+    work = work or out.with_name(out.name + ".work")
+    _show(run_dedup(src, out, work, DedupConfig(minhash=not no_minhash), tasks, workers))
+
+
+@app.command()
+def decontam(
+    src: Path = typer.Argument(..., help="Folder of documents."),
+    out: Path = typer.Argument(..., help="Output folder."),
+    benchmark: list[Path] = typer.Option(None, help="Eval jsonl/json/csv file or folder (repeatable)."),
+    ngram: int = typer.Option(13, help="n-gram size."),
+    no_humaneval: bool = typer.Option(False, help="Do not include HumanEval."),
+    report: Path = typer.Option(None, help="Where removed documents are reported (default <out>.report)."),
+    tasks: int = _TASKS,
+    workers: int = _WORKERS,
+):
+    """Remove documents sharing an n-gram with an eval item; report each one with the item it matched."""
+    from .data.decontam import run_decontam
+
+    report = report or out.with_name(out.name + ".report")
+    _show(run_decontam(src, out, report, n=ngram, humaneval=not no_humaneval,
+                       paths=tuple(str(b) for b in benchmark or []), tasks=tasks, workers=workers))  # fmt: skip
+
+
+@app.command("train-tokenizer")
+def train_tokenizer(
+    src: Path = typer.Argument(..., help="Folder of documents."),
+    out: Path = typer.Argument(..., help="Tokenizer directory (tokenizer.json + tokenizer_config.json)."),
+    vocab: int = typer.Option(8192, help="Vocabulary size (Phi-3 special tokens included)."),
+    max_mb: float = typer.Option(20.0, help="Train on at most this many MB of text."),
+):
+    """Byte-level BPE that transformers' PreTrainedTokenizerFast and phiforge load."""
+    from .data.pipeline import train_tokenizer as f
+
+    _show(f(src, out, vocab, int(max_mb * 1e6)))
+
+
+@app.command()
+def tokenize(
+    src: Path = typer.Argument(..., help="Folder of documents."),
+    out: Path = typer.Argument(..., help="Shard folder ({train,val}_*.bin + index.json)."),
+    tokenizer: Path = typer.Option(..., help="Tokenizer directory."),
+    val_fraction: float = typer.Option(0.02, help="Share of documents in the validation split."),
+    tasks: int = _TASKS,
+    workers: int = _WORKERS,
+):
+    """Token shards: flat uint16/uint32 arrays, EOS between documents, train/val split by document id."""
+    from .data.pipeline import tokenize as f
+
+    _show(f(src, out, tokenizer, val_fraction, tasks=tasks, workers=workers))
