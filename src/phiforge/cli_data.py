@@ -16,6 +16,19 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+_verbose = {"on": False}
+
+
+@app.callback()
+def _group(verbose: bool = typer.Option(False, "--verbose", help="Show datatrove's own logs on stderr.")):
+    """Textbook-quality data: harvest, annotate, classify, filter, dedup, decontaminate, tokenize."""
+    _verbose["on"] = verbose
+    if not verbose:  # per-task logs still land under each stage's logs/ folder
+        from .data.stage import quiet_logs
+
+        quiet_logs().__enter__()  # for the rest of this process: one command per process
+
+
 _TASKS = typer.Option(2, help="datatrove tasks (output files) per stage.")
 _WORKERS = typer.Option(2, help="Worker processes running the tasks.")
 _TEACHER_URL = typer.Option(
@@ -69,7 +82,6 @@ def run(
     val_fraction: float = typer.Option(0.02, help="Share of documents in the validation split."),
     tasks: int = _TASKS,
     workers: int = _WORKERS,
-    verbose: bool = typer.Option(False, help="Show datatrove's own logs."),
 ):
     """Every stage from raw corpus to token shards and a data card. Re-runs skip finished stages."""
     from .data.pipeline import DataConfig
@@ -81,7 +93,7 @@ def run(
         decontam_n=ngram, benchmarks=[str(b) for b in benchmark or []], vocab_size=vocab,
         val_fraction=val_fraction, tasks=tasks, workers=workers,
     )  # fmt: skip
-    run_pipeline(cfg, out, quiet=not verbose)
+    run_pipeline(cfg, out, quiet=not _verbose["on"])
 
 
 @app.command()

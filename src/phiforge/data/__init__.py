@@ -29,7 +29,8 @@ def _quiet_datatrove_task_logs() -> None:
         logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")  # where datatrove puts it
         logger.remove()
         logger.add(logfile, level="DEBUG", colorize=False)
-        logger.add(sys.stderr, level="ERROR", colorize=False, format="{message}")
+        # a failing task's traceback goes to its log file; the parent prints the one-line error
+        logger.add(sys.stderr, level="CRITICAL", colorize=False, format="{message}")
         logger.info(f"Launching pipeline for {rank=}")
         return logfile
 
