@@ -170,10 +170,12 @@ class Transformer(nn.Module):
         mask: torch.Tensor | None = None,
         last_only: bool = False,
         targets: torch.Tensor | None = None,
+        reduction: str = "mean",
     ):
         """idx (B, T) token ids starting at cache slot `pos`. `positions` (B, T) overrides the rotary
         positions (left-padded batches); `mask` (B, 1, T, pos+T) bool overrides causal masking.
-        Returns logits (B, T or 1, V), or the mean cross-entropy when `targets` is given (-100 ignored)."""
+        Returns logits (B, T or 1, V), or the cross-entropy when `targets` is given (-100 ignored;
+        `reduction="sum"` lets a trainer normalise by the token count of a whole distributed batch)."""
         B, T = idx.shape
         x = self.drop(self.embed(idx))
         max_pos = int(positions.max()) if positions is not None else pos + T - 1
@@ -196,7 +198,9 @@ class Transformer(nn.Module):
         logits = self.lm_head(self.norm(x))
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-100)
+        return F.cross_entropy(
+            logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-100, reduction=reduction
+        )
 
     def num_params(self) -> int:
         seen = {id(p): p.numel() for p in self.parameters()}  # tied weights count once

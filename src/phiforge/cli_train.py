@@ -1,0 +1,95 @@
+"""`phiforge train`, `phiforge sft` and `phiforge plot`: thin wrappers over phiforge.train.
+
+All three run unchanged under `torchrun --nproc_per_node N -m phiforge.cli train ...` (DDP, or FSDP2
+with `--set fsdp=true`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+_SET = typer.Option(
+    None,
+    "--set",
+    help="Override a recipe field: key=value, dotted for nesting (phases.0.tokens=2e6). Repeatable.",
+)
+
+
+def train_cmd(
+    recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recipe (see recipes/tiny-cpu.yaml)."),
+    set_: list[str] = _SET,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print params, memory, tokens, FLOPs and time estimate; train nothing."
+    ),
+    world: int = typer.Option(1, help="--dry-run: number of processes to estimate for."),
+    peak_flops: float = typer.Option(
+        None, help="Per-process peak FLOP/s for MFU and --dry-run (default: measure the fp32 matmul peak)."
+    ),
+):
+    """Pretrain through the recipe's phases (weighted dataset mixtures, token budgets, per-dataset val loss).
+
+    Writes OUT/metrics.jsonl and OUT/ckpt/step_*/ (Hugging Face layout + trainer_state.pt). SIGTERM or
+    Ctrl-C saves a checkpoint first; --resume then continues with exactly the same losses.
+    """
+    from .train import dry_run as dry
+    from .train import load_recipe, pretrain, print_dry_run
+
+    overrides = list(set_ or [])
+    if peak_flops:
+        overrides.append(f"peak_flops={peak_flops}")
+    cfg = load_recipe(recipe, overrides)
+    if dry_run:
+        print_dry_run(dry(cfg, world=world, peak_flops=peak_flops))
+        return
+    path = pretrain(cfg, resume=resume)
+    print(path)
+
+
+def sft_cmd(
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="Checkpoint to fine-tune (HF layout, with tokenizer.json)."
+    ),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help='jsonl, one {"messages": [{role, content}, ...]} per line.'
+    ),
+    out: Path = typer.Option(Path("runs/sft"), help="Run directory (metrics.jsonl, ckpt/)."),
+    val_data: Path = typer.Option(None, help="Validation conversations (same format)."),
+    recipe: Path = typer.Option(
+        None, "--recipe", "-r", help="Optional YAML with TrainConfig fields (lr, seq_len...)."
+    ),
+    set_: list[str] = _SET,
+    epochs: float = typer.Option(None, help="Passes over the data (default: recipe's sft_epochs, 1)."),
+    lr: float = typer.Option(None, help="Peak learning rate (default 1e-3 without a recipe)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
+):
+    """Supervised fine-tuning on chat conversations: Phi-3 template, loss on assistant tokens only, packing."""
+    from .train import from_dict, load_recipe, sft
+
+    base = {"lr": 1e-3, "warmup_steps": 5, "eval_every": 0, "save_every": 0}
+    overrides = list(set_ or []) + [f"out={out}"]
+    if epochs is not None:
+        overrides.append(f"sft_epochs={epochs}")
+    if lr is not None:
+        overrides.append(f"lr={lr}")
+    cfg = load_recipe(recipe, overrides) if recipe else from_dict(base, overrides)
+    print(sft(model, data, cfg, resume=resume, val_data=val_data))
+
+
+def plot_cmd(
+    run: Path = typer.Argument(..., help="Run directory holding metrics.jsonl."),
+    out: Path = typer.Option(None, help="Output folder (default RUN/plots)."),
+):
+    """Loss (train + validation per dataset) and learning-rate curves as PNGs."""
+    from .train.plot import plot_run
+
+    for p in plot_run(run, out):
+        print(p)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("sft")(sft_cmd)
+    app.command("plot")(plot_cmd)

@@ -1,0 +1,64 @@
+import json
+from collections import Counter
+
+import pytest
+import torch
+from conftest import recipe
+
+from phiforge.model import load_model
+from phiforge.train import from_dict, pretrain
+from phiforge.train.checkpoint import list_checkpoints
+from phiforge.train.config import Dataset
+from phiforge.train.mixture import Mixture
+
+
+def _losses(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["type"] == "train"], [r for r in rows if r["type"] == "eval"]
+
+
+def test_two_phase_pretrain_metrics_and_checkpoints(data, tmp_path):
+    out = pretrain(from_dict(recipe(data, tmp_path / "run", keep_last=2)))
+    assert out.name == "step_000010"
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["type"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 11))
+    assert [r["phase"] for r in train] == ["p1"] * 6 + ["p2"] * 4
+    for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "tokens"):
+        assert all(isinstance(r[k], (int, float)) for r in train), k
+    assert train[-1]["tokens"] == 10 * 4 * 64
+    evals = [r for r in rows if r["type"] == "eval"]
+    assert [e["step"] for e in evals] == [4, 6, 8, 10]  # every 4 steps + end of each phase
+    assert set(evals[0]["val_loss"]) == {"code_a", "code_b"}
+    # keep_last=2 of the saves at 3, 6, 9, 10; each is HF layout + tokenizer + trainer state
+    assert [p.name for p in list_checkpoints(tmp_path / "run/ckpt")] == ["step_000009", "step_000010"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not list((tmp_path / "run/ckpt").glob(".*tmp"))
+    m = load_model(out)
+    assert m.cfg.vocab_size == 512 and m.cfg.hidden_size == 64
+
+
+def test_grad_accumulation_matches_bigger_batch(data, tmp_path):
+    base = dict(eval_every=0, save_every=0)
+    pretrain(from_dict(recipe(data, tmp_path / "a", micro_batch=4, grad_accum=1, **base)))
+    pretrain(from_dict(recipe(data, tmp_path / "b", micro_batch=2, grad_accum=2, **base)))
+    pretrain(from_dict(recipe(data, tmp_path / "c", micro_batch=4, activation_checkpointing=True, **base)))
+    a, b, c = (_losses(tmp_path / x)[0] for x in "abc")
+    assert len(a) == 10
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    assert a == c  # recomputation changes memory, not numbers
+
+
+def test_mixture_follows_weights_and_is_stateless(data):
+    ds = [Dataset(str(data["a"]), 0.25), Dataset(str(data["b"]), 0.75)]
+    mix = Mixture(ds, 64, 512, seed=3, phase=1)
+    counts = Counter(k for s in range(200) for k, _ in mix.plan(s, 16))
+    assert abs(counts[1] / 3200 - 0.75) < 0.03
+    assert mix.plan(17, 16) == Mixture(ds, 64, 512, seed=3, phase=1).plan(17, 16)
+    x = mix.batch(17, 16, 4, 8)
+    assert x.shape == (4, 65) and x.dtype == torch.int64
+    assert torch.equal(
+        x, mix.batch(17, 16, 0, 16)[4:8]
+    )  # a rank's slice == the same rows of the global batch
