@@ -1,0 +1,297 @@
+"""Run benchmark tasks against a model through the engine and write reports under OUT/eval/.
+
+    results = phiforge.eval.run("runs/x/ckpt", tasks=["sanity", "humaneval"], data_dir=..., out="runs/x")
+
+Multiple choice: every (context, option) pair of a task is scored in one batched log-likelihood pass.
+Generation: prompts are completed in batches (greedy unless temperature > 0; n samples per prompt for
+pass@k), code is executed in the sandbox with parallel workers. Each finished task is saved to
+OUT/eval/tasks/<task>.json; a rerun with the same settings reuses it (resumable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..infer import score
+from ..infer.engine import Engine
+from ..infer.sampling import SamplingParams
+from . import metrics
+from .sandbox import Limits, run_many
+from .tasks import GenItem, Task, registry
+
+
+@dataclass
+class EvalSettings:
+    tasks: list[str]
+    data_dir: str | None = None
+    limit: int | None = None  # items per task (per subject/subtask for MMLU and BBH)
+    shots: dict[str, int] = field(default_factory=dict)  # overrides of each task's default
+    n_samples: int = 1  # generations per prompt (pass@k for k <= n)
+    temperature: float = 0.0  # 0 = greedy; n_samples > 1 needs > 0
+    top_p: float = 0.95
+    seed: int = 0
+    max_new_tokens: int | None = None  # override of each task's default
+    batch_size: int = 8  # prompts per generate call
+    score_tokens: int = 4096  # padded tokens per log-likelihood batch
+    workers: int = max(1, os.cpu_count() or 1)  # parallel sandboxes
+    timeout: float = 10.0  # seconds per program
+
+
+def resolve_tasks(names) -> list[Task]:
+    reg = registry()
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    if not names:
+        raise ValueError("no tasks given")
+    bad = [n for n in names if n not in reg]
+    if bad:
+        raise ValueError(f"unknown task {bad[0]!r}: choose from {', '.join(reg)}")
+    return [reg[n] for n in names]
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False, default=str)
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _metric(values) -> dict:
+    m, se = metrics.mean_stderr(list(values))
+    return {"value": m, "stderr": se}
+
+
+# ---- multiple choice -------------------------------------------------------------------------------
+def run_mc(engine: Engine, task: Task, items, s: EvalSettings, progress=None) -> tuple[dict, list[dict]]:
+    pairs = [p for it in items for p in it.pairs]
+    lls = score.loglikelihood(engine, pairs, max_tokens=s.score_tokens, on_batch=progress)
+    per, k = [], 0
+    for it in items:
+        ll = [x[0] for x in lls[k : k + len(it.pairs)]]
+        k += len(it.pairs)
+        if task.kind == "mc2":
+            rec = {"mc2": metrics.mc2_score(ll, it.labels)}
+        else:
+            rec = metrics.mc_scores(ll, it.norm, it.gold)
+        per.append({"id": it.id, **rec, "gold": it.gold, "lls": ll, "context_tail": it.pairs[0][0][-300:]})
+    names = ["mc2"] if task.kind == "mc2" else ["acc", "acc_norm", "acc_bytes"]
+    return {m: _metric(r[m] for r in per) for m in names}, per
+
+
+# ---- generation ------------------------------------------------------------------------------------
+def generate(engine: Engine, items: list[GenItem], s: EvalSettings, progress=None) -> list[list[str]]:
+    """n_samples completions per item, batched by similar prompt length; prompts are left-truncated."""
+    tok = engine._tok()
+    ctx = engine.cfg.max_position_embeddings
+    jobs = []  # (item index, sample index, ids, params)
+    for i, it in enumerate(items):
+        new = min(s.max_new_tokens or it.max_new_tokens, ctx // 2)
+        ids = tok.encode(it.prompt)[-(ctx - new) :]
+        for j in range(s.n_samples):
+            jobs.append((i, j, ids, new, it.stop))
+    out: list[list[str]] = [[""] * s.n_samples for _ in items]
+    jobs.sort(key=lambda j: (tuple(j[4]), j[3], len(j[2])))  # same stops and budget share a batch
+    for b in range(0, len(jobs), s.batch_size):
+        batch = jobs[b : b + s.batch_size]
+        groups = defaultdict(list)
+        for job in batch:
+            groups[(tuple(job[4]), job[3])].append(job)
+        for (stop, new), js in groups.items():
+            params = SamplingParams(
+                max_new_tokens=new,
+                temperature=s.temperature,
+                top_p=s.top_p if s.temperature > 0 else 1.0,
+                seed=s.seed + b,
+                stop=list(stop),
+            )
+            for job, res in zip(js, engine.generate([j[2] for j in js], params), strict=True):
+                out[job[0]][job[1]] = res.text
+        if progress:
+            progress(len(batch))
+    return out
+
+
+def run_gen(engine, task: Task, items, s: EvalSettings, progress=None) -> tuple[dict, list[dict]]:
+    texts = generate(engine, items, s, progress)
+    per = []
+    for it, outs in zip(items, texts, strict=True):
+        checks = [task.check(it, t) for t in outs]
+        per.append(
+            {
+                "id": it.id,
+                "output": outs[0],
+                "target": it.target,
+                **checks[0],
+                "n_correct": sum(c["correct"] for c in checks),
+            }
+        )
+    res = {"exact_match": _metric(float(r["correct"]) for r in per)}
+    subs = defaultdict(list)
+    for it, r in zip(items, per, strict=True):
+        if "subtask" in it.meta:
+            subs[it.meta["subtask"]].append(float(r["correct"]))
+    if subs:
+        res["subtasks"] = {k: _metric(v) for k, v in sorted(subs.items())}
+    return res, per
+
+
+def run_code(engine, task: Task, items, s: EvalSettings, progress=None) -> tuple[dict, list[dict]]:
+    texts = generate(engine, items, s, progress)
+    programs = [task.program(it, t) for it, outs in zip(items, texts, strict=True) for t in outs]
+    results = run_many(programs, Limits(timeout=s.timeout, cpu_seconds=int(s.timeout)), workers=s.workers)
+    per = []
+    n = s.n_samples
+    for i, (it, outs) in enumerate(zip(items, texts, strict=True)):
+        rs = results[i * n : (i + 1) * n]
+        c = sum(r.passed for r in rs)
+        per.append(
+            {"id": it.id, "output": outs[0], "status": rs[0].status, "detail": rs[0].detail, "n": n, "c": c}
+        )
+    ks = [k for k in (1, 10, 100) if k <= n]
+    return {f"pass@{k}": _metric(metrics.pass_at_k(n, r["c"], k) for r in per) for k in ks}, per
+
+
+# ---- driver ----------------------------------------------------------------------------------------
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+def run(
+    model_dir,
+    tasks,
+    data_dir=None,
+    limit: int | None = None,
+    out=None,
+    engine: Engine | None = None,
+    show_progress: bool = True,
+    **kw,
+) -> dict:
+    """Evaluate `model_dir` (HF layout + tokenizer.json) on `tasks`; write OUT/eval/{results.json,
+    results.md,samples/,tasks/} when `out` is given. Returns the results dict (also what results.json holds)."""
+    s = EvalSettings(
+        tasks=[t.name for t in resolve_tasks(tasks)],
+        data_dir=str(data_dir) if data_dir else None,
+        limit=limit,
+        **kw,
+    )
+    if s.n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {s.n_samples}")
+    if s.n_samples > 1 and s.temperature <= 0:
+        raise ValueError("n_samples > 1 needs temperature > 0 (greedy samples are all the same)")
+    engine = engine or Engine.load(model_dir)
+    root = Path(out) / "eval" if out else None
+    report = {"model": str(model_dir), "settings": asdict(s), "tasks": {}}
+    from contextlib import nullcontext
+
+    with _progress() if show_progress else nullcontext() as prog:
+        for task in resolve_tasks(s.tasks):
+            shots = s.shots.get(task.name, task.shots)
+            key = {**asdict(s), "tasks": [task.name], "shots": shots}
+            cached = root / "tasks" / f"{task.name}.json" if root else None
+            if cached and cached.is_file():
+                prev = json.loads(cached.read_text(encoding="utf-8"))
+                if prev.get("key") == key:
+                    report["tasks"][task.name] = prev["result"]
+                    continue
+            t0 = time.perf_counter()
+            items = task.load(Path(s.data_dir) if s.data_dir else None, s.limit, shots)
+            if not items:
+                raise ValueError(f"task {task.name}: no items loaded")
+            total = (
+                sum(len(it.pairs) for it in items) if task.kind in ("mc", "mc2") else len(items) * s.n_samples
+            )
+            bar = prog.add_task(f"{task.name} ({shots}-shot)", total=total) if prog else None
+            adv = (lambda k, bar=bar: prog.advance(bar, k)) if prog else None
+            runner = {"mc": run_mc, "mc2": run_mc, "gen": run_gen, "code": run_code}[task.kind]
+            res, per = runner(engine, task, items, s, adv)
+            result = {
+                "setting": task.setting,
+                "shots": shots,
+                "n": len(items),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "metrics": res,
+                "samples": per[:3],
+            }
+            report["tasks"][task.name] = result
+            if root:
+                _atomic_text(
+                    root / "samples" / f"{task.name}.jsonl",
+                    "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in per),
+                )
+                _atomic_json(cached, {"key": key, "result": result})
+    if root:
+        _atomic_json(root / "results.json", report)
+        _atomic_text(root / "results.md", markdown(report))
+    return report
+
+
+def _fmt(m: dict) -> str:
+    v, se = m["value"], m["stderr"]
+    return f"{v:.4f} ± {se:.4f}" if se == se else f"{v:.4f}"
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Evaluation of `{report['model']}`", ""]
+    s = report["settings"]
+    lines += [
+        f"limit {s['limit']}, n_samples {s['n_samples']}, temperature {s['temperature']}, seed {s['seed']}, data {s['data_dir']}",
+        "",
+    ]
+    lines += ["| task | shots | n | metric | value ± stderr |", "|---|---|---|---|---|"]
+    for name, r in report["tasks"].items():
+        for m, v in r["metrics"].items():
+            if m != "subtasks":
+                lines.append(f"| {name} | {r['shots']} | {r['n']} | {m} | {_fmt(v)} |")
+    lines += ["", "## Settings", ""]
+    lines += [f"- **{name}** ({r['shots']}-shot): {r['setting']}" for name, r in report["tasks"].items()]
+    for name, r in report["tasks"].items():
+        lines += ["", f"## {name}: sample outputs", ""]
+        for smp in r["samples"]:
+            shown = {
+                k: v
+                for k, v in smp.items()
+                if k in ("id", "output", "target", "correct", "status", "detail", "acc", "mc2", "extracted")
+            }
+            lines.append(
+                "```\n" + json.dumps(shown, ensure_ascii=False, indent=1, default=str)[:1500] + "\n```"
+            )
+        if "subtasks" in r["metrics"]:
+            lines += ["", "| subtask | exact_match |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in r["metrics"]["subtasks"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def settings_table(tasks) -> str:
+    """The settings each task runs with (for --help / the CLI's banner)."""
+    return "\n".join(f"{t.name:15s} {t.shots:2d}-shot  {t.setting}" for t in resolve_tasks(tasks))
