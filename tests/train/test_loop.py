@@ -30,6 +30,7 @@ def test_two_phase_pretrain_metrics_and_checkpoints(data, tmp_path):
     evals = [r for r in rows if r["type"] == "eval"]
     assert [e["step"] for e in evals] == [4, 6, 8, 10]  # every 4 steps + end of each phase
     assert set(evals[0]["val_loss"]) == {"code_a", "code_b"}
+    assert all(evals[-1]["val_loss"][k] < evals[0]["val_loss"][k] - 0.05 for k in ("code_a", "code_b"))
     # keep_last=2 of the saves at 3, 6, 9, 10; each is HF layout + tokenizer + trainer state
     assert [p.name for p in list_checkpoints(tmp_path / "run/ckpt")] == ["step_000009", "step_000010"]
     assert {"config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"} <= {

@@ -62,6 +62,12 @@ def model_config(cfg: TrainConfig, tok: Tokenizer | None):
     """The ModelConfig this recipe trains (vocab from the tokenizer unless set explicitly)."""
     if cfg.init_from:
         mc = load_config(cfg.init_from)
+        extra = set(cfg.model_overrides) - {"dropout"}
+        if extra:
+            raise RecipeError(
+                f"model_overrides: only dropout can change when init_from is set (got {sorted(extra)})"
+            )
+        mc = mc.replace(**cfg.model_overrides)
     else:
         mc = get_preset(cfg.preset)
         over = dict(cfg.model_overrides)
@@ -106,11 +112,21 @@ def _check_shards_vs_tokenizer(cfg: TrainConfig, tok: Tokenizer | None) -> None:
 
 
 def _init_model(cfg: TrainConfig, mc, resume: Path | None) -> Transformer:
-    if resume is not None:
-        return load_model(resume, dtype=torch.float32)
-    if cfg.init_from:
-        return load_model(cfg.init_from, dtype=torch.float32)
-    return build(mc, seed=cfg.seed)
+    src = resume or cfg.init_from
+    if src is None:
+        return build(mc, seed=cfg.seed)
+    # weights from the checkpoint, module from the recipe's config: config.json does not carry
+    # training-only fields such as dropout
+    loaded = load_model(src, dtype=torch.float32)
+    if loaded.cfg.replace(dropout=mc.dropout) != mc:
+        raise TrainDataError(f"{src}: checkpoint config differs from the recipe's model (vocab/shape)")
+    if loaded.cfg == mc:
+        return loaded
+    model = build(mc, device="meta")
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    if mc.tie_word_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model
 
 
 def _resume_point(cfg: TrainConfig, resume: bool | str | Path) -> Path | None:
