@@ -30,6 +30,9 @@ def _add_subapps() -> None:
     from . import cli_speedrun
 
     cli_speedrun.register(app)
+    from .cli_eval import register as register_eval
+
+    register_eval(app)
 
 
 @app.callback()

@@ -88,7 +88,8 @@ try:
     used = sum(1 for p in os.listdir("/proc") if p.isdigit() and os.stat(f"/proc/{p}").st_uid == os.getuid())
 except OSError:
     used = 256
-for lim, val in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, mem), (resource.RLIMIT_FSIZE, fsize),
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # soft < hard: SIGXCPU first, not SIGKILL
+for lim, val in ( (resource.RLIMIT_AS, mem), (resource.RLIMIT_FSIZE, fsize),
                  (resource.RLIMIT_NPROC, used + nproc), (resource.RLIMIT_CORE, 0)):
     try:
         resource.setrlimit(lim, (val, val))
@@ -146,7 +147,7 @@ def _verdict(rc: int, stderr: str) -> tuple[str, str]:
         if sig == 24:  # SIGXCPU: CPU-time limit
             return "timeout", "CPU time limit (SIGXCPU)"
         if sig == 9:
-            return "memory", "killed (SIGKILL), most likely out of memory"
+            return "memory", "killed (SIGKILL): out of memory (kernel OOM killer)"
         return "error", f"killed by signal {sig}"
     if "MemoryError" in last or "Cannot allocate memory" in stderr:
         return "memory", last or "MemoryError"

@@ -4,12 +4,9 @@ exact match of the text after the last 'the answer is'. `--limit` applies per su
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from . import DataError, GenItem, Task, data_path, field_of, need
-
-_ANSWER = re.compile(r"answer is\s*(.*)", re.IGNORECASE)
 
 
 def subtasks(data_dir: Path | None) -> list[str]:
@@ -28,9 +25,10 @@ def cot_prompt(data_dir: Path | None, name: str) -> str:
 
 
 def extract(text: str) -> str:
-    m = _ANSWER.findall(text.split("\n\nQ:")[0])
-    ans = m[-1] if m else text.strip().split("\n")[-1] if text.strip() else ""
-    return ans.strip().rstrip(".").strip()
+    text = text.split("\n\nQ:")[0]
+    k = text.lower().rfind("answer is")
+    ans = text[k + len("answer is") :] if k >= 0 else (text.strip().splitlines() or [""])[-1]
+    return ans.strip().split("\n")[0].strip().rstrip(".").strip()
 
 
 def load(data_dir, limit, shots) -> list[GenItem]:

@@ -27,7 +27,7 @@ PUZZLES = [
         "There are three killers in a room. Someone enters the room and kills one of them. Nobody leaves "
         "the room. How many killers are in the room?",
         r"\b(3|three|4|four)\b",
-        r"\b(2|two)\b",
+        r"^\W*(there (are|is|will be) )?(2|two)\b",
     ),
     (
         "transitive_speed",
