@@ -24,6 +24,9 @@ def _add_subapps() -> None:
     from .cli_data import app as data_app
 
     app.add_typer(data_app, name="data")
+    from .cli_serve import register as register_serve
+
+    register_serve(app)
 
 
 @app.callback()

@@ -77,6 +77,11 @@ def run_server(model_dir, **kw):
         sock.close()
 
 
+@pytest.fixture(scope="session")
+def start_server():
+    return run_server
+
+
 @pytest.fixture(scope="module")
 def server(model_dir):
     n = torch.get_num_threads()

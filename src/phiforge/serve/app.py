@@ -170,7 +170,9 @@ class Server:
                 content = ""
             if role not in CHAT_ROLES:
                 want = ", ".join(CHAT_ROLES)
-                raise APIError(f"messages[{i}].role must be one of {want}, got {role!r}", f"messages.[{i}].role")
+                raise APIError(
+                    f"messages[{i}].role must be one of {want}, got {role!r}", f"messages.[{i}].role"
+                )
             if not isinstance(content, str):
                 raise APIError(f"messages[{i}].content must be a string", f"messages.[{i}].content")
             out.append({"role": role, "content": content})
@@ -311,7 +313,13 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
 
     @app.get("/v1/models", dependencies=[Depends(auth)])
     async def models():
-        card = {"id": srv.name, "object": "model", "created": 0, "owned_by": "phiforge", "max_model_len": srv.ctx}
+        card = {
+            "id": srv.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "phiforge",
+            "max_model_len": srv.ctx,
+        }
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
