@@ -215,3 +215,21 @@ def test_client_disconnect_frees_the_row(server):
     steps = b.steps
     time.sleep(0.3)
     assert b.steps == steps and steps - steps0 < 150
+
+
+def test_non_streaming_client_that_gives_up_frees_the_row(server, monkeypatch):
+    b = server.srv.batcher
+    cancelled, model = b.n_cancelled, b.model
+
+    def slow_model(*a, **kw):  # 150 tokens now take ~3 s; the client gives up after 0.5 s
+        time.sleep(0.02)
+        return model(*a, **kw)
+
+    monkeypatch.setattr(b, "model", slow_model)
+    body = {"model": MODEL, "prompt": "x = ", "max_tokens": 150, "ignore_eos": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.url + "/v1/completions", json=body, timeout=0.5)
+    deadline = time.time() + 10
+    while b.n_cancelled == cancelled and time.time() < deadline:
+        time.sleep(0.01)
+    assert b.n_cancelled == cancelled + 1

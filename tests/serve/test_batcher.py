@@ -133,3 +133,35 @@ def test_context_limit_ends_rows_like_generate(engine):
         assert len(wait(c2).tokens) == 60
     finally:
         b.stop()
+
+
+def test_longrope_models_run_one_at_a_time_exactly(engine):
+    # LongRoPE switches every position's frequencies once a row passes original_max_position_embeddings,
+    # so rows cannot share steps: the batcher runs them through Engine.generate one by one.
+    half = 64 // 4 // 2
+    cfg = engine.cfg.replace(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, original_max_position_embeddings=32,
+        rope_scaling={"type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(half)],
+                      "long_factor": [1.0 + i for i in range(half)]},
+    )  # fmt: skip
+    from conftest import make_model
+
+    eng = Engine(make_model(cfg, seed=9), engine.tok)
+    b = Batcher(eng, max_batch=4).start()
+    try:
+        assert b.sequential and b.max_batch == 1
+        jobs = [(prompt(20, 1), 30), (prompt(8, 2), 40)]  # both cross position 32
+        subs = [submit(b, ids, SamplingParams(max_new_tokens=m, ignore_eos=True)) for ids, m in jobs]
+        for (ids, m), (_r, c) in zip(jobs, subs, strict=True):
+            want = eng.generate([ids], SamplingParams(max_new_tokens=m, ignore_eos=True))[0]
+            assert wait(c).tokens == want.tokens and c.text == want.text
+        req, c = submit(b, prompt(5, 3), SamplingParams(max_new_tokens=150, ignore_eos=True))
+        while req.steps < 3:
+            time.sleep(0.001)
+        req.cancel()
+        deadline = time.time() + 10
+        while req.finish_reason is None and time.time() < deadline:
+            time.sleep(0.001)
+        assert req.finish_reason == "cancelled" and req.steps < 150 and not c.event.is_set()
+    finally:
+        b.stop()

@@ -187,13 +187,19 @@ async def _events(srv: Server, request: Request, ids: list[int], params: Samplin
     q: asyncio.Queue = asyncio.Queue()
     req = GenRequest(ids, params, sink=lambda kind, v: loop.call_soon_threadsafe(q.put_nowait, (kind, v)))
     srv.batcher.submit(req)
+    checked = loop.time()
     try:
         while True:
             try:
-                kind, v = await asyncio.wait_for(q.get(), timeout=0.5)
+                kind, v = await asyncio.wait_for(q.get(), timeout=0.25)
             except asyncio.TimeoutError:
+                kind = None
+            # poll for a vanished client even while tokens flow (a non-streamed reply sends nothing)
+            if loop.time() - checked > 0.25:
+                checked = loop.time()
                 if await request.is_disconnected():
                     return
+            if kind is None:
                 continue
             yield kind, v
             if kind != "text":
