@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..infer import kernels
 from ..infer.engine import Engine, _Row
 from ..infer.sampling import SamplingParams, sample
 from ..model import KVCache
@@ -91,6 +92,9 @@ class Batcher:
         self.steps = 0  # stats for tests and logs: decode steps, largest batch, rows freed by cancel
         self.peak_batch = 0
         self.n_cancelled = 0
+        # a row alone runs Engine's native batch-1 decode (rebuilt whenever the cache buffer changes)
+        self._native_ok = not self.sequential and kernels.Phi3Decoder.supports(self.model, 1, False)
+        self._native, self._native_buf = None, 0
         self.thread = threading.Thread(target=self._run, name="phiforge-batcher", daemon=True)
 
     # ---- public, any thread ----------------------------------------------------------------------
@@ -167,6 +171,8 @@ class Batcher:
 
     def _step(self) -> None:
         self._make_room(0)
+        if len(self.live) == 1 and self._native_ok:
+            return self._step_native()
         nb, S = len(self.live), self.S
         dev = self.engine.device
         x = torch.tensor([[r.next_id] for r in self.live], dtype=torch.long, device=dev)
@@ -182,6 +188,22 @@ class Batcher:
         for i, r in enumerate(self.live):
             r.req.steps += 1
             self._accept(r, self._sample(r, logits[i : i + 1]))
+
+    def _step_native(self) -> None:
+        """One row alone: Engine's native whole-layer decode (infer/kernels.c), as in Engine.generate.
+        It reads the row's cache from slot 0, so a row that was admitted behind others is moved there."""
+        r = self.live[0]
+        if r.pad:
+            self._relayout(self.S - r.pad)
+        if self._native is None or self._native_buf != self.k.data_ptr():
+            view = _CacheView(self.k[:, :1], self.v[:, :1])  # row 0 of each layer is contiguous
+            self._native, self._native_buf = kernels.Phi3Decoder(self.model, view), self.k.data_ptr()
+        logits = self._native(r.next_id, self.S, "short")[:, -1].float()
+        self.S += 1
+        self.steps += 1
+        self.peak_batch = max(self.peak_batch, 1)
+        r.req.steps += 1
+        self._accept(r, self._sample(r, logits))
 
     def _sample(self, r: _Live, logits: torch.Tensor) -> int:
         return int(sample(logits, r.req.params, r.gen)[0])
@@ -225,8 +247,11 @@ class Batcher:
         if self.k is not None and n <= self.S < self.cap:
             return
         lo = min((r.pad for r in self.live), default=self.S)
-        width = self.S - lo  # live window [lo, S): slots before lo are pads for every row
-        new_s = max(width, n)
+        self._relayout(max(self.S - lo, n))  # slots before lo are pads for every row: drop them
+
+    def _relayout(self, new_s: int) -> None:
+        """Move the live window [lo, S) to end at new_s (growing the cache if needed); pads follow."""
+        lo = min((r.pad for r in self.live), default=self.S)
         shift = new_s - self.S
         nb = len(self.live)
         if self.k is None or new_s >= self.cap:
