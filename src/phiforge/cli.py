@@ -33,6 +33,9 @@ def _add_subapps() -> None:
     from .cli_eval import register as register_eval
 
     register_eval(app)
+    from .cli_serve import register as register_serve
+
+    register_serve(app)
 
 
 @app.callback()
