@@ -6,6 +6,7 @@ with `--set fsdp=true`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -45,7 +46,8 @@ def train_cmd(
         print_dry_run(dry(cfg, world=world, peak_flops=peak_flops))
         return
     path = pretrain(cfg, resume=resume)
-    print(path)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+        print(path)
 
 
 def sft_cmd(
@@ -75,7 +77,9 @@ def sft_cmd(
     if lr is not None:
         overrides.append(f"lr={lr}")
     cfg = load_recipe(recipe, overrides) if recipe else from_dict(base, overrides)
-    print(sft(model, data, cfg, resume=resume, val_data=val_data))
+    path = sft(model, data, cfg, resume=resume, val_data=val_data)
+    if os.environ.get("RANK", "0") == "0":
+        print(path)
 
 
 def plot_cmd(

@@ -82,7 +82,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
     _one_line(e)
     assert [p.name for p in list_checkpoints(tmp_path / "run/ckpt")] == ["step_000003"]
     assert all(torch.isfinite(t).all() for t in torch.load(tmp_path / "run/ckpt/step_000003/trainer_state.pt",
-               weights_only=False)["optimizer"]["state"][0].values() if isinstance(t, torch.Tensor))  # fmt: skip
+               weights_only=True)["optimizer"]["state"][0].values() if isinstance(t, torch.Tensor))  # fmt: skip
 
 
 def test_cli_errors_are_one_line(data, tmp_path):

@@ -63,3 +63,12 @@ def test_mixture_follows_weights_and_is_stateless(data):
     assert torch.equal(
         x, mix.batch(17, 16, 0, 16)[4:8]
     )  # a rank's slice == the same rows of the global batch
+
+
+def test_bf16_autocast_runs_close_to_fp32(data, tmp_path):
+    base = dict(eval_every=0, save_every=0)
+    pretrain(from_dict(recipe(data, tmp_path / "fp32", **base)))
+    pretrain(from_dict(recipe(data, tmp_path / "bf16", dtype="bf16", **base)))
+    a, b = _losses(tmp_path / "fp32")[0], _losses(tmp_path / "bf16")[0]
+    assert a != b and a == pytest.approx(b, abs=0.05)  # bf16 matmuls, fp32 weights and optimizer
+    assert load_model(tmp_path / "bf16/ckpt/step_000010").embed.weight.dtype == torch.float32

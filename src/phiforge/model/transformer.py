@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .loss import linear_cross_entropy
 from .rope import RopeTables, apply_rope
 
 
@@ -195,12 +196,11 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, pos, cache, mask)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(self.norm(x))
         if targets is None:
-            return logits
-        return F.cross_entropy(
-            logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-100, reduction=reduction
-        )
+            return self.lm_head(self.norm(x))
+        # fused head + loss (loss.py): the full logits are never materialised
+        h = self.norm(x).flatten(0, 1)
+        return linear_cross_entropy(h, self.lm_head.weight, self.lm_head.bias, targets.reshape(-1), reduction)
 
     def num_params(self) -> int:
         seen = {id(p): p.numel() for p in self.parameters()}  # tied weights count once

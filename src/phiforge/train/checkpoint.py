@@ -41,12 +41,16 @@ def latest(root: str | Path) -> Path | None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # only tensors, numbers, strings and tuples: trainer_state.pt loads with weights_only=True (no pickle code)
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    kind, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(s["python"])
 
 
@@ -71,7 +75,7 @@ def save(root: str | Path, step: int, model, tokenizer, state: dict, keep_last: 
 
 
 def load_state(ckpt: str | Path) -> dict:
-    return torch.load(Path(ckpt) / STATE, map_location="cpu", weights_only=False)
+    return torch.load(Path(ckpt) / STATE, map_location="cpu", weights_only=True)
 
 
 def _fsync_dir(path: Path) -> None:

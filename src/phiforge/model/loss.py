@@ -1,0 +1,80 @@
+"""Output projection + cross-entropy in row chunks, gradients computed in the forward pass.
+
+The plain path materialises (tokens x vocab) logits, log-softmax and its gradient, and a zero-filled
+NLL gradient of the same size: several full passes over a tensor far larger than the cache (262 MB for
+2048 tokens at vocab 32064). Here each chunk of rows does logits -> exp once -> loss and d(loss)/d(logits)
+while it is in cache, and immediately the two matmuls of the head's backward; backward only scales the
+stored gradients. Same FLOPs, fewer memory passes, one exp per logit instead of two, and the logits never
+exist in full (Liger-Kernel's fused linear cross-entropy, in plain PyTorch).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK = 256  # rows per chunk: 256 x 32064 fp32 logits = 33 MB, about one L3
+
+
+def _chunk_loss(hc, w, b, tc, need_grad: bool):
+    logits = hc @ w.t()
+    if b is not None:
+        logits += b
+    valid = tc != -100
+    t = tc.clamp_min(0)
+    m = logits.amax(-1, keepdim=True)
+    picked = logits.gather(1, t[:, None]).squeeze(1)
+    e = logits.sub_(m).exp_()  # in place: the logits are not needed again
+    s = e.sum(-1)
+    loss = ((s.log() + m.squeeze(1) - picked) * valid).sum()
+    if not need_grad:
+        return loss, None
+    g = e.div_(s[:, None])  # softmax
+    g[torch.arange(len(t), device=t.device), t] -= 1.0
+    g.mul_(valid[:, None].to(g.dtype))
+    return loss, g
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w, b, targets):
+        gh, gw = torch.empty_like(h), torch.zeros_like(w)
+        gb = torch.zeros_like(b) if b is not None else None
+        total = h.new_zeros((), dtype=torch.float32)
+        for s in range(0, h.shape[0], CHUNK):
+            hc = h[s : s + CHUNK]
+            loss, g = _chunk_loss(hc, w, b, targets[s : s + CHUNK], True)
+            total += loss
+            torch.mm(g, w, out=gh[s : s + CHUNK])
+            gw.addmm_(g.t(), hc)
+            if gb is not None:
+                gb += g.sum(0)
+        ctx.save_for_backward(gh, gw, *([gb] if gb is not None else []))
+        return total
+
+    @staticmethod
+    def backward(ctx, go):
+        gh, gw, *gb = ctx.saved_tensors
+        return gh * go, gw * go, (gb[0] * go if gb else None), None
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """cross_entropy(h @ w.T + b, targets, ignore_index=-100) for h (N, d) fp32, without full logits."""
+    if h.dtype != torch.float32 or w.dtype != torch.float32 or torch.is_autocast_enabled(h.device.type):
+        logits = F.linear(h, w, b).float()  # low precision: the plain path (upcast logits, as transformers)
+        loss = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+    elif torch.is_grad_enabled() and (h.requires_grad or w.requires_grad):
+        loss = _LinearCrossEntropy.apply(h, w, b, targets)
+    else:
+        with torch.no_grad():
+            loss = sum(
+                _chunk_loss(h[s : s + CHUNK], w, b, targets[s : s + CHUNK], False)[0]
+                for s in range(0, h.shape[0], CHUNK)
+            )
+    if reduction == "sum":
+        return loss
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return loss / (targets != -100).sum()
