@@ -109,7 +109,9 @@ def test_known_loglikelihood_orderings(model_dir):
 
 def test_bits_per_byte_api(model_dir):
     eng = Engine.load(model_dir)
-    bpb = ev.bits_per_byte(eng, ["def f(x):\n    return x\n"])
+    texts = ev.humaneval_solutions()
+    assert len(texts) == 164 and texts[0].startswith("from typing import List")
+    bpb = ev.bits_per_byte(eng, texts[:5])
     assert 0 < bpb < 20
 
 
@@ -118,6 +120,9 @@ def test_bad_settings(model_dir):
         ev.run(model_dir, ["nope"])
     with pytest.raises(ValueError, match="n_samples > 1 needs temperature"):
         ev.run(model_dir, ["sanity"], n_samples=3)
+    # data is checked for every task before the model runs any
+    with pytest.raises(ValueError, match="GSM8K file not found"):
+        ev.run(model_dir, ["sanity", "gsm8k"], data_dir=model_dir, engine=object())
 
 
 def _cli(*args):

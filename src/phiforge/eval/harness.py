@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -209,25 +210,29 @@ def run(
         raise ValueError(f"n_samples must be >= 1, got {s.n_samples}")
     if s.n_samples > 1 and s.temperature <= 0:
         raise ValueError("n_samples > 1 needs temperature > 0 (greedy samples are all the same)")
-    engine = engine or Engine.load(model_dir)
     root = Path(out) / "eval" if out else None
     report = {"model": str(model_dir), "settings": asdict(s), "tasks": {}}
-    from contextlib import nullcontext
-
-    with _progress() if show_progress else nullcontext() as prog:
-        for task in resolve_tasks(s.tasks):
-            shots = s.shots.get(task.name, task.shots)
-            key = {**asdict(s), "tasks": [task.name], "shots": shots}
-            cached = root / "tasks" / f"{task.name}.json" if root else None
-            if cached and cached.is_file():
-                prev = json.loads(cached.read_text(encoding="utf-8"))
-                if prev.get("key") == key:
-                    report["tasks"][task.name] = prev["result"]
-                    continue
+    # load every task's data first: a missing or malformed file fails before any model time is spent
+    plan = []
+    for task in resolve_tasks(s.tasks):
+        shots = s.shots.get(task.name, task.shots)
+        key = {**asdict(s), "tasks": [task.name], "shots": shots}
+        cached = root / "tasks" / f"{task.name}.json" if root else None
+        if cached and cached.is_file():
+            prev = json.loads(cached.read_text(encoding="utf-8"))
+            if prev.get("key") == key:
+                report["tasks"][task.name] = prev["result"]
+                continue
+        items = task.load(Path(s.data_dir) if s.data_dir else None, s.limit, shots)
+        if not items:
+            raise ValueError(f"task {task.name}: no items loaded")
+        report["tasks"][task.name] = None  # keeps the requested order
+        plan.append((task, shots, key, cached, items))
+    if plan:
+        engine = engine or Engine.load(model_dir)
+    with _progress() if show_progress and plan else nullcontext() as prog:
+        for task, shots, key, cached, items in plan:
             t0 = time.perf_counter()
-            items = task.load(Path(s.data_dir) if s.data_dir else None, s.limit, shots)
-            if not items:
-                raise ValueError(f"task {task.name}: no items loaded")
             total = (
                 sum(len(it.pairs) for it in items) if task.kind in ("mc", "mc2") else len(items) * s.n_samples
             )
