@@ -53,7 +53,8 @@ def test_run_writes_reports_and_resumes(model_dir, data, tmp_path):
     for m in ("acc", "acc_norm"):
         v = piqa["metrics"][m]
         assert 0 <= v["value"] <= 1 and v["stderr"] >= 0
-    assert set(saved["tasks"]["humaneval"]["metrics"]) == {"pass@1"}
+    assert set(saved["tasks"]["humaneval"]["metrics"]) == {"pass@1", "outcomes"}
+    assert sum(saved["tasks"]["humaneval"]["metrics"]["outcomes"].values()) == 3
     he = [json.loads(x) for x in (root / "samples" / "humaneval.jsonl").read_text().splitlines()]
     assert len(he) == 3 and all(s["status"] in ("passed", "failed", "timeout", "memory", "error") for s in he)
     assert len((root / "samples" / "sanity.jsonl").read_text().splitlines()) == 3

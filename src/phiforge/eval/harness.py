@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,10 +160,20 @@ def run_code(engine, task: Task, items, s: EvalSettings, progress=None) -> tuple
         rs = results[i * n : (i + 1) * n]
         c = sum(r.passed for r in rs)
         per.append(
-            {"id": it.id, "output": outs[0], "status": rs[0].status, "detail": rs[0].detail, "n": n, "c": c}
+            {
+                "id": it.id,
+                "output": outs[0],
+                "status": rs[0].status,
+                "detail": rs[0].detail,
+                "n": n,
+                "c": c,
+                "statuses": [r.status for r in rs],
+            }
         )
     ks = [k for k in (1, 10, 100) if k <= n]
-    return {f"pass@{k}": _metric(metrics.pass_at_k(n, r["c"], k) for r in per) for k in ks}, per
+    res = {f"pass@{k}": _metric(metrics.pass_at_k(n, r["c"], k) for r in per) for k in ks}
+    res["outcomes"] = dict(Counter(r.status for r in results))  # why samples failed: timeout / memory / ...
+    return res, per
 
 
 # ---- driver ----------------------------------------------------------------------------------------
@@ -276,7 +286,7 @@ def markdown(report: dict) -> str:
     lines += ["| task | shots | n | metric | value ± stderr |", "|---|---|---|---|---|"]
     for name, r in report["tasks"].items():
         for m, v in r["metrics"].items():
-            if m != "subtasks":
+            if m not in ("subtasks", "outcomes"):
                 lines.append(f"| {name} | {r['shots']} | {r['n']} | {m} | {_fmt(v)} |")
     lines += ["", "## Settings", ""]
     lines += [f"- **{name}** ({r['shots']}-shot): {r['setting']}" for name, r in report["tasks"].items()]
@@ -291,6 +301,8 @@ def markdown(report: dict) -> str:
             lines.append(
                 "```\n" + json.dumps(shown, ensure_ascii=False, indent=1, default=str)[:1500] + "\n```"
             )
+        if "outcomes" in r["metrics"]:
+            lines += ["", "outcomes: " + ", ".join(f"{k} {v}" for k, v in r["metrics"]["outcomes"].items())]
         if "subtasks" in r["metrics"]:
             lines += ["", "| subtask | exact_match |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in r["metrics"]["subtasks"].items()]
