@@ -151,6 +151,67 @@ def test_same_truthfulqa_scores_as_lm_evals_own_tasks(model_dir, tmp_path):
     assert 0 < mc2 < 1
 
 
+def test_same_mmlu_5shot_scores_as_lm_evals_own_task(model_dir, bench, tmp_path):
+    """lm-eval's built-in mmlu_abstract_algebra (description, 5 dev shots, letter options) on local rows."""
+    import csv
+    from pathlib import Path
+
+    from lm_eval.tasks import TaskManager
+
+    builtin = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / "mmlu_abstract_algebra.yaml"
+    files = {}
+    for split, n in (("test", 6), ("dev", 5)):
+        src = bench / "mmlu" / split / f"abstract_algebra_{split}.csv"
+        with open(src, newline="") as f:
+            rows = list(csv.DictReader(f))[:n]
+        dst = tmp_path / "data" / "mmlu" / split / src.name
+        dst.parent.mkdir(parents=True)
+        dst.write_text(src.read_text().splitlines()[0] + "\n" + "".join(_csv_line(r) for r in rows))
+        hf = [
+            {
+                "question": r["question"],
+                "choices": [r[f"choice{i}"] for i in range(4)],
+                "answer": int(r["answer"]),
+            }
+            for r in rows
+        ]
+        files[split] = write_jsonl(tmp_path / f"{split}.jsonl", hf)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "pf_mmlu.yaml").write_text(
+        f"include: {builtin}\ntask: pf_mmlu\ndataset_path: json\ndataset_name: null\ntag: []\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {files['test']}\n    dev: {files['dev']}\nnum_fewshot: 5\n"
+    )
+    res = lm_eval.simple_evaluate(
+        model="phiforge",
+        model_args=f"path={model_dir}",
+        tasks=["pf_mmlu"],
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
+        log_samples=True,
+    )
+    out = tmp_path / "ours"
+    ours = ev.run(model_dir, ["mmlu"], data_dir=tmp_path / "data", out=out, show_progress=False)["tasks"][
+        "mmlu"
+    ]
+    assert ours["n"] == 6 and ours["shots"] == 5
+    assert res["results"]["pf_mmlu"]["acc,none"] == ours["metrics"]["acc"]["value"]
+    per = [json.loads(x) for x in (out / "eval" / "samples" / "mmlu.jsonl").read_text().splitlines()]
+    for smp in res["samples"]["pf_mmlu"]:
+        ctx = smp["arguments"][0][0]
+        assert ctx.endswith(per[smp["doc_id"]]["context_tail"])  # the same 5-shot prompt
+        assert [r[0][0] for r in smp["resps"]] == pytest.approx(per[smp["doc_id"]]["lls"], abs=1e-4)
+
+
+def _csv_line(r: dict) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(
+        [r["question"], *(r[f"choice{i}"] for i in range(4)), r["answer"]]
+    )
+    return buf.getvalue()
+
+
 def _samples(model_dir, task_dir):
     out = task_dir / "ours"
     ev.run(model_dir, ["piqa"], data_dir=task_dir / "data", shots={"piqa": 2}, out=out, show_progress=False)
