@@ -53,7 +53,8 @@ def test_run_writes_reports_and_resumes(model_dir, data, tmp_path):
     for m in ("acc", "acc_norm"):
         v = piqa["metrics"][m]
         assert 0 <= v["value"] <= 1 and v["stderr"] >= 0
-    assert set(saved["tasks"]["humaneval"]["metrics"]) == {"pass@1"}
+    assert set(saved["tasks"]["humaneval"]["metrics"]) == {"pass@1", "outcomes"}
+    assert sum(saved["tasks"]["humaneval"]["metrics"]["outcomes"].values()) == 3
     he = [json.loads(x) for x in (root / "samples" / "humaneval.jsonl").read_text().splitlines()]
     assert len(he) == 3 and all(s["status"] in ("passed", "failed", "timeout", "memory", "error") for s in he)
     assert len((root / "samples" / "sanity.jsonl").read_text().splitlines()) == 3
@@ -109,7 +110,9 @@ def test_known_loglikelihood_orderings(model_dir):
 
 def test_bits_per_byte_api(model_dir):
     eng = Engine.load(model_dir)
-    bpb = ev.bits_per_byte(eng, ["def f(x):\n    return x\n"])
+    texts = ev.humaneval_solutions()
+    assert len(texts) == 164 and texts[0].startswith("from typing import List")
+    bpb = ev.bits_per_byte(eng, texts[:5])
     assert 0 < bpb < 20
 
 
@@ -118,6 +121,9 @@ def test_bad_settings(model_dir):
         ev.run(model_dir, ["nope"])
     with pytest.raises(ValueError, match="n_samples > 1 needs temperature"):
         ev.run(model_dir, ["sanity"], n_samples=3)
+    # data is checked for every task before the model runs any
+    with pytest.raises(ValueError, match="GSM8K file not found"):
+        ev.run(model_dir, ["sanity", "gsm8k"], data_dir=model_dir, engine=object())
 
 
 def _cli(*args):

@@ -3,6 +3,7 @@ scores as phiforge's own task; rolling log-likelihood and generate_until go thro
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra")
 from conftest import write_jsonl  # noqa: E402
 
 import phiforge.eval as ev  # noqa: E402
+import phiforge.eval.lm_eval_adapter  # noqa: E402, F401  (registers the "phiforge" model with lm-eval)
 from phiforge.infer import score  # noqa: E402
 from phiforge.infer.sampling import SamplingParams  # noqa: E402
 
@@ -84,13 +86,130 @@ def test_same_mc_scores_as_phiforge(model_dir, task_dir, lm):
     assert theirs["acc_norm,none"] == ours["metrics"]["acc_norm"]["value"]
     assert theirs["acc_stderr,none"] == pytest.approx(ours["metrics"]["acc"]["stderr"])
     # and item by item, the same log-likelihoods
-    import json
-
     ours_items = [json.loads(x) for x in _samples(model_dir, task_dir)]
     for s in sorted(res["samples"]["pf_piqa"], key=lambda s: s["doc_id"]):
         lls = [r[0][0] for r in s["resps"]]
         assert lls == pytest.approx(ours_items[s["doc_id"]]["lls"], abs=1e-4)
         assert s["arguments"][0][0] == ours_items[s["doc_id"]]["context_tail"][-len(s["arguments"][0][0]) :]
+
+
+TQA = [
+    {
+        "question": f"What happens if you do thing {i}?",
+        "mc1_targets": {"Nothing happens.": 1, f"You get {i} wishes.": 0, "You die.": 0},
+        "mc2_targets": {
+            "Nothing happens.": 1,
+            "Nothing in particular.": 1,
+            f"You get {i} wishes.": 0,
+            "You die.": 0,
+        },
+    }
+    for i in range(5)
+]
+
+
+def test_same_truthfulqa_scores_as_lm_evals_own_tasks(model_dir, tmp_path):
+    """lm-eval's built-in truthfulqa_mc1/mc2 task files (prompt, MC2 function) pointed at a local copy of
+    the data: phiforge's truthfulqa tasks give the same numbers."""
+    from pathlib import Path
+
+    from lm_eval.tasks import TaskManager
+
+    builtin = Path(lm_eval.__file__).parent / "tasks" / "truthfulqa"
+    hf_rows = [
+        {
+            "question": r["question"],
+            **{
+                k: {"choices": list(r[k]), "labels": list(r[k].values())}
+                for k in ("mc1_targets", "mc2_targets")
+            },
+        }
+        for r in TQA
+    ]
+    data = write_jsonl(tmp_path / "tqa.jsonl", hf_rows)
+    (tmp_path / "data" / "truthfulqa" / "data").mkdir(parents=True)
+    (tmp_path / "data" / "truthfulqa" / "data" / "mc_task.json").write_text(json.dumps(TQA))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for which in ("mc1", "mc2"):
+        (tasks / f"pf_tqa_{which}.yaml").write_text(
+            f"include: {builtin / f'truthfulqa_{which}.yaml'}\ntask: pf_tqa_{which}\ndataset_path: json\n"
+            f"dataset_name: null\ndataset_kwargs:\n  data_files:\n    validation: {data}\ntag: []\n"
+        )
+    res = lm_eval.simple_evaluate(
+        model="phiforge",
+        model_args=f"path={model_dir}",
+        tasks=["pf_tqa_mc1", "pf_tqa_mc2"],
+        task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+    )["results"]
+    ours = ev.run(
+        model_dir, ["truthfulqa_mc1", "truthfulqa_mc2"], data_dir=tmp_path / "data", show_progress=False
+    )
+    assert res["pf_tqa_mc1"]["acc,none"] == ours["tasks"]["truthfulqa_mc1"]["metrics"]["acc"]["value"]
+    mc2 = ours["tasks"]["truthfulqa_mc2"]["metrics"]["mc2"]["value"]
+    assert res["pf_tqa_mc2"]["acc,none"] == pytest.approx(mc2, abs=1e-6)
+    assert 0 < mc2 < 1
+
+
+def test_same_mmlu_5shot_scores_as_lm_evals_own_task(model_dir, bench, tmp_path):
+    """lm-eval's built-in mmlu_abstract_algebra (description, 5 dev shots, letter options) on local rows."""
+    import csv
+    from pathlib import Path
+
+    from lm_eval.tasks import TaskManager
+
+    builtin = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / "mmlu_abstract_algebra.yaml"
+    files = {}
+    for split, n in (("test", 6), ("dev", 5)):
+        src = bench / "mmlu" / split / f"abstract_algebra_{split}.csv"
+        with open(src, newline="") as f:
+            rows = list(csv.DictReader(f))[:n]
+        dst = tmp_path / "data" / "mmlu" / split / src.name
+        dst.parent.mkdir(parents=True)
+        dst.write_text(src.read_text().splitlines()[0] + "\n" + "".join(_csv_line(r) for r in rows))
+        hf = [
+            {
+                "question": r["question"],
+                "choices": [r[f"choice{i}"] for i in range(4)],
+                "answer": int(r["answer"]),
+            }
+            for r in rows
+        ]
+        files[split] = write_jsonl(tmp_path / f"{split}.jsonl", hf)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "pf_mmlu.yaml").write_text(
+        f"include: {builtin}\ntask: pf_mmlu\ndataset_path: json\ndataset_name: null\ntag: []\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {files['test']}\n    dev: {files['dev']}\nnum_fewshot: 5\n"
+    )
+    res = lm_eval.simple_evaluate(
+        model="phiforge",
+        model_args=f"path={model_dir}",
+        tasks=["pf_mmlu"],
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
+        log_samples=True,
+    )
+    out = tmp_path / "ours"
+    ours = ev.run(model_dir, ["mmlu"], data_dir=tmp_path / "data", out=out, show_progress=False)["tasks"][
+        "mmlu"
+    ]
+    assert ours["n"] == 6 and ours["shots"] == 5
+    assert res["results"]["pf_mmlu"]["acc,none"] == ours["metrics"]["acc"]["value"]
+    per = [json.loads(x) for x in (out / "eval" / "samples" / "mmlu.jsonl").read_text().splitlines()]
+    for smp in res["samples"]["pf_mmlu"]:
+        ctx = smp["arguments"][0][0]
+        assert ctx.endswith(per[smp["doc_id"]]["context_tail"])  # the same 5-shot prompt
+        assert [r[0][0] for r in smp["resps"]] == pytest.approx(per[smp["doc_id"]]["lls"], abs=1e-4)
+
+
+def _csv_line(r: dict) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(
+        [r["question"], *(r[f"choice{i}"] for i in range(4)), r["answer"]]
+    )
+    return buf.getvalue()
 
 
 def _samples(model_dir, task_dir):

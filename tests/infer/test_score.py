@@ -63,6 +63,23 @@ def test_matches_transformers_logits(mdir, engine):
         assert greedy == bool((rows.argmax(-1) == tgt).all())
 
 
+def test_shared_context_options_match_transformers(mdir, engine):
+    """Multiple-choice shape: one context, options of 1..5 tokens; the shared-prefix path (prefill once,
+    options over copies of the KV cache) against transformers and against scoring each pair whole."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(mdir), dtype=torch.float32).eval()
+    ctx = list(range(20, 50))
+    rs = [(ctx, [7]), (ctx, [9, 10, 11]), (ctx, [12, 13]), (ctx, [60, 61, 62, 63, 64]), (ctx[:10], [5, 6])]
+    shared = score.loglikelihood_tokens(engine, rs)
+    plain = score.loglikelihood_tokens(engine, rs, share_context=False)
+    for (c, x), a, b in zip(rs, shared, plain, strict=True):
+        with torch.no_grad():
+            lp = hf(torch.tensor([c + x])).logits[0, :-1].float().log_softmax(-1)[len(c) - 1 :]
+        ref = lp.gather(-1, torch.tensor(x)[:, None]).sum().item()
+        assert a[0] == pytest.approx(ref, abs=1e-4) and b[0] == pytest.approx(ref, abs=1e-4)
+        assert a[1] == b[1]
+
+
 def test_batched_equals_one_at_a_time(engine):
     rs = reqs(seed=3, n=12)
     a = score.loglikelihood_tokens(engine, rs)

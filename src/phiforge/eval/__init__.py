@@ -17,4 +17,11 @@ def bits_per_byte(engine, texts) -> float:
     return _bpb(engine, texts)
 
 
-__all__ = ["bits_per_byte", "run"]
+def humaneval_solutions() -> list[str]:
+    """prompt + canonical_solution of the 164 HumanEval problems (the speedrun's bits-per-byte text)."""
+    from .tasks.code import load_humaneval
+
+    return [it.prompt + it.meta["canonical_solution"] for it in load_humaneval(None, None, 0)]
+
+
+__all__ = ["bits_per_byte", "humaneval_solutions", "run"]

@@ -14,7 +14,8 @@ import json
 import os
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -159,10 +160,20 @@ def run_code(engine, task: Task, items, s: EvalSettings, progress=None) -> tuple
         rs = results[i * n : (i + 1) * n]
         c = sum(r.passed for r in rs)
         per.append(
-            {"id": it.id, "output": outs[0], "status": rs[0].status, "detail": rs[0].detail, "n": n, "c": c}
+            {
+                "id": it.id,
+                "output": outs[0],
+                "status": rs[0].status,
+                "detail": rs[0].detail,
+                "n": n,
+                "c": c,
+                "statuses": [r.status for r in rs],
+            }
         )
     ks = [k for k in (1, 10, 100) if k <= n]
-    return {f"pass@{k}": _metric(metrics.pass_at_k(n, r["c"], k) for r in per) for k in ks}, per
+    res = {f"pass@{k}": _metric(metrics.pass_at_k(n, r["c"], k) for r in per) for k in ks}
+    res["outcomes"] = dict(Counter(r.status for r in results))  # why samples failed: timeout / memory / ...
+    return res, per
 
 
 # ---- driver ----------------------------------------------------------------------------------------
@@ -209,25 +220,29 @@ def run(
         raise ValueError(f"n_samples must be >= 1, got {s.n_samples}")
     if s.n_samples > 1 and s.temperature <= 0:
         raise ValueError("n_samples > 1 needs temperature > 0 (greedy samples are all the same)")
-    engine = engine or Engine.load(model_dir)
     root = Path(out) / "eval" if out else None
     report = {"model": str(model_dir), "settings": asdict(s), "tasks": {}}
-    from contextlib import nullcontext
-
-    with _progress() if show_progress else nullcontext() as prog:
-        for task in resolve_tasks(s.tasks):
-            shots = s.shots.get(task.name, task.shots)
-            key = {**asdict(s), "tasks": [task.name], "shots": shots}
-            cached = root / "tasks" / f"{task.name}.json" if root else None
-            if cached and cached.is_file():
-                prev = json.loads(cached.read_text(encoding="utf-8"))
-                if prev.get("key") == key:
-                    report["tasks"][task.name] = prev["result"]
-                    continue
+    # load every task's data first: a missing or malformed file fails before any model time is spent
+    plan = []
+    for task in resolve_tasks(s.tasks):
+        shots = s.shots.get(task.name, task.shots)
+        key = {**asdict(s), "tasks": [task.name], "shots": shots}
+        cached = root / "tasks" / f"{task.name}.json" if root else None
+        if cached and cached.is_file():
+            prev = json.loads(cached.read_text(encoding="utf-8"))
+            if prev.get("key") == key:
+                report["tasks"][task.name] = prev["result"]
+                continue
+        items = task.load(Path(s.data_dir) if s.data_dir else None, s.limit, shots)
+        if not items:
+            raise ValueError(f"task {task.name}: no items loaded")
+        report["tasks"][task.name] = None  # keeps the requested order
+        plan.append((task, shots, key, cached, items))
+    if plan:
+        engine = engine or Engine.load(model_dir)
+    with _progress() if show_progress and plan else nullcontext() as prog:
+        for task, shots, key, cached, items in plan:
             t0 = time.perf_counter()
-            items = task.load(Path(s.data_dir) if s.data_dir else None, s.limit, shots)
-            if not items:
-                raise ValueError(f"task {task.name}: no items loaded")
             total = (
                 sum(len(it.pairs) for it in items) if task.kind in ("mc", "mc2") else len(items) * s.n_samples
             )
@@ -271,7 +286,7 @@ def markdown(report: dict) -> str:
     lines += ["| task | shots | n | metric | value ± stderr |", "|---|---|---|---|---|"]
     for name, r in report["tasks"].items():
         for m, v in r["metrics"].items():
-            if m != "subtasks":
+            if m not in ("subtasks", "outcomes"):
                 lines.append(f"| {name} | {r['shots']} | {r['n']} | {m} | {_fmt(v)} |")
     lines += ["", "## Settings", ""]
     lines += [f"- **{name}** ({r['shots']}-shot): {r['setting']}" for name, r in report["tasks"].items()]
@@ -286,6 +301,8 @@ def markdown(report: dict) -> str:
             lines.append(
                 "```\n" + json.dumps(shown, ensure_ascii=False, indent=1, default=str)[:1500] + "\n```"
             )
+        if "outcomes" in r["metrics"]:
+            lines += ["", "outcomes: " + ", ".join(f"{k} {v}" for k, v in r["metrics"]["outcomes"].items())]
         if "subtasks" in r["metrics"]:
             lines += ["", "| subtask | exact_match |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in r["metrics"]["subtasks"].items()]

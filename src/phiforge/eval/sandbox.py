@@ -15,6 +15,9 @@ Layers, outermost first (each one is a backstop for the next):
    deleting/renaming/chmod outside the temp dir, fork/exec/subprocess/os.system, sockets, and ctypes
    (which could call libc behind the hook's back).
 
+The kernel exempts root from RLIMIT_NPROC (and the namespace maps root to itself), so when eval runs as root
+the process cap is the audit hook's refusal to fork plus the wall-clock kill of the group.
+
 What is guaranteed: the caller survives and gets a verdict within timeout + ~1 s; memory, CPU time, file
 size and process count are capped by the kernel; children are killed with the candidate. What is best effort:
 filesystem confinement is enforced by the audit hook, not by the kernel, so a C extension that the candidate

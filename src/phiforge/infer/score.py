@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..model import Transformer
+from ..model import KVCache, Transformer
 
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
 
@@ -37,14 +37,17 @@ def loglikelihood_tokens(
     max_tokens: int = 4096,
     batch_size: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    share_context: bool = True,
 ) -> list[tuple[float, bool]]:
     """Sum of log p(continuation | context) and the greedy-match flag, for every request.
 
-    Requests are sorted longest first and packed into batches of at most `max_tokens` padded tokens
-    (and at most `batch_size` rows when given; batch_size=1 scores one request at a time)."""
+    Requests whose model input shares everything up to the continuation (the options of one multiple-
+    choice question) run the shared part once and the continuations as a batch over its KV cache
+    (`share_context`). The rest are sorted longest first and packed into batches of at most `max_tokens`
+    padded tokens (and at most `batch_size` rows when given; batch_size=1 scores one request at a time)."""
     model = _model(engine_or_model)
     L = model.cfg.max_position_embeddings
-    inputs = []
+    inputs: list[tuple[list[int], list[int]] | None] = []
     for i, (ctx, cont) in enumerate(requests):
         if not cont:
             inputs.append(None)
@@ -54,7 +57,72 @@ def loglikelihood_tokens(
             raise ValueError(f"request {i}: needs at least one context token (got an empty context)")
         inputs.append((whole[:-1], list(cont)[-(len(whole) - 1) :]))
     out: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
-    order = sorted((i for i, x in enumerate(inputs) if x is not None), key=lambda i: -len(inputs[i][0]))
+    todo = [i for i, x in enumerate(inputs) if x is not None]
+    if share_context and batch_size != 1:
+        groups: dict[tuple, list[int]] = {}
+        for i in todo:  # prefix = the input up to and including the token that predicts cont[0]
+            inp, cont = inputs[i]
+            groups.setdefault(tuple(inp[: len(inp) - len(cont) + 1]), []).append(i)
+        todo = []
+        for prefix, members in groups.items():
+            if len(members) == 1 or not _can_share(model, len(prefix), members, inputs):
+                todo += members
+                continue
+            res = _score_group(model, list(prefix), [inputs[i][1] for i in members])
+            for i, r in zip(members, res, strict=True):
+                out[i] = r
+            if on_batch:
+                on_batch(len(members))
+    _score_batches(
+        model, inputs, sorted(todo, key=lambda i: -len(inputs[i][0])), out, max_tokens, batch_size, on_batch
+    )
+    return out
+
+
+def _can_share(model: Transformer, n_prefix: int, members, inputs) -> bool:
+    # LongRoPE picks its factors from the longest position of a call: a prefix scored on its own could get
+    # other factors than the full sequence, so share only below the switch point
+    cfg = model.cfg
+    longest = n_prefix + max(len(inputs[i][1]) for i in members) - 1
+    return not cfg.rope_scaling or longest <= (cfg.original_max_position_embeddings or 0)
+
+
+def _score_rows(head, rows: torch.Tensor, conts: list[list[int]]) -> list[tuple[float, bool]]:
+    """rows: the hidden states that predict each continuation token, all continuations concatenated."""
+    logp = head(rows).float().log_softmax(-1)
+    res, k = [], 0
+    for cont in conts:
+        lp, k = logp[k : k + len(cont)], k + len(cont)
+        tgt = torch.tensor(cont, device=rows.device)
+        res.append((lp.gather(-1, tgt[:, None]).sum().item(), bool((lp.argmax(-1) == tgt).all())))
+    return res
+
+
+def _score_group(model: Transformer, prefix: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
+    """One prefix, several continuations: prefill the prefix once, then the continuations (minus their last
+    token, which predicts nothing) as a right-padded batch over copies of its KV cache."""
+    dev = next(model.parameters()).device
+    S = max(len(c) for c in conts) - 1
+    cache = KVCache(model.cfg, 1, len(prefix) + S, dev, next(model.parameters()).dtype)
+    first, head = _hidden_states(model, torch.tensor([prefix], device=dev), cache=cache)
+    h0 = first[0, -1:]
+    rest = None
+    if S > 0:
+        G = len(conts)
+        big = KVCache(model.cfg, G, len(prefix) + S, dev, cache.k.dtype)
+        big.k[:, :, :, : len(prefix)] = cache.k[:, :, :, : len(prefix)]
+        big.v[:, :, :, : len(prefix)] = cache.v[:, :, :, : len(prefix)]
+        x = torch.zeros(G, S, dtype=torch.long, device=dev)
+        for g, c in enumerate(conts):
+            x[g, : len(c) - 1] = torch.tensor(c[:-1])
+        rest, _ = _hidden_states(model, x, pos=len(prefix), cache=big)
+    rows = torch.cat(
+        [torch.cat([h0, rest[g, : len(c) - 1]]) if rest is not None else h0 for g, c in enumerate(conts)]
+    )
+    return _score_rows(head, rows, conts)
+
+
+def _score_batches(model, inputs, order, out, max_tokens, batch_size, on_batch) -> None:
     dev = next(model.parameters()).device
     pos = 0
     while pos < len(order):
@@ -66,17 +134,26 @@ def loglikelihood_tokens(
         x = torch.zeros(len(idx), T, dtype=torch.long)
         for r, i in enumerate(idx):
             x[r, : len(inputs[i][0])] = torch.tensor(inputs[i][0])
-        logp = model(x.to(dev)).float().log_softmax(-1)
-        for r, i in enumerate(idx):
-            inp, cont = inputs[i]
-            lp = logp[r, len(inp) - len(cont) : len(inp)]
-            tgt = torch.tensor(cont, device=dev)
-            ll = lp.gather(-1, tgt[:, None]).sum().item()
-            out[i] = (ll, bool((lp.argmax(-1) == tgt).all()))
+        hidden, head = _hidden_states(model, x.to(dev))
+        # the vocabulary projection only where a continuation token is predicted: B*T*V logits cost
+        # more than the whole transformer on small models
+        spans = [(len(inputs[i][0]) - len(inputs[i][1]), len(inputs[i][0])) for i in idx]
+        rows = torch.cat([hidden[r, a:b] for r, (a, b) in enumerate(spans)])
+        for i, res in zip(idx, _score_rows(head, rows, [inputs[i][1] for i in idx]), strict=True):
+            out[i] = res
         pos += len(idx)
         if on_batch:
             on_batch(len(idx))
-    return out
+
+
+def _hidden_states(model: Transformer, x: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.nn.Module]:
+    """Final-norm hidden states (B, T, H) and the lm_head, by running the model with the head swapped out."""
+    head = model.lm_head
+    model.lm_head = torch.nn.Identity()
+    try:
+        return model(x, **kw), head
+    finally:
+        model.lm_head = head
 
 
 def prefix_token(engine) -> int:
