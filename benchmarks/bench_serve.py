@@ -178,7 +178,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="requests per concurrent client")
     ap.add_argument("--single", type=int, default=4, help="requests of the one-client reference")
     ap.add_argument("--new", type=int, default=64, help="completion tokens per request")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the server and the engine "
+        "reference (1: on this shared 2-vCPU VM two OpenMP threads collapse when other jobs run)",
+    )
     ap.add_argument("--timeout", type=float, default=300, help="seconds before a request counts as failed")
     args = ap.parse_args()
     lines = corpus()

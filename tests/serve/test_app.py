@@ -234,3 +234,21 @@ def test_non_streaming_client_that_gives_up_frees_the_row(server, monkeypatch):
     while b.n_cancelled == cancelled and time.time() < deadline:
         time.sleep(0.01)
     assert b.n_cancelled == cancelled + 1
+
+
+def test_a_failing_step_fails_its_request_not_the_server(server, client, monkeypatch):
+    b = server.srv.batcher
+
+    def broken(*a, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(b, "model", broken)
+    r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert "boom" in r.json()["error"]["message"]
+    with httpx.stream("POST", server.url + "/v1/completions",
+                      json={"model": MODEL, "prompt": "x", "max_tokens": 5, "stream": True}) as s:  # fmt: skip
+        lines = [line for line in s.iter_lines() if line.startswith("data: ")]
+    assert "boom" in json.loads(lines[-2][6:])["error"]["message"] and lines[-1] == "data: [DONE]"
+    monkeypatch.undo()
+    assert client.completions.create(model=MODEL, prompt="x", max_tokens=3).usage.completion_tokens <= 3

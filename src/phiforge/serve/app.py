@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -201,6 +202,14 @@ async def _events(srv: Server, request: Request, ids: list[int], params: Samplin
                     return
             if kind is None:
                 continue
+            # a client that fell behind gets what piled up as one chunk: fewer events, same text
+            while kind == "text" and not q.empty():
+                kind2, v2 = q.get_nowait()
+                if kind2 != "text":
+                    yield kind, v
+                    kind, v = kind2, v2
+                    break
+                v += v2
             yield kind, v
             if kind != "text":
                 return
@@ -214,8 +223,8 @@ def _usage(n_prompt: int, req: GenRequest) -> dict:
     return {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
 
 
-def _sse(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+def _sse(obj) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 async def _respond(srv: Server, request: Request, body: dict, ids: list[int], params, chat: bool):
@@ -268,7 +277,7 @@ async def _respond(srv: Server, request: Request, body: dict, ids: list[int], pa
                 yield _sse({**head, "choices": [choice(None, v.finish_reason)], **extra})
                 if include_usage:
                     yield _sse({**head, "choices": [], "usage": _usage(len(ids), v)})
-        yield "data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

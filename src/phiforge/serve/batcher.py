@@ -45,7 +45,7 @@ class Request:
     sink: Sink
     tokens: list[int] = field(default_factory=list)  # generated ids (the stop token excluded)
     text: str = ""
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     cancelled: bool = False
     steps: int = 0  # decode steps this row took part in (tests: a cancelled row stops growing)
 
@@ -61,6 +61,7 @@ class _Live:
     next_id: int  # the token fed at the next step
     limit: int  # max new tokens after clamping to the context
     gen: torch.Generator | None
+    stops: set[int]  # stop token ids
 
 
 class _CacheView:
@@ -143,8 +144,10 @@ class Batcher:
                         self._retire()
             except Exception as e:  # noqa: BLE001 — a failed step fails its requests, not the server
                 log.exception("batcher step failed")
-                for r in [x.req for x in self.live] + [r for r in new if r.finish_reason is None]:
-                    r.sink("error", f"generation failed: {e}")
+                for r in {id(r): r for r in [x.req for x in self.live] + new}.values():
+                    if r.finish_reason is None:
+                        r.finish_reason = "error"
+                        r.sink("error", f"generation failed: {e}")
                 self.live = []
 
     def _new_row(self, req: Request) -> tuple[_Row, int, torch.Generator | None]:
@@ -165,7 +168,7 @@ class Batcher:
         i, S = len(self.live), self.S
         self.k[:, i, :, S - n : S] = tmp.k[:, 0]
         self.v[:, i, :, S - n : S] = tmp.v[:, 0]
-        live = _Live(req, row, S - n, -1, limit, gen)
+        live = _Live(req, row, S - n, -1, limit, gen, self.engine.stop_ids(req.params))
         self.live.append(live)
         self._accept(live, self._sample(live, logits))
 
@@ -218,7 +221,7 @@ class Batcher:
                 req.text += text
                 req.sink("text", text)
 
-        eng._accept(0, r.row, tid, eng.stop_ids(params), params, on_token)
+        eng._accept(0, r.row, tid, r.stops, params, on_token)
         if not r.row.done and len(r.row.tokens) >= r.limit:  # the context is full
             eng._finish(0, r.row, "length", on_token)
         r.next_id = tid
