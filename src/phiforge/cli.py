@@ -21,21 +21,12 @@ _state = {"debug": False}
 
 
 def _add_subapps() -> None:
-    from .cli_data import app as data_app
+    # each stage's commands live in their own module; the main job first in --help
+    from . import cli_data, cli_deploy, cli_eval, cli_serve, cli_speedrun, cli_train
 
-    app.add_typer(data_app, name="data")
-    from .cli_train import register as register_train
-
-    register_train(app)
-    from . import cli_speedrun
-
-    cli_speedrun.register(app)
-    from .cli_eval import register as register_eval
-
-    register_eval(app)
-    from .cli_serve import register as register_serve
-
-    register_serve(app)
+    for mod in (cli_speedrun, cli_train, cli_eval, cli_deploy, cli_serve):
+        mod.register(app)
+    app.add_typer(cli_data.app, name="data")
 
 
 @app.callback()
@@ -56,6 +47,9 @@ def info(
     preset: str = typer.Option(None, help="A preset name (see `phiforge info --list`)."),
     model: Path = typer.Option(None, help="A model directory in Hugging Face layout."),
     group_size: int = typer.Option(128, help="Quantization group size for the int8/int4 estimates."),
+    bits: int = typer.Option(
+        None, help="4 or 8: break the quantized size down by part (phiforge quantize's format)."
+    ),
     list_presets: bool = typer.Option(False, "--list", help="List the presets and exit."),
 ):
     """Parameters and weight memory at fp32/bf16/int8/int4, built on the meta device (nothing allocated)."""
@@ -93,6 +87,25 @@ def info(
     for k, v in memory_table(cfg, group_size).items():
         table.add_row(k if "int" not in k else f"{k} (g{group_size}, weight-only)", _fmt_bytes(v))
     console.print(table)
+    if bits is not None:
+        from .model.config import quantized_bytes
+
+        if bits not in (4, 8):
+            raise ValueError(f"--bits must be 4 or 8, got {bits}")
+        parts = quantized_bytes(cfg, bits, group_size)
+        detail = Table(
+            title=f"int{bits} g{group_size} (phiforge quantize): {_fmt_bytes(sum(parts.values()))}"
+        )
+        detail.add_column("part")
+        detail.add_column("bytes", justify="right")
+        for k, v in parts.items():
+            detail.add_row(k, _fmt_bytes(v))
+        console.print(detail)
+        console.print(
+            "Published 4-bit Phi-3-mini figures (~1.8 GB) count the transformer blocks' weights at 4 bits only; "
+            "here each group of weights also carries an fp16 scale and min, lm_head is quantized like the "
+            "blocks and the embedding table is int8."
+        )
     console.print(
         f"layers {cfg.num_hidden_layers}, hidden {cfg.hidden_size}, intermediate {cfg.intermediate_size}, "
         f"heads {cfg.num_attention_heads}/{cfg.num_key_value_heads} kv, head_dim {cfg.head_dim}, "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..model import KVCache, Transformer, load_model
+from ..model import KVCache, Transformer
 from ..tokenizer import StreamDecoder, Tokenizer
 from . import kernels
 from .sampling import SamplingParams, apply_repetition_penalty, sample
@@ -85,8 +85,10 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> Engine:
+        from .quant import load_any  # quantized directories (phiforge quantize) load too
+
         path = Path(path)
-        model = load_model(path, device=device, dtype=dtype)
+        model = load_any(path, device=device, dtype=dtype)
         tok = Tokenizer.from_file(path) if (path / "tokenizer.json").is_file() else None
         return cls(model, tok)
 

@@ -7,6 +7,7 @@
  * so both share one thread pool. Built on first use by kernels.py; plain C, no torch headers. */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 void gemv_f32(const float *x, const float *w, const float *b, float *y, int64_t out, int64_t in, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -25,6 +26,155 @@ void gemv_f32(const float *x, const float *w, const float *b, float *y, int64_t 
         for (; j < in; ++j) s += wr[j] * x[j];
         y[r] = b ? s + b[r] : s;
     }
+}
+
+/* ---- weight-only int8/int4, group-wise, batch 1..M (infer/quant.py holds the format) ----------------
+ * Row r of a quantized weight is K/G groups; weight j of group g is w = s[g] * q_j + m[g] (s, m fp16).
+ * int4: q in 0..15, 16 bytes per 32 weights, byte j = q[j] | q[j + 16] << 4 (llama.cpp's Q4_0 order).
+ * int8: q in -127..127, one signed byte each.
+ * Decode is bound by streaming weights, so the activation row is quantized to int8 per group
+ * (x ~ d[g] * xq) and each group's dot product is an integer one: sum_j w_j x_j =
+ * s[g] d[g] sum_j q_j xq_j + m[g] xs[g], with xs[g] = d[g] sum_j xq_j (exactly dequant(W) . dequant(x)).
+ * AVX2 does 32 products per maddubs; reading 1/8 (int4) or 1/4 (int8) of fp32's bytes is the win. */
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define PF_AVX2 1
+#endif
+
+static inline float h2f(uint16_t h) {
+#ifdef PF_AVX2
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, f;
+    if (e == 0) {
+        if (m == 0) {
+            f = sign;
+        } else { /* subnormal half: normalise */
+            e = 113;
+            while (!(m & 0x400)) { m <<= 1; e--; }
+            f = sign | (e << 23) | ((m & 0x3ff) << 13);
+        }
+    } else if (e == 31) {
+        f = sign | 0x7f800000u | (m << 13);
+    } else {
+        f = sign | ((e + 112) << 23) | (m << 13);
+    }
+    float r;
+    memcpy(&r, &f, 4);
+    return r;
+#endif
+}
+
+/* x (K) -> xq (K), d (ng), xs (ng), groups of G */
+static void quantize_act(const float *x, int8_t *xq, float *d, float *xs, int64_t K, int64_t G) {
+    for (int64_t g = 0; g < K / G; ++g) {
+        const float *xg = x + g * G;
+        float amax = 0.f;
+        for (int64_t j = 0; j < G; ++j) amax = fmaxf(amax, fabsf(xg[j]));
+        const float dd = amax / 127.f, id = dd > 0.f ? 1.f / dd : 0.f;
+        int32_t sum = 0;
+        for (int64_t j = 0; j < G; ++j) {
+            const int v = (int)nearbyintf(xg[j] * id);
+            xq[g * G + j] = (int8_t)v;
+            sum += v;
+        }
+        d[g] = dd;
+        xs[g] = dd * (float)sum;
+    }
+}
+
+#ifdef PF_AVX2
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const int8_t *xq, const float *d,
+                   const float *xs, int64_t K, int64_t G, int bits) {
+    const int64_t ng = K / G, upg = G / 32; /* 32-weight units per group */
+    float tail = 0.f;
+#ifdef PF_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    const __m128i lo4 = _mm_set1_epi8(0x0f);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t g = 0; g < ng; ++g) {
+        /* int4: products <= 15 * 127, a maddubs pair <= 3810, so up to 8 units sum in int16 safely */
+        __m256i isum = _mm256_setzero_si256();
+        for (int64_t u = 0; u < upg; ++u) {
+            const int64_t k = g * upg + u;
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k * 32));
+            __m256i p;
+            if (bits == 4) {
+                const __m128i b = _mm_loadu_si128((const __m128i *)(w + k * 16));
+                const __m256i wq =
+                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), lo4), _mm_and_si128(b, lo4));
+                p = _mm256_maddubs_epi16(wq, xv);
+            } else { /* signed x signed: |x| times w carrying x's sign (both in -127..127: no saturation) */
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k * 32));
+                p = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+            }
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(s[g]) * d[g]), acc);
+        tail += h2f(m[g]) * xs[g];
+    }
+    return hsum8(acc) + tail;
+#else
+    float acc = 0.f;
+    for (int64_t g = 0; g < ng; ++g) {
+        int32_t isum = 0;
+        for (int64_t u = 0; u < upg; ++u) {
+            const int64_t k = g * upg + u;
+            const int8_t *xu = xq + k * 32;
+            if (bits == 4) {
+                const uint8_t *b = w + k * 16;
+                for (int j = 0; j < 16; ++j) isum += (b[j] & 15) * xu[j] + (b[j] >> 4) * xu[j + 16];
+            } else {
+                const int8_t *b = (const int8_t *)w + k * 32;
+                for (int j = 0; j < 32; ++j) isum += b[j] * xu[j];
+            }
+        }
+        acc += h2f(s[g]) * d[g] * (float)isum;
+        tail += h2f(m[g]) * xs[g];
+    }
+    return acc + tail;
+#endif
+}
+
+/* y (M, N) = x (M, K) . dequant(W (N, K))^T (+ b). qscratch: >= M K bytes + 2 M (K / G) floats.
+ * Rows of W are split across threads; each row is read once for all M inputs (it stays in L1). */
+void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
+           int64_t M, int64_t N, int64_t K, int64_t G, int bits, void *qscratch, int nthreads) {
+    const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
+    int8_t *xq = (int8_t *)qscratch;
+    float *d = (float *)(xq + ((M * K + 63) & ~(int64_t)63)), *xs = d + M * ng;
+    for (int64_t i = 0; i < M; ++i) quantize_act(x + i * K, xq + i * K, d + i * ng, xs + i * ng, K, G);
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t r = 0; r < N; ++r) {
+        for (int64_t i = 0; i < M; ++i) {
+            const float v = dot_q(w + r * row_bytes, s + r * ng, m + r * ng, xq + i * K, d + i * ng, xs + i * ng, K,
+                                  G, bits);
+            y[i * N + r] = b ? v + b[r] : v;
+        }
+    }
+}
+
+/* one linear layer of a decode step: fp32 (bits 32, w is float) or quantized */
+typedef struct {
+    const void *w;
+    const uint16_t *s, *m;
+    int64_t G;
+    int bits;
+} Lin;
+
+static void matvec(const Lin *l, const float *x, float *y, int64_t N, int64_t K, void *qscratch, int nthreads) {
+    if (l->bits == 32)
+        gemv_f32(x, (const float *)l->w, 0, y, N, K, nthreads);
+    else
+        qgemm(x, (const uint8_t *)l->w, l->s, l->m, 0, y, 1, N, K, l->G, l->bits, qscratch, nthreads);
 }
 
 /* One Phi-3 decoder layer for a single token (batch 1, fp32), llama.cpp-style: everything between two
@@ -47,10 +197,10 @@ static void rope(float *v, const float *cos, const float *sin, int64_t half) {
     }
 }
 
-void phi3_decode_layer(float *x, const float *ln1, const float *wqkv, const float *wo, const float *ln2,
-                       const float *wgu, const float *wdown, float *k_cache, float *v_cache, const float *cos,
-                       const float *sin, int64_t pos, int64_t H, int64_t I, int64_t nh, int64_t nkv, int64_t hd,
-                       int64_t rd, int64_t max_len, int64_t window, float eps, float *scratch, int nthreads) {
+static void decode_layer(float *x, const float *ln1, const Lin *lin, const float *ln2, float *k_cache,
+                         float *v_cache, const float *cos, const float *sin, int64_t pos, int64_t H, int64_t I,
+                         int64_t nh, int64_t nkv, int64_t hd, int64_t rd, int64_t max_len, int64_t window, float eps,
+                         float *scratch, void *qscratch, int nthreads) {
     float *h = scratch;                      /* H */
     float *qkv = h + H;                      /* (nh + 2 nkv) hd */
     float *att = qkv + (nh + 2 * nkv) * hd;  /* nh hd */
@@ -62,7 +212,7 @@ void phi3_decode_layer(float *x, const float *ln1, const float *wqkv, const floa
     const float scale = 1.0f / sqrtf((float)hd);
 
     rms_norm(x, ln1, h, H, eps);
-    gemv_f32(h, wqkv, 0, qkv, (nh + 2 * nkv) * hd, H, nthreads);
+    matvec(&lin[0], h, qkv, (nh + 2 * nkv) * hd, H, qscratch, nthreads);
     for (int64_t j = 0; j < nh + nkv; ++j) rope(qkv + j * hd, cos, sin, half);
     for (int64_t g = 0; g < nkv; ++g) {
         const float *k = qkv + (nh + g) * hd, *v = qkv + (nh + nkv + g) * hd;
@@ -89,14 +239,35 @@ void phi3_decode_layer(float *x, const float *ln1, const float *wqkv, const floa
             for (int64_t e = 0; e < hd; ++e) out[e] += p * vc[t * hd + e];
         }
     }
-    gemv_f32(att, wo, 0, o, H, nh * hd, nthreads);
+    matvec(&lin[1], att, o, H, nh * hd, qscratch, nthreads);
     for (int64_t i = 0; i < H; ++i) x[i] += o[i];
     rms_norm(x, ln2, h, H, eps);
-    gemv_f32(h, wgu, 0, gu, 2 * I, H, nthreads);
+    matvec(&lin[2], h, gu, 2 * I, H, qscratch, nthreads);
     for (int64_t i = 0; i < I; ++i) {
         const float g = gu[i];
         gu[i] = gu[I + i] * (g / (1.0f + expf(-g)));
     }
-    gemv_f32(gu, wdown, 0, o, H, I, nthreads);
+    matvec(&lin[3], gu, o, H, I, qscratch, nthreads);
     for (int64_t i = 0; i < H; ++i) x[i] += o[i];
+}
+
+void phi3_decode_layer(float *x, const float *ln1, const float *wqkv, const float *wo, const float *ln2,
+                       const float *wgu, const float *wdown, float *k_cache, float *v_cache, const float *cos,
+                       const float *sin, int64_t pos, int64_t H, int64_t I, int64_t nh, int64_t nkv, int64_t hd,
+                       int64_t rd, int64_t max_len, int64_t window, float eps, float *scratch, int nthreads) {
+    const Lin lin[4] = {{wqkv, 0, 0, 0, 32}, {wo, 0, 0, 0, 32}, {wgu, 0, 0, 0, 32}, {wdown, 0, 0, 0, 32}};
+    decode_layer(x, ln1, lin, ln2, k_cache, v_cache, cos, sin, pos, H, I, nh, nkv, hd, rd, max_len, window, eps,
+                 scratch, 0, nthreads);
+}
+
+/* The same layer over quantized linears: w/s/m hold (qkv, out, gate_up, down) in that order. */
+void phi3_decode_layer_q(float *x, const float *ln1, const float *ln2, const void *const *w,
+                         const uint16_t *const *s, const uint16_t *const *m, int64_t G, int bits, float *k_cache,
+                         float *v_cache, const float *cos, const float *sin, int64_t pos, int64_t H, int64_t I,
+                         int64_t nh, int64_t nkv, int64_t hd, int64_t rd, int64_t max_len, int64_t window, float eps,
+                         float *scratch, void *qscratch, int nthreads) {
+    Lin lin[4];
+    for (int i = 0; i < 4; ++i) lin[i] = (Lin){w[i], s[i], m[i], G, bits};
+    decode_layer(x, ln1, lin, ln2, k_cache, v_cache, cos, sin, pos, H, I, nh, nkv, hd, rd, max_len, window, eps,
+                 scratch, qscratch, nthreads);
 }

@@ -64,6 +64,14 @@ def library() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     f.argtypes = [ptr] * 11 + [i64] * 9 + [ctypes.c_float, ptr, ctypes.c_int]
     f.restype = None
+    f = lib.qgemm
+    f.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_int, ptr, ctypes.c_int]
+    f.restype = None
+    f = lib.phi3_decode_layer_q
+    f.argtypes = (
+        [ptr] * 6 + [i64, ctypes.c_int] + [ptr] * 4 + [i64] * 9 + [ctypes.c_float, ptr, ptr, ctypes.c_int]
+    )
+    f.restype = None
     return lib
 
 
@@ -103,6 +111,22 @@ class Phi3Decoder:
         self.dims = (hid, inter, nh, nkv, hd, cfg.rotary_dim, cache.max_len, cfg.sliding_window or 0)
         self.scratch = torch.empty(2 * hid + (nh + 2 * nkv) * hd + nh * hd + 2 * inter + nh * cache.max_len)
         self.layers = []
+        self.bits = getattr(model.blocks[0].attn.qkv, "bits", 32)  # quant.QuantLinear carries bits
+        if self.bits != 32:
+            self.group = model.blocks[0].attn.qkv.group_size
+            self.qscratch = qscratch(1, max(2 * hid, 2 * inter), self.group)
+            for i, b in enumerate(model.blocks):
+                lins = (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)
+                arrays = [
+                    (ctypes.c_void_p * 4)(*(getattr(q, k).data_ptr() for q in lins))
+                    for k in ("qweight", "scales", "mins")
+                ]
+                self.layers.append(
+                    (b.norm1.weight.data_ptr(), b.norm2.weight.data_ptr(), *arrays)
+                    + (cache.k[i, 0].data_ptr(), cache.v[i, 0].data_ptr())
+                )
+            self.eps = cfg.norm_eps
+            return
         for i, b in enumerate(model.blocks):
             ws = (
                 b.norm1.weight,
@@ -122,8 +146,11 @@ class Phi3Decoder:
     def supports(model, batch: int, padded: bool) -> bool:
         cfg = model.cfg
         p = next(model.parameters())
+        lins = [m for blk in model.blocks for m in (blk.attn.qkv, blk.attn.out, blk.mlp.up, blk.mlp.down)]
+        kinds = {(type(m), getattr(m, "bits", 32), getattr(m, "group_size", 0)) for m in lins}
         return (
             library() is not None
+            and len(kinds) == 1
             and cfg.arch == "phi3"
             and cfg.hidden_act == "silu"
             and batch == 1
@@ -134,6 +161,8 @@ class Phi3Decoder:
 
     def __call__(self, token: int, pos: int, kind: str) -> torch.Tensor:
         m = self.model
+        if self.bits != 32:
+            return self._quantized(token, pos, kind)
         x = m.embed.weight[token].clone()
         cos, sin = m.rope.get(pos + 1, kind, x.device, x.dtype)
         c, s = cos[pos].data_ptr(), sin[pos].data_ptr()
@@ -141,6 +170,36 @@ class Phi3Decoder:
         for ptrs in self.layers:
             f(x.data_ptr(), *ptrs, c, s, pos, *self.dims, self.eps, scratch, nt)
         return gemv(m.norm(x), m.lm_head.weight, m.lm_head.bias).view(1, 1, -1)
+
+    def _quantized(self, token: int, pos: int, kind: str) -> torch.Tensor:
+        m = self.model
+        x = m.embed(torch.tensor([token]))[0]
+        cos, sin = m.rope.get(pos + 1, kind, x.device, x.dtype)
+        c, s = cos[pos].data_ptr(), sin[pos].data_ptr()
+        scratch, qs, nt = self.scratch.data_ptr(), self.qscratch.data_ptr(), torch.get_num_threads()
+        f, G, bits = self.lib.phi3_decode_layer_q, self.group, self.bits
+        for ln1, ln2, w, sc, mn, k, v in self.layers:
+            f(
+                x.data_ptr(),
+                ln1,
+                ln2,
+                w,
+                sc,
+                mn,
+                G,
+                bits,
+                k,
+                v,
+                c,
+                s,
+                pos,
+                *self.dims,
+                self.eps,
+                scratch,
+                qs,
+                nt,
+            )
+        return m.lm_head(m.norm(x)).view(1, 1, -1)
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -155,6 +214,37 @@ def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tens
         out.data_ptr(),
         w.shape[0],
         w.shape[1],
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def qscratch(rows: int, k: int, group: int) -> torch.Tensor:
+    """Bytes `qgemm` needs for `rows` activation rows of width <= k: int8 copies + 2 floats per group."""
+    return torch.empty(rows * k + 64 + 8 * rows * (k // group + 1), dtype=torch.uint8)
+
+
+def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor:
+    """x (..., K) fp32 -> (..., N) through the native int8/int4 kernel (quant.py holds the format)."""
+    lib = library()
+    N, K = scales.shape[0], x.shape[-1]
+    xc = x.reshape(-1, K).contiguous()
+    M = xc.shape[0]
+    out = torch.empty(*x.shape[:-1], N, dtype=torch.float32)
+    scratch = qscratch(M, K, group)
+    lib.qgemm(
+        xc.data_ptr(),
+        qweight.data_ptr(),
+        scales.data_ptr(),
+        mins.data_ptr(),
+        bias.data_ptr() if bias is not None else None,
+        out.data_ptr(),
+        M,
+        N,
+        K,
+        group,
+        bits,
+        scratch.data_ptr(),
         torch.get_num_threads(),
     )
     return out

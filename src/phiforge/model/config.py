@@ -261,18 +261,37 @@ def get_preset(name: str) -> ModelConfig:
     return dataclasses.replace(PRESETS[name])
 
 
+def quantized_bytes(cfg: ModelConfig, bits: int, group_size: int = 128) -> dict[str, int]:
+    """Bytes of each part of a model in phiforge's quantized format (infer/quant.py): every linear layer,
+    lm_head included, at `bits` with an fp16 scale and min per group; the embedding table int8 (decode
+    reads one row per token, so only its size matters); norms and biases fp32."""
+    H, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    emb = lm_head = V * H
+    if cfg.arch == "phi3":
+        norms, biases = H * (2 * L + 1), 0
+    else:  # one LayerNorm (weight + bias) per block + final; a bias on every linear
+        norms = 2 * H * (L + 1)
+        biases = L * (H + 2 * cfg.kv_dim + H + cfg.intermediate_size + H) + V
+    blocks = cfg.num_params() - emb - norms - biases - (0 if cfg.tie_word_embeddings else lm_head)
+
+    def packed(count: int, b: int) -> int:
+        return count * b // 8 + 4 * math.ceil(count / group_size)  # + fp16 scale and min per group
+
+    return {
+        "transformer linears": packed(blocks, bits),
+        "lm_head": packed(lm_head, bits),
+        "embedding (int8)": packed(emb, 8),
+        "norms + biases (fp32)": 4 * (norms + biases),
+    }
+
+
 def memory_table(cfg: ModelConfig, group_size: int = 128) -> dict[str, int]:
-    """Weight bytes at each precision. int8/int4 are weight-only on linear layers with one fp16 scale per
-    group; embeddings stay fp16 (as llama.cpp and gpt-fast do), norms fp32."""
+    """Weight bytes at each precision; int8/int4 in phiforge's quantized format (see quantized_bytes)."""
     n = cfg.num_params()
-    emb = cfg.vocab_size * cfg.hidden_size
-    norms = cfg.hidden_size * (2 * cfg.num_hidden_layers + 1)
-    linear = n - emb - norms
     out = {"fp32": 4 * n, "bf16": 2 * n}
-    for name, bits in (("int8", 8), ("int4", 4)):
-        packed = linear * bits / 8 + 2 * math.ceil(linear / group_size)
-        out[name] = int(packed + 2 * emb + 4 * norms)
+    for bits in (8, 4):
+        out[f"int{bits}"] = sum(quantized_bytes(cfg, bits, group_size).values())
     return out
 
 
-__all__ = ["ModelConfig", "PRESETS", "get_preset", "memory_table", "field"]
+__all__ = ["ModelConfig", "PRESETS", "get_preset", "memory_table", "quantized_bytes", "field"]
