@@ -12,6 +12,9 @@ import time
 
 import httpx2 as httpx
 import openai
+import pytest
+
+from phiforge.cli_serve import serve_cmd
 
 CLI = [sys.executable, "-c", "from phiforge.cli import main; main()"]
 
@@ -55,7 +58,9 @@ def test_serve_subprocess(model_dir):
 def test_serve_bad_input(tmp_path, model_dir):
     r = subprocess.run(CLI + ["serve", "--model", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: no model at") and "config.json" in r.stderr
-    r = subprocess.run(
-        CLI + ["serve", "-m", str(model_dir), "--max-batch", "0"], capture_output=True, text=True
-    )
-    assert r.returncode == 1 and "--max-batch must be >= 1" in r.stderr
+    kw = dict(host="127.0.0.1", port=0, api_key=None, log_level="info")  # in-process: saves a start-up
+    with pytest.raises(ValueError, match="--max-batch must be >= 1, got 0"):
+        serve_cmd(model=model_dir, max_batch=0, **kw)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
+        serve_cmd(model=tmp_path, max_batch=1, **kw)
