@@ -29,9 +29,16 @@ from ..infer.sampling import SamplingParams
 
 @register_model("phiforge")
 class PhiforgeLM(TemplateLM):
-    def __init__(self, path: str, score_tokens: int | str = 4096, batch_size: int | str | None = None, **_):
+    def __init__(
+        self,
+        path: str,
+        score_tokens: int | str = 4096,
+        batch_size: int | str | None = None,
+        device: str | None = None,
+        **_,
+    ):
         super().__init__()
-        self.engine = Engine.load(path)
+        self.engine = Engine.load(path, device=device or "cpu")
         self.score_tokens = int(score_tokens)
         self.gen_batch = int(batch_size) if str(batch_size).isdigit() else 8
 
