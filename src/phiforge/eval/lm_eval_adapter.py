@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
@@ -38,7 +39,12 @@ class PhiforgeLM(TemplateLM):
         **_,
     ):
         super().__init__()
-        self.engine = Engine.load(path, device=device or "cpu")
+        device = device or "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's CLI passes device="cuda" by default; its own HF model also falls back to the CPU
+            print(f"phiforge: device {device!r} is not available, using cpu", file=sys.stderr)
+            device = "cpu"
+        self.engine = Engine.load(path, device=device)
         self.score_tokens = int(score_tokens)
         self.gen_batch = int(batch_size) if str(batch_size).isdigit() else 8
 
