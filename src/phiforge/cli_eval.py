@@ -40,6 +40,7 @@ def eval_cmd(
     workers: int = typer.Option(None, help="Parallel sandboxes for code execution (default: CPU count)."),
     timeout: float = typer.Option(10.0, help="Seconds per executed program."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, cuda:1 ..."),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
     from .eval.harness import markdown, run, settings_table
@@ -54,6 +55,7 @@ def eval_cmd(
         batch_size=batch_size,
         timeout=timeout,
         seed=seed,
+        device=device,
     )
     if workers:
         kw["workers"] = workers

@@ -124,6 +124,20 @@ def test_reading_callers_files_is_refused(tmp_path):
     assert r.status == "error" and "may not read" in r.detail
 
 
+def test_no_process_spawning_behind_the_hook(tmp_path):
+    for prog in (
+        "import subprocess\nsubprocess.run(['true'])",
+        "import os\nos.system('true')",
+        "import _posixsubprocess",
+        "import multiprocessing\nmultiprocessing.Process(target=print).start()",
+        "import ctypes\nctypes.CDLL(None).fork()",
+    ):
+        r = run_program(prog, FAST)
+        assert r.status == "error" and "sandbox" in r.detail, (prog, r)
+    r = run_program(f"import os\nos.listdir({str(tmp_path)!r})", FAST)
+    assert r.status == "error" and "may not list" in r.detail
+
+
 def test_own_directory_is_writable_and_stdlib_importable():
     prog = (
         "import collections, heapq, itertools, json, math, re, string, fractions\n"

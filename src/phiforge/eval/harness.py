@@ -42,6 +42,7 @@ class EvalSettings:
     score_tokens: int = 4096  # padded tokens per log-likelihood batch
     workers: int = max(1, os.cpu_count() or 1)  # parallel sandboxes
     timeout: float = 10.0  # seconds per program
+    device: str = "cpu"  # where the model runs ("cuda" on a GPU box)
 
 
 def resolve_tasks(names) -> list[Task]:
@@ -239,7 +240,7 @@ def run(
         report["tasks"][task.name] = None  # keeps the requested order
         plan.append((task, shots, key, cached, items))
     if plan:
-        engine = engine or Engine.load(model_dir)
+        engine = engine or Engine.load(model_dir, device=s.device)
     with _progress() if show_progress and plan else nullcontext() as prog:
         for task, shots, key, cached, items in plan:
             t0 = time.perf_counter()

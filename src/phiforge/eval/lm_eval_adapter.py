@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
@@ -29,9 +30,21 @@ from ..infer.sampling import SamplingParams
 
 @register_model("phiforge")
 class PhiforgeLM(TemplateLM):
-    def __init__(self, path: str, score_tokens: int | str = 4096, batch_size: int | str | None = None, **_):
+    def __init__(
+        self,
+        path: str,
+        score_tokens: int | str = 4096,
+        batch_size: int | str | None = None,
+        device: str | None = None,
+        **_,
+    ):
         super().__init__()
-        self.engine = Engine.load(path)
+        device = device or "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's CLI passes device="cuda" by default; its own HF model also falls back to the CPU
+            print(f"phiforge: device {device!r} is not available, using cpu", file=sys.stderr)
+            device = "cpu"
+        self.engine = Engine.load(path, device=device)
         self.score_tokens = int(score_tokens)
         self.gen_batch = int(batch_size) if str(batch_size).isdigit() else 8
 

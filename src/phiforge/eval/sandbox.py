@@ -12,7 +12,8 @@ Layers, outermost first (each one is a backstop for the next):
    `network_isolated()` says so; the audit hook below still refuses socket calls.
 4. A Python audit hook (PEP 578; it cannot be removed once installed) that refuses: opening files for
    writing outside the temp dir, reading files outside the temp dir and the Python installation,
-   deleting/renaming/chmod outside the temp dir, fork/exec/subprocess/os.system, sockets, and ctypes
+   deleting/renaming/chmod or listing directories outside the temp dir, fork/exec/subprocess/os.system
+   (and importing _posixsubprocess, whose fork_exec raises no event of its own), sockets, and ctypes
    (which could call libc behind the hook's back).
 
 The kernel exempts root from RLIMIT_NPROC (and the namespace maps root to itself), so when eval runs as root
@@ -107,8 +108,12 @@ if guard:
               "socket.bind", "socket.getaddrinfo", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata",
               "ctypes.call_function", "os.chdir", "os.symlink", "os.link",
               "pty.spawn", "resource.setrlimit", "os.setuid"}
-    paths = {"os.remove": 0, "os.rmdir": 0, "os.rename": 0, "os.chmod": 0, "os.chown": 0, "os.mkdir": 0,
-             "shutil.rmtree": 0, "os.truncate": 0, "os.utime": 0, "shutil.copyfile": 1, "shutil.move": 1}
+    one_path = {"os.remove", "os.rmdir", "os.chmod", "os.chown", "os.mkdir", "shutil.rmtree", "os.truncate",
+                "os.utime"}
+    two_paths = {"os.rename", "shutil.copyfile", "shutil.move"}
+    listing = {"os.listdir", "os.scandir"}
+    # spawns a process with no audit event of its own (subprocess.Popen raises one, its helper does not)
+    no_import = {"_posixsubprocess", "_xxsubinterpreters"}
     realpath, join, isabs = os.path.realpath, os.path.join, os.path.isabs
 
     def inside(p, roots):
@@ -127,11 +132,15 @@ if guard:
             write = write or (isinstance(mode, str) and any(c in mode for c in writes))
             if path is not None and not inside(path, (sandbox,) if write else allowed_read):
                 raise PermissionError(f"sandbox: may not {'write' if write else 'read'} {path}")
-        elif event in paths:
-            targets = args[: 2 if event in ("os.rename", "shutil.move", "shutil.copyfile") else 1]
-            for p in targets:
+        elif event in one_path or event in two_paths:
+            for p in args[: 2 if event in two_paths else 1]:
                 if p is not None and not inside(p, (sandbox,)):
                     raise PermissionError(f"sandbox: {event} outside the sandbox: {p}")
+        elif event in listing:
+            if args[0] is not None and not inside(args[0], allowed_read):
+                raise PermissionError(f"sandbox: may not list {args[0]}")
+        elif event == "import" and args[0] in no_import:
+            raise PermissionError(f"sandbox: importing {args[0]} is not allowed")
 
     sys.addaudithook(hook)
 sys.argv = [prog]
