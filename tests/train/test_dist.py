@@ -3,8 +3,7 @@
 
 import pytest
 import torch
-from conftest import recipe
-from helpers import run, train_losses, write_recipe
+from train_helpers import recipe, run, train_losses, write_recipe
 
 from phiforge.model import load_model
 from phiforge.train import from_dict, pretrain
