@@ -3,8 +3,7 @@
 import json
 from pathlib import Path
 
-from conftest import recipe
-from helpers import run
+from train_helpers import recipe, run
 
 from phiforge.train import dry_run, from_dict, load_recipe, pretrain
 

@@ -1,10 +1,11 @@
 """torchrun with 2 CPU processes (gloo): DDP matches one process with the same global batch, and an FSDP2
-(fully_shard) run writes a checkpoint that one plain process loads."""
+(fully_shard) run writes a checkpoint that one plain process loads and resumes exactly."""
+
+import shutil
 
 import pytest
 import torch
-from conftest import recipe
-from helpers import run, train_losses, write_recipe
+from train_helpers import recipe, run, train_losses, write_recipe
 
 from phiforge.model import load_model
 from phiforge.train import from_dict, pretrain
@@ -18,9 +19,9 @@ def single(data, tmp_path_factory):
     return tmp / "run"
 
 
-def _two_procs(data, tmp_path, **kw):
+def _two_procs(data, tmp_path, *extra, **kw):
     r = write_recipe(tmp_path / "r.yaml", recipe(data, tmp_path / "run", micro_batch=2, eval_every=0, **kw))
-    p = run("train", "--recipe", r, nproc=2, timeout=240)
+    p = run("train", "--recipe", r, *extra, nproc=2, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     return tmp_path / "run"
 
@@ -47,3 +48,8 @@ def test_fsdp2_checkpoint_loads_in_one_process(data, tmp_path, single):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
     x = torch.randint(0, 512, (1, 16))
     torch.testing.assert_close(m(x), ref(x), rtol=1e-4, atol=1e-4)
+    # resume under FSDP2 from step 5 (full optimizer state re-sharded on load): same losses exactly
+    full = train_losses(run_dir)
+    shutil.rmtree(run_dir / "ckpt/step_000010")
+    _two_procs(data, tmp_path, "--resume", fsdp=True, save_every=5)
+    assert train_losses(run_dir) == full

@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import recipe, write_shards
-from helpers import run, write_recipe
+from train_helpers import recipe, run, write_recipe, write_shards
 
 from phiforge.train import RecipeError, TrainDataError, TrainingError, from_dict, pretrain
 from phiforge.train import loop as loop_mod

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import recipe
+from train_helpers import recipe
 
 from phiforge.model import load_model
 from phiforge.train import from_dict, pretrain

@@ -6,8 +6,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import recipe
-from helpers import cli, env, run, train_losses, write_recipe
+from train_helpers import cli, env, recipe, run, train_losses, write_recipe
 
 from phiforge.train.checkpoint import list_checkpoints
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import recipe
+from train_helpers import recipe
 
 from phiforge.model import build, get_preset
 from phiforge.tokenizer import Tokenizer

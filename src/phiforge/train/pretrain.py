@@ -174,6 +174,8 @@ def pretrain(
                 elif con:
                     con.print(f"note: {ds.path} has no usable val split; no validation loss for it")
         start = _resume_point(cfg, resume)
+        if resume and start is None and con:
+            con.print(f"note: --resume: no checkpoint in {Path(cfg.out) / 'ckpt'} yet, starting from step 0")
         model = _init_model(cfg, mc, start)
         if con:
             _announce(con, cfg, model, steps, d, start)
