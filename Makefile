@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/phiforge demo
+	$(BIN)/phiforge speedrun --out runs/speedrun
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -209,18 +209,6 @@ def chat(
         print(f"[{len(res.tokens)} tokens, {res.decode_tps:.1f} tok/s]", file=sys.stderr)
 
 
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Run directory."),
-    seconds: float = typer.Option(60.0, help="Training time budget in seconds."),
-    preset: str = typer.Option("tiny", help="Model preset (Phi-3 architecture)."),
-):
-    """Tokenizer + tiny Phi-3 model trained on local Python source for a minute, then a completion."""
-    from .demo import run
-
-    run(out, seconds, preset)
-
-
 _add_subapps()
 
 

