@@ -101,22 +101,30 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
     const __m128i lo4 = _mm_set1_epi8(0x0f);
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t g = 0; g < ng; ++g) {
-        /* int4: products <= 15 * 127, a maddubs pair <= 3810, so up to 8 units sum in int16 safely */
         __m256i isum = _mm256_setzero_si256();
-        for (int64_t u = 0; u < upg; ++u) {
-            const int64_t k = g * upg + u;
-            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k * 32));
-            __m256i p;
-            if (bits == 4) {
-                const __m128i b = _mm_loadu_si128((const __m128i *)(w + k * 16));
-                const __m256i wq =
-                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), lo4), _mm_and_si128(b, lo4));
-                p = _mm256_maddubs_epi16(wq, xv);
-            } else { /* signed x signed: |x| times w carrying x's sign (both in -127..127: no saturation) */
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k * 32));
-                p = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+        if (bits == 4) {
+            /* a maddubs pair is <= 2 * 15 * 127 = 3810, so 8 units sum in int16 before widening */
+            for (int64_t u0 = 0; u0 < upg; u0 += 8) {
+                __m256i p = _mm256_setzero_si256();
+                for (int64_t u = u0; u < upg && u < u0 + 8; ++u) {
+                    const int64_t k = g * upg + u;
+                    const __m128i b = _mm_loadu_si128((const __m128i *)(w + k * 16));
+                    const __m256i wq =
+                        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), lo4), _mm_and_si128(b, lo4));
+                    p = _mm256_add_epi16(
+                        p, _mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)(xq + k * 32))));
+                }
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
             }
-            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+        } else {
+            for (int64_t u = 0; u < upg; ++u) {
+                const int64_t k = g * upg + u;
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k * 32));
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k * 32));
+                /* signed x signed: |x| times w carrying x's sign (both in -127..127: no saturation) */
+                const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+            }
         }
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(s[g]) * d[g]), acc);
         tail += h2f(m[g]) * xs[g];

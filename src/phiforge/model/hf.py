@@ -89,6 +89,7 @@ IGNORED_KEYS = {
     "use_bfloat16",
     "torchscript",
     "task_specific_params",
+    "quantization_config",  # phiforge quantize: read by infer/quant.py, config-only readers (info) skip it
 }
 # keys that must hold this value because we do not implement the alternative
 REQUIRED_VALUES = {"attention_bias": False, "mlp_bias": False, "lm_head_bias": False, "qk_layernorm": False}
