@@ -46,7 +46,8 @@ def test_pretraining_runs_two_phases_and_learns(smoke):
     rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["type"] == "train"]
     assert [p for p in dict.fromkeys(r["phase"] for r in train)] == ["phase1-all-code", "phase2-textbook"]
-    assert train[-1]["loss"] < train[0]["loss"] - 1.0  # from ~ln(vocab) down
+    first, last = [r["loss"] for r in train[:3]], [r["loss"] for r in train[-10:]]
+    assert sum(last) / 10 < sum(first) / 3 - 0.8  # from ~ln(vocab) = 7.6 down
     val = [r for r in rows if r["type"] == "eval"][-1]["val_loss"]
     assert set(val) == {"all-code", "quality", "instruct"}
     sft = _stage(out, "sft")

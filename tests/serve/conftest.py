@@ -36,6 +36,13 @@ def make_model(cfg, seed: int = 0, scale: float = 5.0):
     return m
 
 
+@pytest.fixture
+def model_factory():
+    # a fixture, not `from conftest import ...` inside a test: with several test folders, the module named
+    # "conftest" at run time is whichever folder's was imported last
+    return make_model
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("serve-model")

@@ -138,7 +138,7 @@ def test_context_limit_ends_rows_like_generate(engine):
         b.stop()
 
 
-def test_longrope_models_run_one_at_a_time_exactly(engine):
+def test_longrope_models_run_one_at_a_time_exactly(engine, model_factory):
     # LongRoPE switches every position's frequencies once a row passes original_max_position_embeddings,
     # so rows cannot share steps: the batcher runs them through Engine.generate one by one.
     half = 64 // 4 // 2
@@ -147,9 +147,7 @@ def test_longrope_models_run_one_at_a_time_exactly(engine):
         rope_scaling={"type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(half)],
                       "long_factor": [1.0 + i for i in range(half)]},
     )  # fmt: skip
-    from conftest import make_model
-
-    eng = Engine(make_model(cfg, seed=9), engine.tok)
+    eng = Engine(model_factory(cfg, seed=9), engine.tok)
     b = Batcher(eng, max_batch=4).start()
     try:
         assert b.sequential and b.max_batch == 1
