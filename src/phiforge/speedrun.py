@@ -333,7 +333,7 @@ def ablation_stage(run_dir: Path, b: Budget, seed: int, tokens: int) -> dict:
 
 # ---- the run ----------------------------------------------------------------------------------------
 
-SAMPLE_PROMPT = 'def is_palindrome(text: str) -> bool:\n    """Return True if text reads the same forwards and backwards."""\n'
+SAMPLE_REQUEST = "Write a Python function `is_palindrome(text)`.\n\nReturn True if text reads the same forwards and backwards."
 
 
 def run(cfg: SpeedrunConfig) -> Path:
@@ -418,16 +418,15 @@ def _ablation_summary(r: dict) -> str:
 
 
 def _sample(model_dir: Path) -> str:
+    """The SFT model answering a request in the format it was fine-tuned on (instruction reversal)."""
     from .infer.engine import Engine
     from .infer.sampling import SamplingParams
 
     engine = Engine.load(model_dir)
     # a small model loops under greedy decoding; light sampling shows better what it learned
-    params = SamplingParams(
-        max_new_tokens=96, temperature=0.8, top_p=0.95, seed=0, stop=["\ndef ", "\nclass "]
-    )
-    res = engine.complete(SAMPLE_PROMPT, params)
-    return SAMPLE_PROMPT + res.text
+    params = SamplingParams(max_new_tokens=128, temperature=0.8, top_p=0.95, seed=0)
+    res = engine.chat([{"role": "user", "content": SAMPLE_REQUEST}], params)
+    return f"# <|user|> {SAMPLE_REQUEST.replace(chr(10), ' ')}\n# <|assistant|>\n{res.text}"
 
 
 def _eval_row(name: str, r: dict) -> dict:
