@@ -19,29 +19,13 @@ from pathlib import Path
 
 import torch
 
+from bench_engine import MODELS  # noqa: E402  the same shapes as the engine benchmark (ANCHORS.md)
 from phiforge.infer.engine import Engine
 from phiforge.infer.gguf_export import export_gguf
 from phiforge.infer.quant import load_quantized, model_bytes, quantize_checkpoint
 from phiforge.infer.sampling import SamplingParams
 from phiforge.model import ModelConfig, build, save_model
 from phiforge.tokenizer import train_bpe
-
-MODELS = {
-    "small": dict(
-        vocab_size=32064,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-    ),
-    "mini4": dict(
-        vocab_size=32064,
-        hidden_size=3072,
-        intermediate_size=8192,
-        num_hidden_layers=4,
-        num_attention_heads=32,
-    ),
-}
 
 
 def _timed(fn) -> float:
