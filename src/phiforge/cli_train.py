@@ -1,4 +1,4 @@
-"""`phiforge train`, `phiforge sft` and `phiforge plot`: thin wrappers over phiforge.train.
+"""`phiforge train`, `phiforge sft`, `phiforge dpo` and `phiforge plot`: thin wrappers over phiforge.train.
 
 All three run unchanged under `torchrun --nproc_per_node N -m phiforge.cli train ...` (DDP, or FSDP2
 with `--set fsdp=true`).
@@ -82,6 +82,52 @@ def sft_cmd(
         print(path)
 
 
+def dpo_cmd(
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="Starting checkpoint (HF layout, with tokenizer.json)."
+    ),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help='jsonl of {"prompt", "chosen", "rejected"}: text, or lists of messages.'
+    ),
+    out: Path = typer.Option(Path("runs/dpo"), help="Run directory (metrics.jsonl, ckpt/)."),
+    loss_type: str = typer.Option("sigmoid", help="sigmoid (DPO) or ipo."),
+    beta: float = typer.Option(0.1, help="Strength of the pull towards the reference model."),
+    sft_weight: float = typer.Option(0.0, help="Weight of an added NLL loss on the chosen completions."),
+    epochs: float = typer.Option(1.0, help="Passes over the pairs."),
+    lr: float = typer.Option(None, help="Peak learning rate (default 1e-6, TRL's, without a recipe)."),
+    recipe: Path = typer.Option(
+        None, "--recipe", "-r", help="Optional YAML with TrainConfig fields (lr, seq_len, micro_batch...)."
+    ),
+    set_: list[str] = _SET,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
+):
+    """Direct preference optimisation (TRL's losses and metric names) from MODEL on preference pairs.
+
+    The reference log-probabilities are computed once by MODEL and stored beside DATA
+    (DATA.ref-<fingerprint>.jsonl); a re-run or --resume reuses them. Metrics: loss, rewards/chosen,
+    rewards/rejected, rewards/margins, rewards/accuracies, logps/*; `phiforge plot OUT` draws them.
+    """
+    import yaml
+
+    from .train import RecipeError, from_dict, pretrain
+
+    base = {"lr": 1e-6, "warmup_steps": 0, "min_lr_ratio": 0.0, "eval_every": 0, "save_every": 0}
+    if recipe:
+        try:
+            base = yaml.safe_load(recipe.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RecipeError(f"{recipe}: cannot read recipe ({str(e).splitlines()[0]})") from None
+    base = dict(base, out=str(out), init_from=str(model), name=base.get("name", "dpo"))
+    base["phases"] = [
+        {"name": "dpo", "kind": "dpo", "data": str(data), "loss_type": loss_type, "beta": beta,
+         "sft_weight": sft_weight, "epochs": epochs}
+    ]  # fmt: skip
+    overrides = list(set_ or []) + ([f"lr={lr}"] if lr is not None else [])
+    path = pretrain(from_dict(base, overrides, where=str(recipe or "dpo")), resume=resume)
+    if os.environ.get("RANK", "0") == "0":
+        print(path)
+
+
 def plot_cmd(
     run: Path = typer.Argument(..., help="Run directory holding metrics.jsonl."),
     out: Path = typer.Option(None, help="Output folder (default RUN/plots)."),
@@ -96,4 +142,5 @@ def plot_cmd(
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("sft")(sft_cmd)
+    app.command("dpo")(dpo_cmd)
     app.command("plot")(plot_cmd)

@@ -226,3 +226,36 @@ def dpo_loss(
         "logps/rejected": logps[n:].detach().sum(),
     }
     return loss, metrics
+
+
+def dpo_phase(name: str, pairs: Pairs, spec, n_global: int, seed: int, pad_id: int, device, autocast=None):
+    """A loop phase over `pairs` for spec.epochs (spec: config.Phase of kind dpo): each step takes n_global
+    pairs of a seeded per-epoch permutation; the loop divides the summed loss by the pair count."""
+    import functools
+    import math
+
+    from .loop import PhaseData
+
+    steps = max(1, math.ceil(spec.epochs * len(pairs) / n_global))
+
+    @functools.lru_cache(maxsize=4)
+    def perm(epoch):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        return torch.randperm(len(pairs), generator=g)
+
+    @functools.lru_cache(maxsize=2)
+    def rows(step):
+        js = range(step * n_global, (step + 1) * n_global)
+        return [int(perm(j // len(pairs))[j % len(pairs)]) for j in js]
+
+    def batch(step, lo, hi):
+        b = collate(pairs, rows(step)[lo:hi], pad_id)
+        b.sft_scale = n_global / sum(
+            len(pairs.chosen[i]) for i in rows(step)
+        )  # TRL: a mean over chosen tokens
+        return b
+
+    def loss(net, b):
+        return dpo_loss(net, b.to(device), spec.beta, spec.loss_type, spec.sft_weight, autocast)
+
+    return PhaseData(name, steps, batch, lambda step: n_global, loss)

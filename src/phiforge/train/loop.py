@@ -37,12 +37,20 @@ class TrainingInterrupted(RuntimeError):
 Batch = tuple  # (x, y, positions | None, mask | None)
 
 
+LossFn = Callable[[torch.nn.Module, object], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
 @dataclass
 class PhaseData:
     name: str
     steps: int
     batch: Callable[[int, int, int], Batch]  # (step, lo, hi) -> rows lo..hi of the global batch
-    targets: Callable[[int], int]  # step -> number of target tokens (label != -100) in the global batch
+    targets: Callable[
+        [int], int
+    ]  # step -> the loss's denominator for the global batch (target tokens, pairs)
+    # (model, batch) -> (loss summed over the batch, metrics summed over the batch); None = next-token LM
+    # loss. The loop divides both by targets(step), so a phase's loss is a mean over the global batch.
+    loss: LossFn | None = None
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -274,15 +282,23 @@ def train(
                 t0 = time.perf_counter()
                 n_tgt = phase.targets(step)
                 scale = d.world / max(n_tgt, 1)
-                loss_sum = 0.0
+                loss_sum, extra = 0.0, {}
                 base = d.rank * mb * ga
                 for k in range(ga):
                     b = phase.batch(step, base + k * mb, base + (k + 1) * mb)
                     with sync_context(net, k == ga - 1):
-                        loss = _forward_loss(net, b, d.device, autocast)
+                        if phase.loss is None:
+                            loss = _forward_loss(net, b, d.device, autocast)
+                        else:
+                            loss, m = phase.loss(net, b)
+                            for key, v in m.items():
+                                extra[key] = extra.get(key, 0.0) + float(v)
                         (loss * scale).backward()
                     loss_sum += float(loss.detach())
                 loss_val = float(all_sum(loss_sum, d)) / max(n_tgt, 1)
+                if extra:  # the phase's own metrics, global means (TRL's names for DPO)
+                    sums = all_sum(torch.tensor(list(extra.values()), dtype=torch.float64), d)
+                    extra = {key: float(v) / max(n_tgt, 1) for key, v in zip(extra, sums, strict=True)}
                 if not math.isfinite(loss_val):
                     kept = f"last good checkpoint: {last_path}" if last_path else "no checkpoint saved yet"
                     raise TrainingError(
@@ -300,7 +316,7 @@ def train(
                 row = {
                     "type": "train", "step": done, "phase": phase.name, "loss": loss_val, "lr": lr,
                     "grad_norm": gn, "tokens": done * n_global * cfg.seq_len, "tokens_per_s": tps,
-                    "mfu": fpt * tps / (peak * d.world), "time": time.perf_counter() - t_run,
+                    "mfu": fpt * tps / (peak * d.world), "time": time.perf_counter() - t_run, **extra,
                 }  # fmt: skip
                 metrics.log(row)
                 end_of_phase = done == bounds[pi]

@@ -1,4 +1,5 @@
-"""`phiforge plot RUN`: loss (train + per-dataset validation) and learning-rate PNGs from metrics.jsonl."""
+"""`phiforge plot RUN`: loss (train + per-dataset validation), learning-rate and, for DPO, reward PNGs from
+metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -53,6 +54,18 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:
     ax.plot(steps, [r["lr"] for r in train])
     ax.set(xlabel="step", ylabel="learning rate", title=f"{run.name}: learning rate")
     paths.append(_save(fig, out / "lr.png"))
+    dpo = [r for r in train if "rewards/chosen" in r]
+    if dpo:  # preference phases: TRL's reward curves, and how often the chosen answer wins
+        fig, (ax, acc) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        x = [r["step"] for r in dpo]
+        for k in ("chosen", "rejected", "margins"):
+            ax.plot(x, [r[f"rewards/{k}"] for r in dpo], lw=1, label=k)
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set(ylabel="reward (beta * log-ratio)", title=f"{run.name}: DPO rewards")
+        ax.legend()
+        acc.plot(x, [r["rewards/accuracies"] for r in dpo], lw=1)
+        acc.set(xlabel="step", ylabel="rewards/accuracies", ylim=(-0.02, 1.02))
+        paths.append(_save(fig, out / "rewards.png"))
     plt.close("all")
     return paths
 
