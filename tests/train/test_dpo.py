@@ -4,6 +4,7 @@ reference log-probs computed once and reused."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,16 @@ def test_reference_logps_computed_once_and_reused(tok, tmp_path, monkeypatch):
     with torch.no_grad():
         model.embed.weight.add_(1e-3)
     assert cache_path(data, model_fingerprint(model)) != path
+
+
+def test_shipped_example_parses(tok):
+    import yaml
+
+    from phiforge.train import from_dict
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "dpo"
+    pairs = load_pairs(tok, root / "prefs.jsonl", 256, tok.vocab_size)
+    assert len(pairs) == 8 and pairs.dropped == 0
+    base = yaml.safe_load((root / "dpo-tiny.yaml").read_text())
+    cfg = from_dict(dict(base, phases=[{"name": "dpo", "kind": "dpo", "data": str(root / "prefs.jsonl")}]))
+    assert cfg.phases[0].loss_type == "sigmoid" and cfg.phases[0].beta == 0.1
