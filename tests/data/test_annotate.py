@@ -452,3 +452,32 @@ def test_annotate_step_with_teacher_under_executor(fake, tmp_path):
     assert len(Cache(cfg.cache_path)) == len(rows)  # both worker processes wrote to one cache
     prose_prompts = [p for p in fake.prompts if "additive" in p]
     assert len(prose_prompts) == 3  # prose, text, and the malformed prose doc
+
+
+def test_in_process_teacher_from_a_model_directory(tmp_path):
+    import inspect
+    import textwrap
+
+    from phiforge.infer.engine import Engine
+    from phiforge.infer.sampling import SamplingParams
+    from phiforge.model import build, get_preset, save_model
+    from phiforge.tokenizer import train_bpe
+
+    lines = inspect.getsource(textwrap).splitlines(keepends=True)
+    tok = train_bpe(lines, 400, out_dir=tmp_path / "m")
+    cfg = get_preset("tiny").replace(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+        original_max_position_embeddings=2048, eos_token_id=tok.eos_id,
+    )  # fmt: skip
+    save_model(build(cfg, seed=1), tmp_path / "m")
+    teacher = make_annotator(TeacherConfig(local=str(tmp_path / "m"), cache_path=str(tmp_path / "c.sqlite")))
+    assert teacher.name == f"{tmp_path / 'm'} @ in-process"
+    out = teacher.annotate(["def f(): pass", "x = 1"], ["code", "code"])
+    assert out == [parse_answer(a) for a in teacher.answers]  # a random model: its answers, read as text
+    prompt = build_prompt("x = 1", "code")
+    expect = Engine.load(tmp_path / "m").chat(
+        [{"role": "user", "content": prompt}], SamplingParams(max_new_tokens=96)
+    )
+    assert teacher.answers[1] == expect.text and teacher.stats["asked"] == 2
+    teacher.close()
