@@ -411,7 +411,11 @@ class LocalClient(_Backend):
         super().__init__(cache_path)
         self.engine, self.endpoint, self.model, self.batch_size = engine, "in-process", model, batch_size
         # The engine's own sampling parameters, found through its module so this file imports no feature package.
-        self._params = sys.modules[type(engine).__module__].SamplingParams
+        self._params = getattr(sys.modules[type(engine).__module__], "SamplingParams", None)
+        if self._params is None:
+            raise TeacherError(
+                f"teacher: {type(engine).__name__}'s module has no SamplingParams; pass an Engine"
+            )
 
     def _answer(self, todo: dict[str, Request]) -> Iterator[tuple[str, Answer]]:
         groups: dict[tuple, list[tuple[str, Request]]] = {}
