@@ -230,3 +230,38 @@ def test_bad_files(own, tmp_path):
     _one_line_error(_write(tmp_path / "notok.gguf", tokenizer=False), "'tokenizer.ggml.model' is missing")
     _one_line_error(_write(tmp_path / "i32.gguf", tensor=np.ones(32, np.int32)), "type I32")
     _one_line_error(tmp_path / "nope.gguf", "not found")
+
+
+def test_sentencepiece_vocabulary_matches_transformers(tmp_path):
+    """tokenizer.ggml.model "llama": scores, byte fallback, BOS added; vs transformers' GGUF converter."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import SentencePieceBPETokenizer
+
+    sp = SentencePieceBPETokenizer()
+    sp.train_from_iterator([Path(random.__file__).read_text()] * 2, vocab_size=600, show_progress=False)
+    learned = sorted(sp.get_vocab().items(), key=lambda kv: kv[1])
+    specials = ["<unk>", "<s>", "</s>"]
+    tokens = specials + [f"<0x{b:02X}>" for b in range(256)] + [t for t, _ in learned if t not in specials]
+    T = gguf.TokenType
+    types = [T.UNKNOWN, T.CONTROL, T.CONTROL] + [T.BYTE] * 256 + [T.NORMAL] * (len(tokens) - 259)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(tokens) - 259)]
+    w = gguf.GGUFWriter(tmp_path / "spm.gguf", "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores(scores)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file, w.close):
+        step()
+    import phiforge.infer.gguf_import as gi
+
+    reader = gguf.GGUFReader(tmp_path / "spm.gguf")
+    tok = gi._tokenizer(
+        tmp_path / "spm.gguf", gi._fields(tmp_path / "spm.gguf", reader), {"max_position_embeddings": 64}
+    )
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="spm.gguf")
+    for s in _strings():
+        assert tok.encode(s, add_special_tokens=True) == ref(s).input_ids, s
+        assert tok.decode(tok.encode(s)) == ref.decode(ref(s, add_special_tokens=False).input_ids), s
