@@ -1,4 +1,5 @@
-"""Files: the one atomic write and the one jsonl reader of phiforge (imports nothing of phiforge).
+"""Files: the one atomic write and the one jsonl reader of phiforge (imports nothing of phiforge), and the
+one progress bar long jobs show on the terminal.
 
 Every file phiforge writes goes through `atomic_path`: the bytes land in a hidden temp file beside the target
 and `os.replace` moves it over the target when complete, so a reader (or a re-run after a kill) sees the old
@@ -115,3 +116,21 @@ def save_png(fig, path: str | Path, dpi: int = 90) -> Path:
     fig.savefig(buf, format="png", dpi=dpi)
     pyplot().close(fig)
     return atomic_write(path, buf.getvalue())
+
+
+def progress_bar(console=None):
+    """rich's progress bar as every long phiforge job shows it: what, bar, done/total, elapsed, eta."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    cols = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+    )  # fmt: skip
+    return Progress(*cols, console=console)

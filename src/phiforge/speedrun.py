@@ -264,7 +264,9 @@ def val_loss(engine, shard_dir: Path, seq_len: int, max_tokens: int) -> float:
 def eval_stage(model_dir: Path, out: Path, run_dir: Path, b: Budget, tasks=("humaneval", "sanity")) -> dict:
     """HumanEval pass@1 (+ sanity), bits-per-byte of HumanEval's canonical solutions, val loss on quality code."""
     from . import eval as ev
+    from .eval.tasks.code import humaneval_solutions
     from .infer.engine import Engine
+    from .infer.score import bits_per_byte
 
     engine = Engine.load(model_dir)
     # batch 1: the engine's native decode (fp32 and int4) beats padded batches of a tiny model several times
@@ -274,7 +276,7 @@ def eval_stage(model_dir: Path, out: Path, run_dir: Path, b: Budget, tasks=("hum
     for t, r in rep["tasks"].items():  # pass@1 for HumanEval, exact match for sanity
         name, m = next(iter(r["metrics"].items()))
         res[f"{t}_{name}"], res[f"{t}_n"] = m["value"], r["n"]
-    res["humaneval_bpb"] = ev.bits_per_byte(engine, ev.humaneval_solutions())
+    res["humaneval_bpb"] = bits_per_byte(engine, humaneval_solutions())
     res["val_loss_quality"] = val_loss(engine, run_dir / "shards", b.seq_len, b.eval_tokens)
     res["weights_mb"] = _dir_mb(model_dir)
     return res

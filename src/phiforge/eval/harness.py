@@ -21,7 +21,7 @@ from pathlib import Path
 from ..infer import score
 from ..infer.engine import Engine
 from ..infer.sampling import SamplingParams
-from ..io import atomic_write, write_json, write_jsonl
+from ..io import atomic_write, progress_bar, write_json, write_jsonl
 from ..sandbox import Limits, run_many
 from ..stages import Stages
 from . import metrics
@@ -163,27 +163,6 @@ def run_code(engine, task: Task, items, s: EvalSettings, progress=None) -> tuple
 
 
 # ---- driver ----------------------------------------------------------------------------------------
-def _progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-
-
 def run(
     model_dir,
     tasks,
@@ -225,7 +204,7 @@ def run(
         plan.append((task, shots, key, items))
     if plan:
         engine = engine or Engine.load(model_dir, device=s.device)
-    with _progress() if show_progress and plan else nullcontext() as prog:
+    with progress_bar() if show_progress and plan else nullcontext() as prog:
         for task, shots, key, items in plan:
             t0 = time.perf_counter()
             total = (

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import read_metrics, write_jsonl
+from ..io import progress_bar, read_metrics, write_jsonl
 from ..model import Transformer, build
 from . import checkpoint as ckpt
 from .config import TrainConfig, to_dict
@@ -326,17 +326,4 @@ def train(
 def _progress(cfg: TrainConfig, d: Dist, console, total: int, start: int):
     if not (cfg.progress and d.main and console is not None):
         return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    cols = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-    )  # fmt: skip
-    return Progress(*cols, console=console)
+    return progress_bar(console)

