@@ -25,6 +25,7 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from rich.console import Console
 
+from ..io import atomic_path
 from ..stages import Stages, read_marker
 from . import DataError
 from .annotate import AnnotateStep, TeacherConfig
@@ -99,7 +100,8 @@ class RecordScores(PipelineStep):
             yield doc
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / f"scores_{rank:05d}.npy", np.asarray(scores, dtype=np.float32))
+        with atomic_path(out / f"scores_{rank:05d}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(scores, dtype=np.float32))
 
 
 def _unit_hash(s: str) -> float:
@@ -248,7 +250,7 @@ class Run:
             console.print("  [dim]done already, skipped[/]")
             self.stats[name] = rec["result"]
             return rec["result"]
-        if self.markers.record(name) is not None:  # settings changed: this stage and everything after it
+        if self.markers.path(name).exists():  # settings changed: this stage and everything after it
             later = STAGES[STAGES.index(name) :]
             reset(*(self.path(s) for s in later), *(self.logs(s) for s in later))
         t0 = time.time()

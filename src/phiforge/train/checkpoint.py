@@ -1,8 +1,9 @@
 """Checkpoints: HF layout (config.json, model.safetensors, tokenizer.json) + `trainer_state.pt` beside it.
 
-`run/ckpt/step_000120/` is written as `.step_000120.<pid>.<random>.tmp/` and renamed when complete, so a kill at any
-moment leaves either the old set of checkpoints or the new one, never a half-written directory. The
-trainer state holds everything exact resume needs: optimizer, step, phase, RNG states, the recipe.
+`run/ckpt/step_000120/` is written as `.step_000120.<pid>.<random>.tmp/` and renamed when complete
+(phiforge.io.atomic_path), so a kill at any moment leaves either the old set of checkpoints or the new
+one, never a half-written directory. The trainer state holds everything exact resume needs: optimizer,
+step, phase, RNG states, the recipe.
 """
 
 from __future__ import annotations
