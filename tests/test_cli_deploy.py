@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from phiforge.infer.quant import memory_estimate
 from phiforge.model import build, get_preset, save_model
+from phiforge.model.config import quantized_bytes
 from phiforge.tokenizer import train_bpe
 
 
@@ -62,7 +62,7 @@ def test_export_gguf(model_dir, tmp_path):
 def test_info_bits_prints_the_breakdown():
     r = phiforge("info", "--preset", "phi-3-mini-4k", "--bits", "4")
     assert r.returncode == 0, r.stderr
-    total = sum(memory_estimate(get_preset("phi-3-mini-4k"), 4, 128).values())
+    total = sum(quantized_bytes(get_preset("phi-3-mini-4k"), 4, 128).values())
     assert f"int4 g128 (phiforge quantize): {total / 1e9:.1f} GB" in " ".join(r.stdout.split())
     assert "embedding (int8)" in r.stdout and "lm_head" in r.stdout
 

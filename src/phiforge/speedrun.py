@@ -24,6 +24,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from . import stages as markers
+from .io import read_metrics
+
 console = Console(stderr=True)
 VAL_FRACTION = 0.1  # of documents, by id hash: val shards + the held-out SFT conversations
 
@@ -71,28 +74,22 @@ class Stages:
     """Run a stage unless `stages/<name>.json` says it finished with the same settings."""
 
     def __init__(self, run_dir: Path):
-        self.dir = run_dir / "stages"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.markers = markers.Stages(run_dir / "stages")
         self.rows: list[dict] = []
         self.t0 = time.time()
 
     def __call__(self, name: str, settings: dict, fn, summary=lambda r: "") -> dict:
-        marker = self.dir / f"{name}.json"
-        settings = json.loads(json.dumps(settings, default=str))
-        if marker.is_file():
-            rec = json.loads(marker.read_text())
-            if rec.get("settings") == settings:
-                console.print(f"[bold]{name}[/]: done already, skipped")
-                self.rows.append({"stage": name, "seconds": rec["seconds"], "result": summary(rec["result"])})
-                return rec["result"]
+        rec = self.markers.done(name, settings)
+        if rec is not None:
+            console.print(f"[bold]{name}[/]: done already, skipped")
+            self.rows.append({"stage": name, "seconds": rec["seconds"], "result": summary(rec["result"])})
+            return rec["result"]
         console.rule(f"[bold]{name}[/] ({time.time() - self.t0:.0f}s)")
         t = time.time()
         result = fn()
-        rec = {"settings": settings, "result": result, "seconds": round(time.time() - t, 1)}
-        tmp = marker.with_name(marker.name + ".tmp")
-        tmp.write_text(json.dumps(rec, indent=1, default=str) + "\n")
-        os.replace(tmp, marker)
-        self.rows.append({"stage": name, "seconds": rec["seconds"], "result": summary(result)})
+        seconds = round(time.time() - t, 1)
+        self.markers.mark(name, settings, result, seconds)
+        self.rows.append({"stage": name, "seconds": seconds, "result": summary(result)})
         console.print(f"  {summary(result)}")
         return result
 
@@ -225,8 +222,6 @@ def pretrain_stage(run_dir: Path, b: Budget, seed: int, tokens: int) -> dict:
 
 
 def _last_eval(metrics: Path) -> dict:
-    from .report import read_metrics
-
     rows = read_metrics(metrics)
     train = [r for r in rows if r.get("type") == "train"]
     evals = [r for r in rows if r.get("type") == "eval"]
@@ -269,7 +264,9 @@ def val_loss(engine, shard_dir: Path, seq_len: int, max_tokens: int) -> float:
 def eval_stage(model_dir: Path, out: Path, run_dir: Path, b: Budget, tasks=("humaneval", "sanity")) -> dict:
     """HumanEval pass@1 (+ sanity), bits-per-byte of HumanEval's canonical solutions, val loss on quality code."""
     from . import eval as ev
+    from .eval.tasks.code import humaneval_solutions
     from .infer.engine import Engine
+    from .infer.score import bits_per_byte
 
     engine = Engine.load(model_dir)
     # batch 1: the engine's native decode (fp32 and int4) beats padded batches of a tiny model several times
@@ -279,7 +276,7 @@ def eval_stage(model_dir: Path, out: Path, run_dir: Path, b: Budget, tasks=("hum
     for t, r in rep["tasks"].items():  # pass@1 for HumanEval, exact match for sanity
         name, m = next(iter(r["metrics"].items()))
         res[f"{t}_{name}"], res[f"{t}_n"] = m["value"], r["n"]
-    res["humaneval_bpb"] = ev.bits_per_byte(engine, ev.humaneval_solutions())
+    res["humaneval_bpb"] = bits_per_byte(engine, humaneval_solutions())
     res["val_loss_quality"] = val_loss(engine, run_dir / "shards", b.seq_len, b.eval_tokens)
     res["weights_mb"] = _dir_mb(model_dir)
     return res
@@ -468,8 +465,8 @@ def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, 
 
     b = BUDGETS[cfg.budget]
     training = {
-        "pretrain": report.read_metrics(run_dir / "train" / "metrics.jsonl"),
-        "sft": report.read_metrics(run_dir / "sft" / "metrics.jsonl"),
+        "pretrain": read_metrics(run_dir / "train" / "metrics.jsonl"),
+        "sft": read_metrics(run_dir / "sft" / "metrics.jsonl"),
     }
     m = run_dir / "model"
     bpb_change = int4["humaneval_bpb"] / fp32["humaneval_bpb"] - 1
@@ -532,7 +529,7 @@ def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, 
             for name, r in (("quality", q), ("unfiltered", u))
         }
         training.update(
-            {f"ablation-{k}": report.read_metrics(run_dir / "ablation" / k / "metrics.jsonl") for k in abl}
+            {f"ablation-{k}": read_metrics(run_dir / "ablation" / k / "metrics.jsonl") for k in abl}
         )
     return report.write(run_dir / "report", s, training, run_dir / "report" / "data_card.png")
 

@@ -13,12 +13,13 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from functools import cache
 from pathlib import Path
 
 import torch
+
+from ..io import atomic_path
 
 SRC = Path(__file__).with_name("kernels.c")
 
@@ -42,16 +43,13 @@ def library() -> ctypes.CDLL | None:
     if not so.exists():
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".so")
-            os.close(fd)
         except OSError as e:
             return _unavailable(f"cannot write {cache_dir}: {e}")
-        try:
-            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SRC), "-o", tmp]
-            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-            os.replace(tmp, so)  # atomic: concurrent processes never load a half-written library
+        try:  # atomic: concurrent processes never load a half-written library
+            with atomic_path(so) as tmp:
+                cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SRC), "-o", str(tmp)]
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as e:
-            Path(tmp).unlink(missing_ok=True)
             detail = getattr(e, "stderr", b"") or str(e).encode()
             return _unavailable(
                 f"{cc} failed: {detail.decode(errors='replace').strip().splitlines()[0][:200]}"

@@ -30,9 +30,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..io import atomic_path, write_json
 from ..model import ModelConfig, Transformer, load_model
-from ..model.config import quantized_bytes
-from ..model.hf import CheckpointError, _atomic_write, config_from_hf, config_to_hf, write_json
+from ..model.hf import CheckpointError, config_from_hf, config_to_hf
 from . import kernels
 
 FORMAT = "phiforge-wq1"
@@ -219,7 +219,8 @@ def save_quantized(model: Transformer, out: str | Path, source: str | Path | Non
     out.mkdir(parents=True, exist_ok=True)
     q = model.quantization
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": FORMAT}))
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(sd, tmp, metadata={"format": FORMAT})
     cfg = config_to_hf(model.cfg)
     cfg["quantization_config"] = quantization_config(q["bits"], q["group_size"])
     write_json(out / "config.json", cfg)
@@ -340,12 +341,6 @@ def model_bytes(model: nn.Module) -> int:
             seen.add(id(t))
             total += t.numel() * t.element_size()
     return total
-
-
-def memory_estimate(cfg: ModelConfig, bits: int, group_size: int = 128) -> dict[str, int]:
-    """Bytes of each part of a quantized model in this format (equals model_bytes of a quantized model)."""
-    _levels(bits)
-    return quantized_bytes(cfg, bits, group_size)
 
 
 @torch.inference_mode()

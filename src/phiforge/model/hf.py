@@ -7,15 +7,14 @@ checkpoints keep q/k/v separate; we fuse them on load and split them on save.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..io import atomic_path, write_json
 from .config import ModelConfig
 from .transformer import Transformer
 
@@ -302,21 +301,6 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
 def save_model(model: Transformer, path: str | Path, max_shard_bytes: int = 5 * 2**30) -> None:
     """Write config.json, generation_config.json and model.safetensors (sharded with an index past
     `max_shard_bytes`) so that transformers' AutoModelForCausalLM.from_pretrained(path) loads it."""
@@ -334,16 +318,16 @@ def save_model(model: Transformer, path: str | Path, max_shard_bytes: int = 5 * 
         shards[-1][k] = t
         size += nbytes
     if len(shards) == 1:
-        _atomic_write(
-            path / "model.safetensors", lambda tmp: save_file(shards[0], tmp, metadata={"format": "pt"})
-        )
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_file(shards[0], tmp, metadata={"format": "pt"})
         (path / "model.safetensors.index.json").unlink(missing_ok=True)
     else:
         n = len(shards)
         weight_map = {}
         for j, shard in enumerate(shards):
             name = f"model-{j + 1:05d}-of-{n:05d}.safetensors"
-            _atomic_write(path / name, lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
+            with atomic_path(path / name) as tmp:
+                save_file(shard, tmp, metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(shard, name))
         total = sum(t.numel() * t.element_size() for t in sd.values())
         write_json(

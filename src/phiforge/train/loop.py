@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import progress_bar, read_metrics, write_jsonl
 from ..model import Transformer, build
 from . import checkpoint as ckpt
 from .config import TrainConfig, to_dict
@@ -136,11 +136,8 @@ class Metrics:
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = path.read_text().splitlines() if path.exists() and resume_step else []
-        keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
+        rows = read_metrics(path) if resume_step else []
+        write_jsonl(path, [r for r in rows if r.get("step", 0) <= resume_step])
         self.f = path.open("a")
         if tensorboard:
             try:
@@ -329,17 +326,4 @@ def train(
 def _progress(cfg: TrainConfig, d: Dist, console, total: int, start: int):
     if not (cfg.progress and d.main and console is not None):
         return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    cols = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-    )  # fmt: skip
-    return Progress(*cols, console=console)
+    return progress_bar(console)
