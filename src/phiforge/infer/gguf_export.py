@@ -100,7 +100,7 @@ def export_gguf(
     model_dir, out = Path(model_dir), Path(out)
     model: Transformer = load_any(model_dir)
     cfg = model.cfg
-    if cfg.arch != "phi3":
+    if cfg.arch != ARCH:  # llama.cpp's llama graph wants separate, permuted q/k: not written here
         raise CheckpointError(
             f"{model_dir}: GGUF export supports the Phi-3 architecture only, not {cfg.arch!r}"
         )
