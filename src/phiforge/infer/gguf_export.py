@@ -25,7 +25,8 @@ import torch
 from ..model import Transformer
 from ..model.hf import CheckpointError
 from ..tokenizer import PHI3_CHAT_TEMPLATE
-from .quant import dequantized_state, load_any
+from .load import load_model
+from .quant import dequantized_state
 
 TYPES = ("f16", "q8_0", "q4_0")
 ARCH = "phi3"
@@ -98,7 +99,7 @@ def export_gguf(
     if kind not in TYPES:
         raise ValueError(f"unknown GGUF type {kind!r}: expected one of {', '.join(TYPES)}")
     model_dir, out = Path(model_dir), Path(out)
-    model: Transformer = load_any(model_dir)
+    model: Transformer = load_model(model_dir)
     cfg = model.cfg
     if cfg.arch != ARCH:  # llama.cpp's llama graph wants separate, permuted q/k: not written here
         raise CheckpointError(
