@@ -462,3 +462,38 @@ def test_bad_sampling_params(kw):
     name = next(iter(kw))
     with pytest.raises(ValueError, match=name):
         SamplingParams(**kw)
+
+
+@torch.no_grad()
+def test_logprobs_are_the_models_raw_distribution(gqa):
+    """Each generated token's logprob (and its top alternatives) equals log_softmax of a teacher-forced
+    forward over prompt + output, in a left-padded batch, with sampling and a repetition penalty on."""
+    eng = gqa.engine
+    prompts = [[5, 9, 14, 3, 7, 11], [8, 42, 6]]
+    params = SamplingParams(
+        max_new_tokens=12, temperature=0.8, seed=3, repetition_penalty=1.3, ignore_eos=True, logprobs=4
+    )
+    for prompt, res in zip(prompts, eng.generate(prompts, params), strict=True):
+        assert len(res.logprobs) == len(res.top_logprobs) == len(res.tokens) == 12
+        seq = torch.tensor([prompt + res.tokens])
+        lp = eng.model(seq)[0, len(prompt) - 1 : -1].float().log_softmax(-1)
+        for k, tid in enumerate(res.tokens):
+            assert abs(res.logprobs[k] - lp[k, tid].item()) < 1e-4
+            ids, vals = zip(*res.top_logprobs[k], strict=True)
+            assert list(ids) == lp[k].topk(4).indices.tolist()
+            assert max(abs(a - b) for a, b in zip(vals, lp[k].topk(4).values.tolist(), strict=True)) < 1e-4
+    greedy = eng.generate([prompts[0]], SamplingParams(max_new_tokens=5, ignore_eos=True, logprobs=0))[0]
+    assert greedy.top_logprobs == [[]] * 5 and all(v <= 0 for v in greedy.logprobs)
+    assert eng.generate([prompts[0]], SamplingParams(max_new_tokens=5))[0].logprobs is None
+
+
+def test_rows_are_public(gqa):
+    """The Row that Engine.generate drives is the one other decode loops use: same ids, text and finish."""
+    eng = gqa.engine
+    params = SamplingParams(max_new_tokens=6, stop_token_ids=[7])
+    row = eng.new_row(3, params)
+    seen = []
+    for tid in (4, 5, 7, 9):
+        row.accept(tid, lambda t, text: seen.append(t))
+    assert row.done and row.finish_reason == "stop" and row.tokens == [4, 5] and seen == [4, 5]
+    assert row.result().tokens == [4, 5]

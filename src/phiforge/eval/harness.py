@@ -82,7 +82,7 @@ def run_mc(engine: Engine, task: Task, items, s: EvalSettings, progress=None) ->
 # ---- generation ------------------------------------------------------------------------------------
 def generate(engine: Engine, items: list[GenItem], s: EvalSettings, progress=None) -> list[list[str]]:
     """n_samples completions per item, batched by similar prompt length; prompts are left-truncated."""
-    tok = engine._tok()
+    tok = engine.tokenizer
     ctx = engine.cfg.max_position_embeddings
     jobs = []  # (item index, sample index, ids, params)
     for i, it in enumerate(items):

@@ -24,7 +24,8 @@ from ..io import atomic_path
 from ..model import Transformer
 from ..model.hf import CheckpointError
 from ..tokenizer import PHI3_CHAT_TEMPLATE
-from .quant import dequantized_state, load_any
+from .load import load_model
+from .quant import dequantized_state
 
 TYPES = ("f16", "q8_0", "q4_0")
 ARCH = "phi3"
@@ -97,9 +98,9 @@ def export_gguf(
     if kind not in TYPES:
         raise ValueError(f"unknown GGUF type {kind!r}: expected one of {', '.join(TYPES)}")
     model_dir, out = Path(model_dir), Path(out)
-    model: Transformer = load_any(model_dir)
+    model: Transformer = load_model(model_dir)
     cfg = model.cfg
-    if cfg.arch != "phi3":
+    if cfg.arch != ARCH:  # llama.cpp's llama graph wants separate, permuted q/k: not written here
         raise CheckpointError(
             f"{model_dir}: GGUF export supports the Phi-3 architecture only, not {cfg.arch!r}"
         )

@@ -92,7 +92,7 @@ def _unavailable(reason: str) -> None:
 
 
 class Phi3Decoder:
-    """Single-token decode of a Phi-3 model through `phi3_decode_layer`, one native call per layer.
+    """Single-token decode of a Phi-3-block model (Phi-3, Llama) through `phi3_decode_layer`, one native call per layer.
 
     Valid for batch 1, fp32, CPU, no padding; the engine falls back to the PyTorch path otherwise."""
 
@@ -149,7 +149,10 @@ class Phi3Decoder:
         return (
             library() is not None
             and len(kinds) == 1
-            and cfg.arch == "phi3"
+            and not cfg.parallel_block  # the native layer is the pre-norm RMSNorm + SwiGLU block, no biases
+            and cfg.norm_kind == "rms"
+            and cfg.gated_mlp
+            and not (cfg.attention_bias or cfg.mlp_bias)
             and cfg.hidden_act == "silu"
             and batch == 1
             and not padded

@@ -292,13 +292,6 @@ def load_quantized(path: str | Path, device="cpu") -> Transformer:
     return model.to(device)
 
 
-def load_any(path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> Transformer:
-    """A quantized phiforge directory or any HF-layout Phi checkpoint."""
-    if read_quantization_config(path) is not None:
-        return load_quantized(path, device)
-    return load_model(path, device=device, dtype=dtype)
-
-
 def dequantized_state(model: Transformer) -> dict[str, torch.Tensor]:
     """Our parameter names -> fp32 tensors, whether `model` is quantized or not (for export)."""
     out = {}

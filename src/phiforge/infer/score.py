@@ -169,7 +169,7 @@ def prefix_token(engine) -> int:
 
 def encode_pair(engine, context: str, continuation: str) -> Request:
     """lm-eval's `_encode_pair` (+ its empty-context rule) with the engine's tokenizer."""
-    tok = engine._tok()
+    tok = engine.tokenizer
     if context == "":
         cont = tok.encode(continuation)
         p = prefix_token(engine)
@@ -209,7 +209,7 @@ def loglikelihood_rolling(engine, texts: Sequence[str], max_tokens: int = 4096) 
     p = prefix_token(engine)
     reqs, owner = [], []
     for i, t in enumerate(texts):
-        for w in rolling_windows(engine._tok().encode(t), p, L):
+        for w in rolling_windows(engine.tokenizer.encode(t), p, L):
             reqs.append(w)
             owner.append(i)
     totals = [0.0] * len(texts)
