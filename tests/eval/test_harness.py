@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
-from conftest import write_jsonl
 
 import phiforge.eval as ev
+from conftest import write_jsonl
 from phiforge.eval.harness import EvalSettings, run_mc
 from phiforge.eval.tasks import MCItem, Task
 from phiforge.infer.engine import Engine

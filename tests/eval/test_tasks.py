@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from phiforge.eval.sandbox import Limits, run_many
 from phiforge.eval.tasks import DataError, GenItem, bbh, code, gsm8k, mc, registry, sanity
 
