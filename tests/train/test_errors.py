@@ -67,10 +67,10 @@ def test_token_id_beyond_vocab(train_data, tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_data, tmp_path, monkeypatch):
     real, calls = loop_mod._forward_loss, []
 
-    def poisoned(net, b, device, autocast):
-        loss = real(net, b, device, autocast)
+    def poisoned(net, b, device, autocast, objective):
+        loss, m = real(net, b, device, autocast, objective)
         calls.append(net.training)
-        return loss * float("nan") if sum(calls) >= 5 else loss  # the 5th training step goes bad
+        return (loss * float("nan") if sum(calls) >= 5 else loss), m  # the 5th training step goes bad
 
     monkeypatch.setattr(loop_mod, "_forward_loss", poisoned)
     with pytest.raises(

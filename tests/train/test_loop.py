@@ -74,3 +74,36 @@ def test_bf16_autocast_runs_close_to_fp32(train_data, tmp_path):
     a, b = _losses(tmp_path / "fp32")[0], _losses(tmp_path / "bf16")[0]
     assert a != b and a == pytest.approx(b, abs=0.05)  # bf16 matmuls, fp32 weights and optimizer
     assert load_model(tmp_path / "bf16/ckpt/step_000010").embed.weight.dtype == torch.float32
+
+
+def test_the_phase_brings_its_loss(train_data, tmp_path):
+    """The loop trains and validates whatever Objective a phase carries: a loss that is twice the LM loss
+    (plus a metric) logs twice the LM numbers at step 1 and in validation, with no change to the loop."""
+    from phiforge.model import build, get_preset
+    from phiforge.train.dist import setup
+    from phiforge.train.loop import LM, Objective, PhaseData, lm_loss, target_tokens, train
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 512, (8, 33), generator=g)
+
+    def collate(step, lo, hi):
+        x = rows[step * 4 + lo : step * 4 + hi]  # 2 steps of 4 rows
+        return x[:, :-1], x[:, 1:], None, None
+
+    def doubled(net, b):
+        loss, _ = lm_loss(net, b)
+        return 2 * loss, {"units": float(target_tokens(b))}
+
+    def run(name, objective):
+        cfg = from_dict(recipe(train_data, tmp_path / name, seq_len=32, eval_every=0, save_every=0))
+        model = build(get_preset("tiny").replace(vocab_size=512, num_hidden_layers=1), seed=0)
+        phase = PhaseData("p", 2, collate, lambda step: 4 * 32, objective)
+        train(cfg, model, None, [phase], {"val": [collate(1, 0, 4)]}, setup())
+        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    plain, twice = run("lm", LM), run("twice", Objective(doubled, target_tokens))
+    assert twice[0]["loss"] == pytest.approx(2 * plain[0]["loss"], rel=1e-6)
+    assert twice[0]["units"] == 4 * 32 and "units" not in plain[0]
+    # AdamW is invariant to the loss scale, so both runs reach (nearly) the same weights
+    assert twice[-1]["type"] == "eval"
+    assert twice[-1]["val_loss"]["val"] == pytest.approx(2 * plain[-1]["val_loss"]["val"], rel=1e-3)
