@@ -10,6 +10,8 @@ from phiforge.model import load_model
 from phiforge.train import from_dict, pretrain
 from train_helpers import recipe, run, train_losses, write_recipe
 
+pytestmark = pytest.mark.slow  # torchrun: two processes start, rendezvous and train (~1 min each)
+
 
 @pytest.fixture(scope="module")
 def single(train_data, tmp_path_factory):
