@@ -133,17 +133,34 @@ def harvest(
 def annotate(
     in_dir, out, teacher: TeacherConfig, sample_docs=None, seed=0, tasks=2, workers=2, logs=None, quiet=True
 ):
-    """Teacher scores for a deterministic sample of about `sample_docs` documents (all when None)."""
+    """Teacher scores for a deterministic sample of about `sample_docs` documents (all when None).
+
+    Stops when fewer than half of the answers can be used: a classifier trained on the rest would learn
+    from a biased sample (a small model that ignores the answer format; try method geval or askllm)."""
     n_in = _count_docs(in_dir) if sample_docs else 0
     rate = 1.0 if not sample_docs else min(1.0, sample_docs / max(n_in, 1))
-    steps = [_reader(in_dir), SampleStep(rate, seed), AnnotateStep(teacher), _writer(out)]
-    s = run_pipeline(steps, _logs(out, logs), tasks, workers, quiet)
-    teacher_name = f"{teacher.model} @ {teacher.url}" if teacher.url else "heuristic-v1 (no LLM)"
+    rejects = _logs(out, logs) / "unusable"
+    step = AnnotateStep(teacher, rejects=_writer(rejects))
+    s = run_pipeline(
+        [_reader(in_dir), SampleStep(rate, seed), step, _writer(out)], _logs(out, logs), tasks, workers, quiet
+    )
+    teacher_name = (
+        f"{teacher.local} @ in-process" if teacher.local
+        else f"{teacher.model} @ {teacher.url}" if teacher.url
+        else "heuristic-v1 (no LLM)"
+    )  # fmt: skip
+    malformed, docs_out = int(_step(s, AnnotateStep.name).get("malformed", 0)), _count_written(s)
+    if malformed > docs_out:
+        example = next((d.metadata.get("teacher_answer", "") for d in iter_documents(rejects)), "")
+        raise DataError(
+            f"annotate: only {docs_out}/{docs_out + malformed} teacher answers usable "
+            f"({docs_out / (docs_out + malformed):.0%}), e.g. {example[:200]!r}; all in {rejects}"
+        )
     return {
         "sampled": int(_step(s, SampleStep.name).get("kept", 0)),
-        "docs_out": _count_written(s),
-        "malformed": int(_step(s, AnnotateStep.name).get("malformed", 0)),
-        "teacher": teacher_name,
+        "docs_out": docs_out,
+        "malformed": malformed,
+        "teacher": teacher_name if teacher.method == "text" else f"{teacher_name} ({teacher.method})",
         "steps": s,
     }
 
@@ -276,7 +293,9 @@ def _run(r: Run) -> dict:
     r.dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     teacher = cfg.teacher
-    if teacher.url and not teacher.cache_path:  # answers were paid for: keep them with the run
+    if (
+        teacher.url or teacher.local
+    ) and not teacher.cache_path:  # answers were paid for: keep them with the run
         teacher = TeacherConfig(**{**asdict(teacher), "cache_path": str(r.data / "teacher_cache.sqlite")})
     p = r.path
     steps = [
