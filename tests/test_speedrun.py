@@ -57,6 +57,18 @@ def test_pretraining_runs_two_phases_and_learns(smoke):
 
 
 @pytest.mark.slow  # the smoke run: minutes
+def test_report_val_loss_is_the_training_curves(smoke):
+    """One definition: the report's val loss of the pretrained model is the curve's last 'quality' point."""
+    from phiforge.speedrun.run import val_loss
+
+    out, _ = smoke
+    rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    curve = [r for r in rows if r["type"] == "eval"][-1]["val_loss"]["quality"]
+    engine = Engine.load(_stage(out, "pretrain")["ckpt"])
+    assert val_loss(engine, out / "shards", speedrun.BUDGETS["smoke"]) == pytest.approx(curve, rel=1e-4)
+
+
+@pytest.mark.slow  # the smoke run: minutes
 def test_eval_and_int4_measure_the_same_things(smoke):
     out, _ = smoke
     fp32, int4 = _stage(out, "eval"), _stage(out, "int4")
