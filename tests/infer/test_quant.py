@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from phiforge.infer import kernels, quant
+from phiforge.infer import kernels, quant, score
 from phiforge.infer.engine import Engine
 from phiforge.infer.sampling import SamplingParams
 from phiforge.model import KVCache, ModelConfig, build, get_preset, load_model
@@ -144,11 +144,11 @@ def test_engine_loads_quantized_and_batches(trained, quantized_dirs):
 def test_perplexity_int8_within_1pct_int4_within_10pct(trained, quantized_dirs):
     ckpt, held = trained
     ids = Tokenizer.from_file(ckpt).encode(held)[: 4 * 256 + 1]
-    fp = quant.perplexity(load_model(ckpt).eval(), ids)
+    fp = score.perplexity(load_model(ckpt).eval(), ids)
     rows = {}
     for bits, d in quantized_dirs.items():
         m = quant.load_quantized(d).eval()
-        rows[bits] = (quant.perplexity(m, ids), quant.perplexity(m, ids, chunk=16))
+        rows[bits] = (score.perplexity(m, ids), score.perplexity(m, ids, chunk=16))
     print(f"\nheld-out perplexity ({len(ids) - 1} tokens): fp32 {fp:.3f}")
     for bits, (pre, dec) in rows.items():
         print(

@@ -19,7 +19,6 @@ Checkpoint: config.json (HF fields + `quantization_config`), model.safetensors w
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -334,26 +333,3 @@ def model_bytes(model: nn.Module) -> int:
             seen.add(id(t))
             total += t.numel() * t.element_size()
     return total
-
-
-@torch.inference_mode()
-def perplexity(model: Transformer, ids: list[int], seq: int = 256, chunk: int | None = None) -> float:
-    """exp(mean next-token loss) over non-overlapping windows of `seq` tokens. chunk=N feeds each window
-    N tokens at a time through the KV cache, so N <= 16 measures the integer decode kernel (int8
-    activations) rather than the dequantize + matmul prefill path."""
-    from ..model import KVCache
-
-    total, count = 0.0, 0
-    for s in range(0, len(ids) - seq, seq):
-        x = torch.tensor(ids[s : s + seq + 1])[None]
-        if chunk is None:
-            logits = model(x[:, :-1])
-        else:
-            cache = KVCache(model.cfg, 1, seq)
-            parts = [model(x[:, i : min(i + chunk, seq)], pos=i, cache=cache) for i in range(0, seq, chunk)]
-            logits = torch.cat(parts, dim=1)
-        loss = F.cross_entropy(logits[0].float(), x[0, 1:], reduction="sum")
-        total, count = total + loss.item(), count + seq
-    if count == 0:
-        raise ValueError(f"perplexity needs more than {seq} tokens, got {len(ids)}")
-    return math.exp(total / count)

@@ -12,8 +12,8 @@ import datetime
 import html
 from pathlib import Path
 
-from .io import atomic_write, pyplot, save_png
-from .train.plot import plot_training
+from ..io import atomic_write, pyplot, save_png
+from ..train.plot import plot_training
 
 
 def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str) -> None:
