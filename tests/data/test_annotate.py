@@ -1,17 +1,15 @@
-"""Teacher annotation: answer parsing, the heuristic annotator, and the LLM client against a real local HTTP
-server that can be slow, flaky, down, or refuse us; plus the datatrove step under LocalPipelineExecutor."""
+"""Teacher annotation: answer parsing, the heuristic annotator, the LLM annotator (text, G-Eval and Ask-LLM
+readings) against a real local HTTP server (tests/conftest.py), and the datatrove step under
+LocalPipelineExecutor. The client itself (cache, retries, concurrency) is tested in tests/test_teacher.py."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import pickle
 import random
-import re
 import sysconfig
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,130 +24,25 @@ from phiforge.data.annotate import (
     AnnotateStep,
     Annotation,
     HeuristicAnnotator,
-    ResponseCache,
     TeacherAnnotator,
     TeacherConfig,
     TeacherUnavailable,
+    askllm_score,
     build_prompt,
+    geval_score,
     make_annotator,
     parse_answer,
 )
-
-# --------------------------------------------------------------------------------------------------------------
-# a scripted OpenAI-compatible server
-
-
-class FakeTeacher:
-    """POST /v1/chat/completions on 127.0.0.1. The answer is read from the prompt: a document containing
-    SCORE=<n> gets "Score: <n>", one containing MALFORMED gets chatter with no score, anything else 3.
-
-    Scripting: `failures` are statuses returned (in order) before answering normally; `status` is returned for
-    every request (the endpoint is down); `ok_budget` answers that many requests, then 503s; `delay` sleeps
-    before answering; `raw` replaces the answer with any body (a url that is not an OpenAI endpoint).
-    """
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.log: list[tuple[str, int]] = []  # (prompt, status answered)
-        self.auth: list[str] = []
-        self.in_flight = self.max_in_flight = 0
-        self.failures: list[int] = []
-        self.status: int | None = None
-        self.ok_budget: int | None = None
-        self.delay = 0.0
-        self.raw: tuple[str, bytes] | None = None  # (content type, body) sent with a 200 instead of an answer
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        ).start()
-
-    @property
-    def prompts(self) -> list[str]:
-        return [p for p, _ in self.log]
-
-    def decide(self, prompt: str, auth: str) -> int:
-        with self.lock:
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            if self.status is not None:
-                status = self.status
-            elif self.failures:
-                status = self.failures.pop(0)
-            elif self.ok_budget is not None:
-                status = 200 if self.ok_budget > 0 else 503
-                self.ok_budget -= status == 200
-            else:
-                status = 200
-            self.log.append((prompt, status))
-            self.auth.append(auth)
-            return status
-
-    def done(self) -> None:
-        with self.lock:
-            self.in_flight -= 1
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def answer_for(prompt: str) -> str:
-    if "MALFORMED" in prompt:
-        return "What a lovely piece of work, I enjoyed reading it!"
-    m = re.search(r"SCORE=(\d)", prompt)
-    return f"Score: {m.group(1) if m else 3}\nReason: scripted answer"
-
-
-def _handler(fake: FakeTeacher):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][0]["content"]
-            status = fake.decide(prompt, self.headers.get("Authorization", ""))
-            time.sleep(fake.delay)
-            fake.done()  # before replying: the client's next request must not overlap this one's count
-            if status == 200:
-                payload = {
-                    "id": "chatcmpl-test",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": answer_for(prompt)},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                }
-            else:
-                payload = {"error": {"message": f"scripted {status}", "type": "test"}}
-            ctype, out = fake.raw or ("application/json", json.dumps(payload).encode())
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-            except OSError:  # the client timed out and hung up
-                pass
-
-    return Handler
+from phiforge.data.pipeline import annotate
+from phiforge.teacher import Cache, TokenLogprob
 
 
 @pytest.fixture
-def fake():
-    f = FakeTeacher()
-    yield f
-    f.close()
+def fake(teacher_server):
+    return teacher_server  # the scripted OpenAI-compatible endpoint of tests/conftest.py
 
 
-def cfg_for(fake: FakeTeacher, tmp_path: Path, **kw) -> TeacherConfig:
+def cfg_for(fake, tmp_path: Path, **kw) -> TeacherConfig:
     base = dict(
         url=fake.url, model="test-model", backoff=0.01, timeout=5.0, cache_path=str(tmp_path / "cache.sqlite")
     )
@@ -347,36 +240,7 @@ def test_heuristic_spreads_over_real_stdlib_files():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# response cache
-
-
-def test_response_cache_persists_and_is_thread_safe(tmp_path):
-    path = tmp_path / "sub" / "c.sqlite"
-    cache = ResponseCache(path)
-    assert cache.get("m", "p") is None and len(cache) == 0
-
-    def put_many(start):
-        for i in range(start, start + 10):
-            cache.put("m", f"prompt {i}", f"answer {i}")
-
-    threads = [threading.Thread(target=put_many, args=(k * 10,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(cache) == 40
-    cache.put("other-model", "prompt 1", "different")  # the model is part of the key
-    cache.close()
-    again = ResponseCache(path)
-    assert len(again) == 41
-    assert again.get("m", "prompt 1") == "answer 1" and again.get("other-model", "prompt 1") == "different"
-    (tmp_path / "not-sqlite").write_text("hello, I am a text file, not a database\n" * 100)
-    with pytest.raises(DataError, match="not-sqlite"):
-        ResponseCache(tmp_path / "not-sqlite")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# teacher client against the fake server
+# the LLM annotator against the fake server
 
 
 def docs(n: int, prefix: str = "doc") -> list[str]:
@@ -392,22 +256,14 @@ def test_teacher_answers_and_cache_makes_rerun_free(fake, tmp_path, monkeypatch)
     out = teacher.annotate(texts, ["code"] * 6 + ["code"])
     assert [a.score for a in out] == [0, 1, 2, 3, 4, 5, 0]
     assert out[0].reason == "scripted answer"
-    assert len(fake.log) == 6 and teacher.stats["requests"] == 6 and teacher.stats["ok"] == 6
+    assert len(fake.log) == 6 and teacher.stats["asked"] == 6 and teacher.stats["answered"] == 6
     assert set(fake.auth) == {"Bearer sekrit"}
     teacher.close()
 
     again = TeacherAnnotator(cfg)
     assert again.annotate(texts, ["code"] * 7) == out
     assert len(fake.log) == 6  # nothing new was sent
-    assert again.stats["requests"] == 0 and again.stats["cached"] == 7
-
-
-def test_teacher_retries_transient_errors(fake, tmp_path):
-    fake.failures = [500, 503, 429]
-    teacher = TeacherAnnotator(cfg_for(fake, tmp_path, max_retries=3))
-    assert teacher.annotate(["SCORE=5"], ["prose"]) == [Annotation(5, "scripted answer")]
-    assert [s for _, s in fake.log] == [500, 503, 429, 200]
-    assert teacher.stats["requests"] == 4 and teacher.stats["retries"] == 3 and teacher.stats["ok"] == 1
+    assert again.stats["asked"] == 0 and again.stats["cached"] == 7
 
 
 def test_teacher_malformed_answers_are_counted_cached_and_skipped(fake, tmp_path):
@@ -441,56 +297,86 @@ def test_teacher_down_fails_cleanly_and_resumes_from_cache(fake, tmp_path):
     assert [a.score for a in out] == [i % 6 for i in range(8)]
     resent = fake.prompts[n_before:]
     assert len(resent) == 5 and answered.isdisjoint(resent)
-    assert teacher.stats["cached"] == 3 and teacher.stats["requests"] == 5
+    assert teacher.stats["cached"] == 3 and teacher.stats["asked"] == 5
 
 
-@pytest.mark.parametrize("concurrency", [1, 3])
-def test_teacher_respects_concurrency(fake, tmp_path, concurrency):
-    fake.delay = 0.1
-    teacher = TeacherAnnotator(cfg_for(fake, tmp_path, concurrency=concurrency))
-    out = teacher.annotate(docs(8), ["code"] * 8)
-    assert all(a is not None for a in out)
-    assert fake.max_in_flight <= concurrency
-    assert concurrency == 1 or fake.max_in_flight > 1
-
-
-def test_teacher_timeouts_retry_then_fail(fake, tmp_path):
-    fake.delay = 1.0
-    cfg = cfg_for(fake, tmp_path, timeout=0.2, max_retries=1)
-    teacher = TeacherAnnotator(cfg)
-    t0 = time.perf_counter()
-    with pytest.raises(TeacherUnavailable, match="timed out|Timeout") as err:
-        teacher.annotate(["SCORE=1"], ["code"])
-    assert time.perf_counter() - t0 < 1.8  # two 0.2 s attempts; waiting for the server would take 2 s
-    assert teacher.stats["requests"] == 2 and teacher.stats["retries"] == 1 and teacher.stats["ok"] == 0
-    assert "0 answers are cached" in str(err.value)
-
-
-def test_teacher_401_fails_fast(fake, tmp_path):
+def test_teacher_bad_key_is_a_data_error_not_a_resumable_one(fake, tmp_path):
     fake.status = 401
-    teacher = TeacherAnnotator(cfg_for(fake, tmp_path, concurrency=1))
     with pytest.raises(DataError, match="401") as err:
-        teacher.annotate(docs(3), ["code"] * 3)
+        TeacherAnnotator(cfg_for(fake, tmp_path, concurrency=1)).annotate(docs(3), ["code"] * 3)
     assert not isinstance(err.value, TeacherUnavailable)  # re-running will not fix a bad key
-    assert fake.url in str(err.value) and "\n" not in str(err.value)
-    assert len(fake.log) == 1 and teacher.stats["retries"] == 0
+    assert fake.url in str(err.value) and "\n" not in str(err.value) and len(fake.log) == 1
 
 
-@pytest.mark.parametrize(
-    "raw, match",
-    [
-        (("text/html", b"<html>Welcome to nginx!</html>"), "not a chat completion"),
-        (("application/json", b'{"object": "list", "data": []}'), "not a chat completion"),
-        (("application/json", b"<html>502 Bad Gateway</html>"), "not JSON"),
-    ],
-)
-def test_teacher_wrong_endpoint_fails_fast(fake, tmp_path, raw, match):
-    fake.raw = raw
-    teacher = TeacherAnnotator(cfg_for(fake, tmp_path, concurrency=1))
-    with pytest.raises(DataError, match=match) as err:
-        teacher.annotate(docs(2), ["code"] * 2)
-    assert fake.url in str(err.value) and "\n" not in str(err.value)
-    assert len(fake.log) == 1 and len(teacher.cache) == 0
+# --------------------------------------------------------------------------------------------------------------
+# reading probabilities instead of text: G-Eval and Ask-LLM
+
+
+def pos(dist: dict[str, float], chosen: str | None = None) -> TokenLogprob:
+    """One answer position with these alternatives; the chosen token is the likeliest unless given."""
+    top = tuple(sorted(((t, math.log(p)) for t, p in dist.items()), key=lambda kv: -kv[1]))
+    token = chosen or top[0][0]
+    return TokenLogprob(token, dict(top).get(token, -20.0), top)
+
+
+def test_geval_is_the_probability_weighted_digit():
+    assert geval_score([pos({" 4": 0.5, " 3": 0.25, "5": 0.25})]) == pytest.approx(4.0)
+    assert geval_score([pos({" 2": 0.3, "2": 0.3, " 0": 0.2, "\n": 0.2})]) == pytest.approx(
+        1.5
+    )  # forms summed
+    # the score is read where the model writes it, not at a position it spends on "Score" or ":"
+    assert geval_score([pos({"Score": 0.9}), pos({":": 1.0}), pos({" 1": 0.6, " 5": 0.4})]) == pytest.approx(
+        2.6
+    )
+    assert geval_score([pos({"▁5": 0.9, "▁4": 0.1})]) == pytest.approx(4.9)  # SentencePiece spelling
+    assert geval_score([pos({"The": 0.7, " 4": 0.3}), pos({" code": 0.9})]) is None  # chatter: no score
+    assert geval_score([pos({" 8": 0.8, " 4": 0.2})]) is None  # another scale
+    assert geval_score([]) is None
+
+
+def test_askllm_is_p_yes_over_yes_and_no():
+    assert askllm_score([pos({" Yes": 0.6, " yes": 0.1, " No": 0.2, "Maybe": 0.1})]) == pytest.approx(
+        0.7 / 0.9
+    )
+    assert askllm_score([pos({"NO.": 0.9, "Yes": 0.05})]) == pytest.approx(0.05 / 0.95)
+    assert askllm_score([pos({"I": 0.9}), pos({" think": 0.9})]) is None
+
+
+@pytest.mark.parametrize("ignore_prefill", [False, True])
+def test_teacher_geval_and_askllm_over_http(fake, tmp_path, ignore_prefill):
+    fake.ignore_prefill = ignore_prefill  # a server that does not continue the prefill is still read
+    geval = json.dumps({" 4": 0.5, " 2": 0.5})
+    askllm = json.dumps({" Yes": 0.8, " No": 0.2})
+    texts = [f"P={geval}", f"P={askllm}", "chatter only"]
+    g = TeacherAnnotator(cfg_for(fake, tmp_path, method="geval"))
+    assert g.name == f"test-model @ {fake.url} (geval)"
+    out = g.annotate(texts, ["code"] * 3)
+    assert out[0] == Annotation(3.0, "geval: digit-weighted score 3.00") and out[1] is None and out[2] is None
+    assert g.stats["malformed"] == 2
+    body = fake.bodies[0]
+    assert body["logprobs"] is True and body["top_logprobs"] == 20
+    assert body["messages"][-1] == {"role": "assistant", "content": "Score:"}
+    assert 'one digit from 0 to 5, after "Score:"' in body["messages"][0]["content"]
+
+    a = TeacherAnnotator(cfg_for(fake, tmp_path, method="askllm"))
+    out = a.annotate(texts, ["code"] * 3)
+    assert out[1].score == pytest.approx(4.0) and "P(yes) = 0.800" in out[1].reason
+    assert out[0] is None and out[2] is None
+    assert "good for teaching a student to code? Answer yes or no." in fake.prompts[-1]
+    with pytest.raises(DataError, match="method"):
+        TeacherConfig(method="vibes")
+
+
+def test_annotate_stops_when_most_answers_are_unusable(fake, tmp_path):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    rows = [{"id": f"m{i}", "text": f"MALFORMED {i}"} for i in range(5)] + [{"id": "ok", "text": "SCORE=4"}]
+    (folder / "part.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as err:
+        annotate(folder, tmp_path / "annotated", cfg_for(fake, tmp_path), tasks=1, workers=1)
+    msg = str(err.value)
+    assert "\n" not in msg and "only 1/6 teacher answers usable (17%)" in msg
+    assert "I enjoyed reading it" in msg  # one example answer, so the user sees what the model does
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -562,7 +448,36 @@ def test_annotate_step_with_teacher_under_executor(fake, tmp_path):
     expected = {"good": 5, "proto": 0, "lesson": 4, "text-kind": 2, "no-kind": 1}
     assert {k: r["metadata"]["teacher_score"] for k, r in out.items()} == expected
     assert {r["metadata"]["teacher"] for r in out.values()} == {f"test-model @ {fake.url}"}
-    assert stats["malformed"] == 2 and stats["teacher_requests"] == len(rows)
-    assert len(ResponseCache(cfg.cache_path)) == len(rows)  # both worker processes wrote to one cache
+    assert stats["malformed"] == 2 and stats["teacher_asked"] == len(rows)
+    assert len(Cache(cfg.cache_path)) == len(rows)  # both worker processes wrote to one cache
     prose_prompts = [p for p in fake.prompts if "additive" in p]
     assert len(prose_prompts) == 3  # prose, text, and the malformed prose doc
+
+
+def test_in_process_teacher_from_a_model_directory(tmp_path):
+    import inspect
+    import textwrap
+
+    from phiforge.infer.engine import Engine
+    from phiforge.infer.sampling import SamplingParams
+    from phiforge.model import build, get_preset, save_model
+    from phiforge.tokenizer import train_bpe
+
+    lines = inspect.getsource(textwrap).splitlines(keepends=True)
+    tok = train_bpe(lines, 400, out_dir=tmp_path / "m")
+    cfg = get_preset("tiny").replace(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+        original_max_position_embeddings=2048, eos_token_id=tok.eos_id,
+    )  # fmt: skip
+    save_model(build(cfg, seed=1), tmp_path / "m")
+    teacher = make_annotator(TeacherConfig(local=str(tmp_path / "m"), cache_path=str(tmp_path / "c.sqlite")))
+    assert teacher.name == f"{tmp_path / 'm'} @ in-process"
+    out = teacher.annotate(["def f(): pass", "x = 1"], ["code", "code"])
+    assert out == [parse_answer(a) for a in teacher.answers]  # a random model: its answers, read as text
+    prompt = build_prompt("x = 1", "code")
+    expect = Engine.load(tmp_path / "m").chat(
+        [{"role": "user", "content": prompt}], SamplingParams(max_new_tokens=96)
+    )
+    assert teacher.answers[1] == expect.text and teacher.stats["asked"] == 2
+    teacher.close()

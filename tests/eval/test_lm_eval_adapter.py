@@ -14,10 +14,9 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # a local json file: never touch the network
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra")
 
-from conftest import write_jsonl  # noqa: E402
-
 import phiforge.eval as ev  # noqa: E402
 import phiforge.eval.lm_eval_adapter  # noqa: E402, F401  (registers the "phiforge" model with lm-eval)
+from conftest import write_jsonl  # noqa: E402
 from phiforge.infer import score  # noqa: E402
 from phiforge.infer.sampling import SamplingParams  # noqa: E402
 

@@ -30,8 +30,8 @@ def _write(path, rows):
 
 
 @pytest.fixture(scope="module")
-def tok(data):
-    return Tokenizer.from_file(data["tok"])
+def tok(train_data):
+    return Tokenizer.from_file(train_data["tok"])
 
 
 def test_plain_text_pair_ends_with_eos_and_splits_at_prompt(tok):

@@ -94,7 +94,7 @@ def test_loss_and_grads_equal_trl(models, loss_type, sft_weight):
 
     policy.zero_grad()
     b = collate(pairs, range(n), pad_id=0)
-    b.sft_scale = n / int((b.y[:n] != -100).sum())
+    b = b._replace(sft_scale=n / int((b.y[:n] != -100).sum()))
     total, metrics = dpo_loss(policy, b, beta=0.1, loss_type=loss_type, sft_weight=sft_weight)
     got = total / n
     got.backward()

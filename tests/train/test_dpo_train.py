@@ -11,20 +11,20 @@ import subprocess
 import time
 
 import pytest
-from train_helpers import cli, env, run, train_losses
 
 from phiforge.model import build, get_preset, save_model
 from phiforge.tokenizer import Tokenizer
 from phiforge.train import RecipeError, from_dict
+from train_helpers import cli, env, run, train_losses
 
 STEPS = 8
 
 
 @pytest.fixture(scope="module")
-def setup(data, tmp_path_factory):
+def setup(train_data, tmp_path_factory):
     """A random tiny model with the shared tokenizer, and 16 text + chat preference pairs."""
     root = tmp_path_factory.mktemp("dpo")
-    tok = Tokenizer.from_file(data["tok"])
+    tok = Tokenizer.from_file(train_data["tok"])
     cfg = get_preset("tiny").replace(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128,
                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                      eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)  # fmt: skip

@@ -5,36 +5,31 @@ Two annotators share one interface, `annotate(texts, kinds) -> list[Annotation |
 - `HeuristicAnnotator`: offline and deterministic, so the whole pipeline runs with no LLM. For code it reads
   the `ast` (docstrings, comments, names, size, imports, generated/test/data markers); for prose it uses
   a few surface signals.
-- `TeacherAnnotator`: any OpenAI-compatible endpoint (vLLM, llama.cpp server, OpenAI) asked the phi-1 question
-  for code and a FineWeb-Edu style additive rubric for prose. Every answer is kept in a sqlite cache the moment
-  it arrives, so a run that dies half-way (or an endpoint that goes down) costs nothing to resume.
+- `TeacherAnnotator`: an LLM asked the phi-1 question for code and a FineWeb-Edu style additive rubric for
+  prose, through the one client (`phiforge.teacher`: endpoints or an in-process engine, cache, retries).
+  Its answer is read as text ("Score: 4"), or, for a small model that ignores the format, as probabilities:
+  G-Eval's digit-weighted score after "Score:", or Ask-LLM's P(yes) to "is this good for teaching?".
 
 `AnnotateStep` wraps either one as a datatrove pipeline step that writes `teacher_score`, `teacher_reason`
-and `teacher` into each document's metadata and drops documents whose answer could not be parsed.
+and `teacher` into each document's metadata and drops documents whose answer could not be used.
 """
 
 from __future__ import annotations
 
 import ast
-import hashlib
+import contextlib
 import json
-import os
-import random
+import math
 import re
-import sqlite3
-import threading
-import time
 import warnings
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path
 
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.batching import batched
 from datatrove.utils.typeshelper import StatHints
 
+from ..teacher import Answer, Client, LocalClient, Request, TeacherError, TokenLogprob
 from . import DataError
 
 # --------------------------------------------------------------------------------------------------------------
@@ -45,8 +40,7 @@ Score: <an integer from 0 to 5>
 Reason: <one line>"""
 
 # The phi-1 criterion ("Textbooks Are All You Need"): would this teach a student who is learning to program?
-CODE_PROMPT = (
-    """Below is a code file. Judge its educational value for a student learning to program: would studying it
+CODE_RUBRIC = """Below is a code file. Judge its educational value for a student learning to program: would studying it
 teach basic coding concepts, algorithms or good practice?
 
 High value: clear, self-contained, instructive code that shows a concept or algorithm, with descriptive names,
@@ -68,13 +62,10 @@ Code:
 ```
 
 """
-    + _ANSWER_FORMAT
-)
 
 # FineWeb-Edu's additive rubric: each point is earned on top of the previous ones, which makes the teacher's
 # scores more consistent than asking for one number directly.
-PROSE_PROMPT = (
-    """Below is an extract from a web page. Judge whether it has high educational value and could be useful in
+PROSE_RUBRIC = """Below is an extract from a web page. Judge whether it has high educational value and could be useful in
 an educational setting for teaching from primary school to grade school levels, using this additive
 5-point scoring system. Points accumulate:
 
@@ -99,20 +90,32 @@ Extract:
 >>>
 
 """
-    + _ANSWER_FORMAT
-)
+
+# What each method asks after the rubric: text parses two lines; geval reads the digit after the prefill
+# "Score:"; askllm reads yes/no after "Answer:" (Ask-LLM's question, with the rubric as its definition of good).
+_ASK = {
+    "text": _ANSWER_FORMAT,
+    "geval": 'Answer with the score only: one digit from 0 to 5, after "Score:".',
+    "askllm": {
+        "code": "Is this code good for teaching a student to code? Answer yes or no.",
+        "prose": "Is this extract good for teaching a student at school? Answer yes or no.",
+    },
+}
+CODE_PROMPT = CODE_RUBRIC + _ANSWER_FORMAT
+PROSE_PROMPT = PROSE_RUBRIC + _ANSWER_FORMAT
 
 KINDS = ("code", "prose")
 _TRUNCATED = "\n[... truncated ...]"
 
 
-def build_prompt(text: str, kind: str, max_chars: int = 6000) -> str:
+def build_prompt(text: str, kind: str, max_chars: int = 6000, method: str = "text") -> str:
     """The teacher prompt for one document; text beyond `max_chars` is cut (and marked, so the teacher knows)."""
     if kind not in KINDS:
         raise DataError(f"annotate: kind must be one of {KINDS}, got {kind!r}")
     if len(text) > max_chars:
         text = text[:max_chars] + _TRUNCATED
-    return (CODE_PROMPT if kind == "code" else PROSE_PROMPT).format(text=text)
+    ask = _ASK[method] if method != "askllm" else _ASK[method][kind]
+    return (CODE_RUBRIC if kind == "code" else PROSE_RUBRIC).format(text=text) + ask
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -121,7 +124,7 @@ def build_prompt(text: str, kind: str, max_chars: int = 6000) -> str:
 
 @dataclass(frozen=True)
 class Annotation:
-    score: int  # 0..5
+    score: int | float  # 0..5: an integer from a text answer or the heuristic, a mean from probabilities
     reason: str  # one line
 
 
@@ -442,7 +445,9 @@ def score_prose(text: str) -> Annotation:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# teacher LLM
+# teacher LLM: the rubric asked through the one client (phiforge.teacher), read as text or as probabilities
+
+METHODS = ("text", "geval", "askllm")
 
 
 @dataclass
@@ -450,234 +455,150 @@ class TeacherConfig:
     url: str | None = None  # OpenAI-compatible base url, e.g. http://localhost:8000/v1; None: heuristic
     model: str = "gpt-4o-mini"
     api_key_env: str = "PHIFORGE_TEACHER_KEY"  # the name of the variable, never the key: configs get saved
-    concurrency: int = 8  # requests in flight at once
+    concurrency: int = 32  # requests in flight at once
     max_retries: int = 5  # per request, after the first attempt
     timeout: float = 60.0  # seconds per request
-    backoff: float = 1.0  # first retry waits ~backoff s, then doubles (capped at _MAX_BACKOFF)
-    cache_path: str | None = None  # sqlite file of raw answers; None: in memory, lost at exit
+    backoff: float = 1.0  # first retry waits ~backoff s, then doubles
+    cache_path: str | None = None  # sqlite file of answers; None: in memory, lost at exit
+    # text: parse "Score: n" from the answer; geval: the probability-weighted digit after "Score:";
+    # askllm: P(yes) to "is this good for teaching?". A small instruct model that ignores the answer format
+    # still has usable probabilities.
+    method: str = "text"
+    local: str | None = None  # a model directory run in this process as the teacher (instead of url)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise DataError(f"teacher: method must be one of {', '.join(METHODS)}, got {self.method!r}")
 
 
 def make_annotator(cfg: TeacherConfig) -> HeuristicAnnotator | TeacherAnnotator:
+    if cfg.local:
+        from ..infer.engine import Engine  # loaded in each worker process: an engine does not pickle
+
+        engine = Engine.load(cfg.local)
+        return TeacherAnnotator(cfg, LocalClient(engine, model=cfg.local, cache_path=cfg.cache_path))
     return TeacherAnnotator(cfg) if cfg.url else HeuristicAnnotator()
-
-
-class ResponseCache:
-    """Raw teacher answers in sqlite, keyed by sha256(model, prompt). Safe across threads and the processes
-    of one machine (keep the file on a local disk).
-
-    Every put is committed at once: an answer is paid for, so a crash must not lose it.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        try:
-            # timeout: datatrove workers are processes that may share this file; wait for each other's writes
-            self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-            # WAL + synchronous=NORMAL: a commit survives a crashed process without an fsync each (~50x faster
-            # here, which matters with a fast local endpoint). WAL needs a local disk, not NFS.
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)"
-            )
-            self._db.commit()
-        except sqlite3.Error as e:  # a directory, a file that is not sqlite, no permission
-            raise DataError(f"teacher cache {self.path}: {e}") from e
-
-    @staticmethod
-    def key(model: str, prompt: str) -> str:
-        return hashlib.sha256(f"{model}\0{prompt}".encode()).hexdigest()
-
-    def get(self, model: str, prompt: str) -> str | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT answer FROM answers WHERE key = ?", (self.key(model, prompt),)
-            ).fetchone()
-        return row[0] if row else None
-
-    def put(self, model: str, prompt: str, answer: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?)", (self.key(model, prompt), answer)
-            )
-            self._db.commit()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 class TeacherUnavailable(DataError):
     """The teacher endpoint kept failing after all retries; what was answered is cached, so re-run to resume."""
 
 
-class _Transient(Exception):
-    """A failed request worth retrying; the error is its __cause__."""
+_DIGITS = {str(d): d for d in range(6)}
+_MIN_MASS = 0.5  # a position is read when at least half its probability is on the answer tokens
 
 
-class _GaveUp(Exception):
-    def __init__(self, attempts: int, last: BaseException | None):
-        super().__init__(attempts, last)
-        self.attempts, self.last = attempts, last
+def _norm(token: str) -> str:
+    """' Yes', 'yes.', '▁4', 'Ġ4' -> 'yes', '4': the forms one answer word takes in different vocabularies."""
+    return token.replace("▁", " ").replace("Ġ", " ").strip().strip(".,:;!*\"'").lower()
 
 
-_MAX_BACKOFF = 60.0
-STAT_KEYS = ("requests", "cached", "malformed", "retries", "ok")
+def _answer_mass(pos: TokenLogprob, words: dict[str, object]) -> dict[object, float]:
+    """Probability on each answer word at one position, summed over its token forms (' 4' and '4')."""
+    mass: dict[object, float] = {}
+    for tok, lp in dict(((pos.token, pos.logprob), *pos.top)).items():
+        if (w := words.get(_norm(tok))) is not None:
+            mass[w] = mass.get(w, 0.0) + math.exp(lp)
+    return mass
 
 
-def _backoff_delay(backoff: float, attempt: int) -> float:
-    """Exponential, capped, with jitter so parallel requests that failed together do not retry together."""
-    return min(backoff * 2**attempt, _MAX_BACKOFF) * random.uniform(0.5, 1.0)
+def _first_answer(tokens: list[TokenLogprob], words: dict[str, object]) -> dict[object, float] | None:
+    """The answer words' probabilities at the first position that puts most of its mass on them.
+    Scanning (not only position 0) keeps a server that ignores the prefill usable: "Score: 4"."""
+    for pos in tokens:
+        mass = _answer_mass(pos, words)
+        if sum(mass.values()) >= _MIN_MASS:
+            return mass
+    return None
 
 
-def _describe(e: BaseException | None) -> str:
-    return _one_line(f"{type(e).__name__}: {e}", 200) if e is not None else "no error recorded"
+def geval_score(tokens: list[TokenLogprob]) -> float | None:
+    """G-Eval: the probability-weighted mean of the digits 0-5 where the score is written; None if nowhere."""
+    mass = _first_answer(tokens, _DIGITS)
+    return None if mass is None else sum(d * p for d, p in mass.items()) / sum(mass.values())
+
+
+def askllm_score(tokens: list[TokenLogprob]) -> float | None:
+    """Ask-LLM: P(yes) / (P(yes) + P(no)) where the model answers; None if it never does."""
+    mass = _first_answer(tokens, {"yes": True, "no": False})
+    return None if mass is None else mass.get(True, 0.0) / sum(mass.values())
+
+
+def teacher_request(text: str, kind: str, method: str) -> Request:
+    """The request for one document: the rubric plus what each method reads."""
+    if method == "text":
+        return Request(build_prompt(text, kind), max_tokens=96)
+    prompt = build_prompt(text, kind, method=method)
+    prefill = "Score:" if method == "geval" else "Answer:"
+    # a few tokens, not one: if the server ignores the prefill the answer word still comes early
+    return Request(prompt, max_tokens=8, logprobs=True, top_logprobs=20, prefill=prefill)
+
+
+def read_answer(answer: Answer, method: str) -> Annotation | None:
+    """The annotation in one answer, or None when it cannot be used."""
+    if method == "text":
+        return parse_answer(answer.text)
+    tokens = (answer.logprobs or [[]])[0]
+    if method == "geval":
+        s = geval_score(tokens)
+        return None if s is None else Annotation(round(s, 3), f"geval: digit-weighted score {s:.2f}")
+    p = askllm_score(tokens)
+    return None if p is None else Annotation(round(5 * p, 3), f"askllm: P(yes) = {p:.3f}")
 
 
 class TeacherAnnotator:
-    """Scores documents by asking an LLM on an OpenAI-compatible endpoint, with a cache, retries and a bound
-    on requests in flight.
+    """Scores documents with an LLM through `phiforge.teacher` (endpoint or in-process `client`).
 
-    `stats` counts: requests (HTTP requests sent, retries included), retries, ok (answers received),
-    cached (documents answered from the cache) and malformed (answers, fresh or cached, that did not parse).
+    `stats` is the client's funnel (cached, asked, answered, retried, failed) plus malformed (answers, fresh
+    or cached, that could not be used). `answers` holds the last batch's raw answer texts.
     """
 
-    def __init__(self, cfg: TeacherConfig):
-        if not cfg.url:
+    def __init__(self, cfg: TeacherConfig, client: Client | LocalClient | None = None):
+        if client is None and not cfg.url:
             raise DataError("teacher: url is not set (url=None means the heuristic annotator)")
-        if cfg.concurrency < 1 or cfg.max_retries < 0:
-            raise DataError(
-                f"teacher: need concurrency >= 1 and max_retries >= 0, got {cfg.concurrency}, {cfg.max_retries}"
-            )
         self.cfg = cfg
-        self.name = f"{cfg.model} @ {cfg.url}"
-        self.cache = ResponseCache(cfg.cache_path or ":memory:")
-        self.stats: Counter = Counter(dict.fromkeys(STAT_KEYS, 0))
-        self._stats_lock = threading.Lock()
-        self._stop = threading.Event()  # set once a request failed for good: the batch fails, send no more
-        from openai import OpenAI  # imported here: the heuristic path should not pay a second for it
+        try:
+            self.client = client or Client(
+                cfg.url, cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                max_retries=cfg.max_retries, timeout=cfg.timeout, backoff=cfg.backoff, cache_path=cfg.cache_path,
+            )  # fmt: skip
+        except TeacherError as e:
+            raise DataError(str(e)) from e
+        self.name = self.client.name + ("" if cfg.method == "text" else f" ({cfg.method})")
+        self.malformed = 0
+        self.answers: list[str] = []
 
-        # max_retries=0: retries are ours, so they are counted and the give-up message can say how many
-        api_key = os.environ.get(cfg.api_key_env, "none")
-        self._client = OpenAI(base_url=cfg.url, api_key=api_key, timeout=cfg.timeout, max_retries=0)
+    @property
+    def stats(self) -> dict:
+        return {**self.client.stats, "malformed": self.malformed}
+
+    @property
+    def cache(self):
+        return self.client.cache
 
     def annotate(self, texts: list[str], kinds: list[str]) -> list[Annotation | None]:
         _check_batch(texts, kinds)
-        prompts = [build_prompt(t, k) for t, k in zip(texts, kinds, strict=True)]
-        answers = {}
-        for p in dict.fromkeys(prompts):  # unique prompts, in order: duplicates cost one request
-            if (hit := self.cache.get(self.cfg.model, p)) is not None:
-                answers[p] = hit
-        self._count("cached", sum(p in answers for p in prompts))
-        answers.update(self._fetch([p for p in dict.fromkeys(prompts) if p not in answers]))
-        return [self._parse(answers[p]) for p in prompts]
-
-    def close(self) -> None:
-        self._client.close()
-        self.cache.close()
-
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._stats_lock:  # Counter += is a read-modify-write; worker threads race on it
-            self.stats[key] += n
-
-    def _parse(self, answer: str) -> Annotation | None:
-        ann = parse_answer(answer)
-        if ann is None:
-            self._count("malformed")
-        return ann
-
-    def _fetch(self, prompts: list[str]) -> dict[str, str]:
-        """Ask for every prompt, at most cfg.concurrency at a time; answers are cached as they arrive."""
-        if not prompts:
-            return {}
-        out = {}
-        self._stop.clear()
-        pool = ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(prompts)))
-        futures = {pool.submit(self._ask_or_skip, p): p for p in prompts}
-        try:
-            for fut in as_completed(futures):
-                if (answer := fut.result()) is not None:
-                    out[futures[fut]] = answer
-        except _GaveUp as e:
-            pool.shutdown(wait=True, cancel_futures=True)  # requests in flight finish and land in the cache
-            raise TeacherUnavailable(self._gave_up_message(e)) from e.last
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        reqs = [teacher_request(t, k, self.cfg.method) for t, k in zip(texts, kinds, strict=True)]
+        answers = self.client.ask(reqs)
+        if failed := [a for a in answers if not a.ok]:
+            self._raise(failed)
+        self.answers = [a.text for a in answers]
+        out = [read_answer(a, self.cfg.method) for a in answers]
+        self.malformed += sum(a is None for a in out)
         return out
 
-    def _gave_up_message(self, e: _GaveUp) -> str:
-        cfg = self.cfg
-        return (
-            f"teacher {cfg.url} (model {cfg.model}) failed after {e.attempts} attempts, last error {_describe(e.last)}; "
-            f"re-run to resume: {len(self.cache)} answers are cached at {self.cache.path}"
+    def _raise(self, failed: list[Answer]) -> None:
+        """A failed request fails the batch: the task is redone on a re-run, its answers so far from the cache."""
+        if hard := [a for a in failed if not a.retryable]:  # a re-run would fail the same way
+            raise DataError(hard[0].error)
+        first = next((a for a in failed if not a.error.startswith("not sent")), failed[0])
+        cache = self.client.cache
+        raise TeacherUnavailable(
+            f"{first.error}; re-run to resume: {len(cache)} answers are cached at {cache.path}"
         )
 
-    def _ask_or_skip(self, prompt: str) -> str | None:
-        """The answer, or None when another request already failed for good (the batch fails anyway)."""
-        if self._stop.is_set():
-            return None
-        try:
-            return self._ask(prompt)
-        except BaseException:
-            self._stop.set()  # here, not in _fetch: this worker thread may pick up the next prompt right away
-            raise
-
-    def _ask(self, prompt: str) -> str | None:
-        """One answer, retrying what may heal (connection errors, timeouts, 429, 5xx) with backoff."""
-        cfg, last = self.cfg, None
-        for attempt in range(cfg.max_retries + 1):
-            if attempt:
-                if self._stop.is_set():
-                    return None
-                self._count("retries")
-                time.sleep(_backoff_delay(cfg.backoff, attempt - 1))
-            self._count("requests")
-            try:
-                answer = self._request(prompt)
-            except _Transient as e:
-                last = e.__cause__
-                continue
-            self._count("ok")
-            # malformed answers are cached too: they were paid for, and at temperature 0 they would repeat
-            self.cache.put(cfg.model, prompt, answer)
-            return answer
-        raise _GaveUp(cfg.max_retries + 1, last)
-
-    def _request(self, prompt: str) -> str:
-        """One HTTP request: the answer text; _Transient for what a retry may heal, DataError for what it won't."""
-        import openai
-
-        url = self.cfg.url
-        try:
-            resp = self._client.chat.completions.create(
-                model=self.cfg.model,
-                messages=[{"role": "user", "content": prompt}],
-                temperature=0,
-                max_tokens=96,
-            )
-        except openai.APIStatusError as e:
-            if e.status_code == 429 or e.status_code >= 500:
-                raise _Transient from e
-            # another 4xx: a bad key, model name or path; the same request would fail the same way
-            raise DataError(
-                f"teacher {url} answered HTTP {e.status_code} (not retried): {_describe(e)}"
-            ) from e
-        except openai.APIConnectionError as e:  # APITimeoutError included
-            raise _Transient from e
-        except ValueError as e:  # a 200 whose body is not JSON
-            raise DataError(f"teacher {url} answered with a body that is not JSON: {_describe(e)}") from e
-        if getattr(resp, "choices", None) is None:  # an HTML page, or JSON from some other API
-            raise DataError(
-                f"teacher {url} answered with something that is not a chat completion: {_one_line(resp, 120)}"
-            )
-        return (resp.choices[0].message.content if resp.choices else None) or ""
+    def close(self) -> None:
+        self.client.close()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -690,45 +611,53 @@ def doc_kind(metadata: dict) -> str:
 
 
 class AnnotateStep(PipelineStep):
-    """Adds teacher_score (int 0..5), teacher_reason and teacher (annotator name) to each document's metadata.
+    """Adds teacher_score (0..5), teacher_reason and teacher (annotator name) to each document's metadata.
 
-    Documents whose answer is malformed are dropped (stat "malformed"). The annotator is built inside `run`,
-    not here: datatrove pickles steps into worker processes, and clients, locks and sqlite handles do not pickle.
-    Each worker process has its own client, so up to workers x teacher.concurrency requests are in flight.
-    If the teacher goes down the task fails with TeacherUnavailable; re-running the executor redoes only the
-    unfinished tasks, and their answers so far come from the cache.
+    Documents whose answer cannot be used are dropped (stat "malformed"); with `rejects` (a datatrove
+    writer) they are written there with the raw answer in metadata.teacher_answer, to see what went wrong.
+    The annotator is built inside `run`, not here: datatrove pickles steps into worker processes, and
+    clients, locks and sqlite handles do not pickle. Each worker process has its own client, so up to
+    workers x teacher.concurrency requests are in flight. If the teacher goes down the task fails with
+    TeacherUnavailable; re-running the executor redoes only the unfinished tasks, their answers so far
+    from the cache.
     """
 
     name = "annotate"
     type = "📝 - ANNOTATE"
 
-    def __init__(self, teacher: TeacherConfig, batch_size: int = 64):
+    def __init__(self, teacher: TeacherConfig, batch_size: int = 64, rejects=None):
         super().__init__()
         if batch_size < 1:
             raise DataError(f"annotate: batch_size must be >= 1, got {batch_size}")
         self.teacher = teacher
         self.batch_size = batch_size
+        self.rejects = rejects
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         annotator = make_annotator(self.teacher)
         try:
-            for batch in batched(data or [], self.batch_size):
-                self.stat_update("batches")
-                with self.track_time("batch"):
-                    results = annotator.annotate(
-                        [d.text for d in batch], [doc_kind(d.metadata) for d in batch]
-                    )
-                for doc, ann in zip(batch, results, strict=True):
-                    self.stat_update(StatHints.total)
-                    if ann is None:
-                        self.stat_update("malformed", StatHints.dropped)
-                        continue
-                    doc.metadata.update(
-                        teacher_score=ann.score, teacher_reason=ann.reason, teacher=annotator.name
-                    )
-                    self.stat_update(StatHints.forwarded, f"score_{ann.score}")
-                    self.update_doc_stats(doc)
-                    yield doc
+            with self.rejects or contextlib.nullcontext() as rejects:
+                for batch in batched(data or [], self.batch_size):
+                    self.stat_update("batches")
+                    with self.track_time("batch"):
+                        results = annotator.annotate(
+                            [d.text for d in batch], [doc_kind(d.metadata) for d in batch]
+                        )
+                    raw = getattr(annotator, "answers", None)
+                    for i, (doc, ann) in enumerate(zip(batch, results, strict=True)):
+                        self.stat_update(StatHints.total)
+                        if ann is None:
+                            self.stat_update("malformed", StatHints.dropped)
+                            if rejects is not None:
+                                doc.metadata["teacher_answer"] = raw[i] if raw else ""
+                                rejects.write(doc, rank)
+                            continue
+                        doc.metadata.update(
+                            teacher_score=ann.score, teacher_reason=ann.reason, teacher=annotator.name
+                        )
+                        self.stat_update(StatHints.forwarded, f"score_{int(ann.score + 0.5)}")
+                        self.update_doc_stats(doc)
+                        yield doc
         finally:
             self._close(annotator)
 

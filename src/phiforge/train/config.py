@@ -224,16 +224,20 @@ def from_dict(data: dict, overrides: list[str] = (), where: str = "recipe") -> T
     return validate(_build(TrainConfig, data, where), where)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+def read_recipe(path: str | Path) -> dict:
+    """The recipe's YAML as a dict, before overrides and validation (`phiforge dpo` adds its phase)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe not found") from None
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0]
         raise RecipeError(f"{path}: not valid YAML ({first})") from None
-    return from_dict(data, overrides, where=str(path))
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    return from_dict(read_recipe(path), overrides, where=str(path))
 
 
 def to_dict(cfg: TrainConfig) -> dict:

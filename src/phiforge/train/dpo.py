@@ -10,7 +10,7 @@ The definitions are TRL's DPOTrainer (1.x), so its numbers and metric names carr
 
 The reference model's log-probabilities are computed once, before training, by a pass of the initial
 model over the data, and stored beside the data keyed by the pair's token ids and the model's weights
-(refcache.py); training keeps one model in memory.
+(dpo_ref.py); training keeps one model in memory.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from ..tokenizer import Tokenizer
 from .mixture import TrainDataError
+from .sft import read_rows
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -35,40 +37,29 @@ def _is_messages(v) -> bool:
 
 def read_preferences(path: str | Path) -> list[tuple[str, dict]]:
     """(file:line, row) for each {"prompt", "chosen", "rejected"} row; a bad row is one error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainDataError(f"{path}: preference data file not found")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainDataError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise TrainDataError(f"{where}: expected an object with prompt, chosen, rejected")
-            chat = _is_messages(row.get("prompt"))
-            for k in ("prompt", "chosen", "rejected"):
-                v = row.get(k)
-                if v is None:
-                    raise TrainDataError(f"{where}: missing field {k!r}")
-                if chat and not (_is_messages(v) and v):
-                    raise TrainDataError(
-                        f"{where}: field {k!r} must be a non-empty list of messages (prompt is)"
-                    )
-                if not chat and not isinstance(v, str):
-                    raise TrainDataError(
-                        f"{where}: field {k!r} must be a string (prompt is text), got {v!r:.60}"
-                    )
-                if not v:
-                    raise TrainDataError(f"{where}: field {k!r} is empty")
-            rows.append((where, row))
+    for where, row in read_rows(path, "preference data"):
+        if not isinstance(row, dict):
+            raise TrainDataError(f"{where}: expected an object with prompt, chosen, rejected")
+        _check_preference(row, where)
+        rows.append((where, row))
     if not rows:
         raise TrainDataError(f"{path}: no preference rows")
     return rows
+
+
+def _check_preference(row: dict, where: str) -> None:
+    chat = _is_messages(row.get("prompt"))
+    for k in ("prompt", "chosen", "rejected"):
+        v = row.get(k)
+        if v is None:
+            raise TrainDataError(f"{where}: missing field {k!r}")
+        if chat and not (_is_messages(v) and v):
+            raise TrainDataError(f"{where}: field {k!r} must be a non-empty list of messages (prompt is)")
+        if not chat and not isinstance(v, str):
+            raise TrainDataError(f"{where}: field {k!r} must be a string (prompt is text), got {v!r:.60}")
+        if not v:
+            raise TrainDataError(f"{where}: field {k!r} is empty")
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -114,7 +105,7 @@ class Pairs:
     chosen: list[list[int]]
     rejected: list[list[int]]
     dropped: int = 0  # pairs whose prompt alone fills max_len: nothing left to learn from
-    ref_chosen: torch.Tensor | None = None  # (N,) float64 reference log-probabilities, set by refcache
+    ref_chosen: torch.Tensor | None = None  # (N,) float64 reference log-probabilities, set by dpo_ref
     ref_rejected: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -143,21 +134,15 @@ def load_pairs(tok: Tokenizer, path: str | Path, max_len: int, vocab_size: int) 
     return out
 
 
-@dataclass
-class DPOBatch:
-    """Model input for n pairs: rows 0..n-1 are prompt + chosen, rows n..2n-1 prompt + rejected."""
+class DPOBatch(NamedTuple):
+    """Model input for n pairs: rows 0..n-1 are prompt + chosen, rows n..2n-1 prompt + rejected. A tuple,
+    so the loop moves its tensors to the device like any other Batch."""
 
     x: torch.Tensor  # (2n, T) input ids, right-padded (causal attention: padding never reaches real tokens)
     y: torch.Tensor  # (2n, T) next-token targets, -100 outside the completion
     ref_chosen: torch.Tensor | None  # (n,)
     ref_rejected: torch.Tensor | None
     sft_scale: float = 1.0  # pairs / chosen tokens of the whole global batch (see dpo_loss)
-
-    def to(self, device) -> DPOBatch:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return DPOBatch(
-            move(self.x), move(self.y), move(self.ref_chosen), move(self.ref_rejected), self.sft_scale
-        )
 
 
 def collate(pairs: Pairs, rows: list[int] | torch.Tensor, pad_id: int) -> DPOBatch:
@@ -178,12 +163,9 @@ def collate(pairs: Pairs, rows: list[int] | torch.Tensor, pad_id: int) -> DPOBat
     return DPOBatch(x, y, *ref)
 
 
-def sequence_logps(model, x: torch.Tensor, y: torch.Tensor, autocast=None) -> torch.Tensor:
+def sequence_logps(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(rows,) sum of log p(target) over each row's completion tokens (fp32 log-softmax)."""
-    from contextlib import nullcontext
-
-    with autocast or nullcontext():
-        logits = model(x)
+    logits = model(x)
     nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
     return -nll.view(y.shape).sum(1)
 
@@ -206,12 +188,12 @@ def dpo_terms(
 
 
 def dpo_loss(
-    model, b: DPOBatch, beta: float = 0.1, loss_type: str = "sigmoid", sft_weight: float = 0.0, autocast=None
+    model, b: DPOBatch, beta: float = 0.1, loss_type: str = "sigmoid", sft_weight: float = 0.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Summed loss of this batch's pairs and summed metrics; divided by the global pair count, the loss is
     TRL's (mean over pairs, + sft_weight * mean chosen-token NLL: `b.sft_scale` = pairs / chosen tokens of
     the global batch turns the summed NLL into that mean)."""
-    logps = sequence_logps(model, b.x, b.y, autocast)
+    logps = sequence_logps(model, b.x, b.y)
     per_pair, rc, rr = dpo_terms(logps, b, beta, loss_type)
     n = len(rc)
     loss = per_pair.sum()
@@ -228,9 +210,23 @@ def dpo_loss(
     return loss, metrics
 
 
-def dpo_phase(name: str, pairs: Pairs, spec, n_global: int, seed: int, pad_id: int, device, autocast=None):
-    """A loop phase over `pairs` for spec.epochs (spec: config.Phase of kind dpo): each step takes n_global
-    pairs of a seeded per-epoch permutation; the loop divides the summed loss by the pair count."""
+def pairs_in(b) -> int:
+    """Units of the DPO objective: the preference pairs of a batch (half its rows)."""
+    return len(b[0]) // 2
+
+
+def objective(spec):
+    """DPO as the loop's Objective (spec: config.Phase of kind dpo): summed loss and metrics over pairs."""
+    from .loop import Objective
+
+    return Objective(
+        lambda net, b: dpo_loss(net, DPOBatch(*b), spec.beta, spec.loss_type, spec.sft_weight), pairs_in
+    )
+
+
+def dpo_phase(name: str, pairs: Pairs, spec, n_global: int, seed: int, pad_id: int):
+    """A loop phase over `pairs` for spec.epochs: the collator takes n_global pairs a step from a seeded
+    per-epoch permutation; the loop divides the DPO objective's sums by that pair count."""
     import functools
     import math
 
@@ -249,13 +245,7 @@ def dpo_phase(name: str, pairs: Pairs, spec, n_global: int, seed: int, pad_id: i
         return [int(perm(j // len(pairs))[j % len(pairs)]) for j in js]
 
     def batch(step, lo, hi):
-        b = collate(pairs, rows(step)[lo:hi], pad_id)
-        b.sft_scale = n_global / sum(
-            len(pairs.chosen[i]) for i in rows(step)
-        )  # TRL: a mean over chosen tokens
-        return b
+        scale = n_global / sum(len(pairs.chosen[i]) for i in rows(step))  # TRL: a mean over chosen tokens
+        return collate(pairs, rows(step)[lo:hi], pad_id)._replace(sft_scale=scale)
 
-    def loss(net, b):
-        return dpo_loss(net, b.to(device), spec.beta, spec.loss_type, spec.sft_weight, autocast)
-
-    return PhaseData(name, steps, batch, lambda step: n_global, loss)
+    return PhaseData(name, steps, batch, lambda step: n_global, objective(spec))

@@ -10,13 +10,12 @@ which reads back bit for bit.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from ..io import JsonlError, read_jsonl, write_jsonl
 from .dist import Dist, barrier
 from .dpo import Pairs, collate, sequence_logps
 from .mixture import TrainDataError
@@ -39,21 +38,17 @@ def read_cache(path: Path) -> dict[str, tuple[float, float]]:
     if not path.is_file():
         return {}
     out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            row = json.loads(line)
-            out[row["key"]] = (float(row["chosen"]), float(row["rejected"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise TrainDataError(f"{path}:{n}: bad reference row (delete the file to recompute)") from None
+    try:
+        for n, row in read_jsonl(path, numbered=True):
+            try:
+                out[row["key"]] = (float(row["chosen"]), float(row["rejected"]))
+            except (KeyError, TypeError, ValueError):
+                raise TrainDataError(
+                    f"{path}:{n}: bad reference row (delete the file to recompute)"
+                ) from None
+    except JsonlError as e:
+        raise TrainDataError(f"{e} (delete the file to recompute)") from None
     return out
-
-
-def _write_cache(path: Path, rows: dict[str, tuple[float, float]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        for k, (c, r) in rows.items():
-            f.write(json.dumps({"key": k, "chosen": c, "rejected": r}) + "\n")
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -66,11 +61,8 @@ def compute(model, pairs: Pairs, idx: list[int], micro_batch: int, pad_id: int, 
         for s in range(0, len(idx), micro_batch):
             rows = idx[s : s + micro_batch]
             b = collate(pairs, rows, pad_id)
-            lp = (
-                sequence_logps(model, b.x.to(device), b.y.to(device), autocast or nullcontext())
-                .double()
-                .cpu()
-            )
+            with autocast or nullcontext():
+                lp = sequence_logps(model, b.x.to(device), b.y.to(device)).double().cpu()
             for j, i in enumerate(rows):
                 out[pairs.key(i)] = (float(lp[j]), float(lp[len(rows) + j]))
     finally:
@@ -92,7 +84,7 @@ def attach(
         autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if dtype == "bf16" else None
         cached.update(compute(model, pairs, missing, micro_batch, pad_id, d.device, autocast))
         try:
-            _write_cache(path, cached)
+            write_jsonl(path, ({"key": k, "chosen": c, "rejected": r} for k, (c, r) in cached.items()))
         except OSError as e:
             raise TrainDataError(f"{path}: cannot store reference log-probs beside the data ({e})") from None
     if missing:

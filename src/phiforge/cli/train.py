@@ -1,6 +1,6 @@
 """`phiforge train`, `phiforge sft`, `phiforge dpo` and `phiforge plot`: thin wrappers over phiforge.train.
 
-All three run unchanged under `torchrun --nproc_per_node N -m phiforge.cli train ...` (DDP, or FSDP2
+All run unchanged under `torchrun --nproc_per_node N -m phiforge.cli train ...` (DDP, or FSDP2
 with `--set fsdp=true`).
 """
 
@@ -16,12 +16,30 @@ _SET = typer.Option(
     "--set",
     help="Override a recipe field: key=value, dotted for nesting (phases.0.tokens=2e6). Repeatable.",
 )
+_RESUME = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt.")
+
+
+def _fine_tune_inputs(model_help: str, data_help: str, run: str) -> tuple:
+    """The --model, --data and --out options `sft` and `dpo` share (defaults for their signatures)."""
+    return (
+        typer.Option(..., "--model", "-m", help=f"{model_help} (HF layout, with tokenizer.json)."),
+        typer.Option(..., "--data", "-d", help=data_help),
+        typer.Option(Path(f"runs/{run}"), help="Run directory (metrics.jsonl, ckpt/)."),
+    )
+
+
+_SFT_MODEL, _SFT_DATA, _SFT_OUT = _fine_tune_inputs(
+    "Checkpoint to fine-tune", 'jsonl, one {"messages": [{role, content}, ...]} per line.', "sft"
+)
+_DPO_MODEL, _DPO_DATA, _DPO_OUT = _fine_tune_inputs(
+    "Starting checkpoint", 'jsonl of {"prompt", "chosen", "rejected"}: text, or lists of messages.', "dpo"
+)
 
 
 def train_cmd(
     recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recipe (see recipes/tiny-cpu.yaml)."),
     set_: list[str] = _SET,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
+    resume: bool = _RESUME,
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print params, memory, tokens, FLOPs and time estimate; train nothing."
     ),
@@ -35,8 +53,8 @@ def train_cmd(
     Writes OUT/metrics.jsonl and OUT/ckpt/step_*/ (Hugging Face layout + trainer_state.pt). SIGTERM or
     Ctrl-C saves a checkpoint first; --resume then continues with exactly the same losses.
     """
-    from .train import dry_run as dry
-    from .train import load_recipe, pretrain, print_dry_run
+    from ..train import dry_run as dry
+    from ..train import load_recipe, pretrain, print_dry_run
 
     overrides = list(set_ or [])
     if peak_flops:
@@ -51,13 +69,9 @@ def train_cmd(
 
 
 def sft_cmd(
-    model: Path = typer.Option(
-        ..., "--model", "-m", help="Checkpoint to fine-tune (HF layout, with tokenizer.json)."
-    ),
-    data: Path = typer.Option(
-        ..., "--data", "-d", help='jsonl, one {"messages": [{role, content}, ...]} per line.'
-    ),
-    out: Path = typer.Option(Path("runs/sft"), help="Run directory (metrics.jsonl, ckpt/)."),
+    model: Path = _SFT_MODEL,
+    data: Path = _SFT_DATA,
+    out: Path = _SFT_OUT,
     val_data: Path = typer.Option(None, help="Validation conversations (same format)."),
     recipe: Path = typer.Option(
         None, "--recipe", "-r", help="Optional YAML with TrainConfig fields (lr, seq_len...)."
@@ -65,10 +79,10 @@ def sft_cmd(
     set_: list[str] = _SET,
     epochs: float = typer.Option(None, help="Passes over the data (default: recipe's sft_epochs, 1)."),
     lr: float = typer.Option(None, help="Peak learning rate (default 1e-3 without a recipe)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
+    resume: bool = _RESUME,
 ):
     """Supervised fine-tuning on chat conversations: Phi-3 template, loss on assistant tokens only, packing."""
-    from .train import from_dict, load_recipe, sft
+    from ..train import from_dict, load_recipe, sft
 
     base = {"lr": 1e-3, "warmup_steps": 5, "eval_every": 0, "save_every": 0}
     overrides = list(set_ or []) + [f"out={out}"]
@@ -83,13 +97,9 @@ def sft_cmd(
 
 
 def dpo_cmd(
-    model: Path = typer.Option(
-        ..., "--model", "-m", help="Starting checkpoint (HF layout, with tokenizer.json)."
-    ),
-    data: Path = typer.Option(
-        ..., "--data", "-d", help='jsonl of {"prompt", "chosen", "rejected"}: text, or lists of messages.'
-    ),
-    out: Path = typer.Option(Path("runs/dpo"), help="Run directory (metrics.jsonl, ckpt/)."),
+    model: Path = _DPO_MODEL,
+    data: Path = _DPO_DATA,
+    out: Path = _DPO_OUT,
     loss_type: str = typer.Option("sigmoid", help="sigmoid (DPO) or ipo."),
     beta: float = typer.Option(0.1, help="Strength of the pull towards the reference model."),
     sft_weight: float = typer.Option(0.0, help="Weight of an added NLL loss on the chosen completions."),
@@ -99,7 +109,7 @@ def dpo_cmd(
         None, "--recipe", "-r", help="Optional YAML with TrainConfig fields (lr, seq_len, micro_batch...)."
     ),
     set_: list[str] = _SET,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
+    resume: bool = _RESUME,
 ):
     """Direct preference optimisation (TRL's losses and metric names) from MODEL on preference pairs.
 
@@ -107,16 +117,12 @@ def dpo_cmd(
     (DATA.ref-<fingerprint>.jsonl); a re-run or --resume reuses them. Metrics: loss, rewards/chosen,
     rewards/rejected, rewards/margins, rewards/accuracies, logps/*; `phiforge plot OUT` draws them.
     """
-    import yaml
-
-    from .train import RecipeError, from_dict, pretrain
+    from ..train import from_dict, pretrain
+    from ..train.config import read_recipe
 
     base = {"lr": 1e-6, "warmup_steps": 0, "min_lr_ratio": 0.0, "eval_every": 0, "save_every": 0}
     if recipe:
-        try:
-            base = yaml.safe_load(recipe.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise RecipeError(f"{recipe}: cannot read recipe ({str(e).splitlines()[0]})") from None
+        base = read_recipe(recipe)
     base = dict(base, out=str(out), init_from=str(model), name=base.get("name", "dpo"))
     base["phases"] = [
         {"name": "dpo", "kind": "dpo", "data": str(data), "loss_type": loss_type, "beta": beta,
@@ -133,7 +139,7 @@ def plot_cmd(
     out: Path = typer.Option(None, help="Output folder (default RUN/plots)."),
 ):
     """Loss (train + validation per dataset) and learning-rate curves as PNGs."""
-    from .train.plot import plot_run
+    from ..train.plot import plot_run
 
     for p in plot_run(run, out):
         print(p)
