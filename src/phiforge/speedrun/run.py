@@ -24,8 +24,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..io import read_metrics
 from .. import stages as markers
+from ..io import read_metrics
 
 console = Console(stderr=True)
 VAL_FRACTION = 0.1  # of documents, by id hash: val shards + the held-out SFT conversations
