@@ -218,3 +218,25 @@ def test_arith_oracle_through_the_real_engine(engine, tmp_path):
     stats = pts.run(engine, probs, partial(pts_tasks.check_many, "arith"), tmp_path / "o.jsonl", cfg)
     assert stats.problems == 3 and stats.rollouts == 6  # a random model is never right: nothing kept
     assert stats.kept == stats.pairs == 0 and pts.paths(tmp_path / "o.jsonl")["whole"].read_text() == ""
+
+
+def test_cli_pts_writes_pairs_and_a_summary(engine, tmp_path):
+    from train_helpers import run
+
+    from phiforge.model import save_model
+
+    model = tmp_path / "model"
+    save_model(engine.model, model)
+    engine.tok.save(model)
+    out = tmp_path / "pts" / "pairs.jsonl"
+    r = run("pts", "--model", model, "--task", "arith", "--out", out, "--limit", 2, "-k", 2, "--max-batch", 4)
+    assert r.returncode == 0, r.stderr
+    assert (
+        "problems 2, kept in [0.2, 0.8] 0, pivotal tokens 0" in r.stdout
+        and "rollouts 4 generated" in r.stdout
+    )
+    assert out.is_file() and pts.paths(out)["whole"].is_file() and pts.paths(out)["cache"].is_file()
+    r = run("pts", "--model", model, "--task", "gsm8k", "--out", out)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: gsm8k task: no --data given (the GSM8K train.jsonl or the folder holding it)"
+    ]

@@ -141,7 +141,8 @@ class Rollouts:
             res = self.engine.generate([self.prompt(p)[0] + pre for _, p, pre in chunk], params)
             toks = [r.tokens[:n] for r, n in zip(res, budget, strict=True)]  # each row's own budget
             texts = [
-                self.tok.decode(pre + t, skip_special_tokens=True) for (_, _, pre), t in zip(chunk, toks, strict=True)
+                self.tok.decode(pre + t, skip_special_tokens=True)
+                for (_, _, pre), t in zip(chunk, toks, strict=True)
             ]
             oks = self.check([(p, t) for (_, p, _), t in zip(chunk, texts, strict=True)])
             for (k, _, _), t, ok in zip(chunk, toks, oks, strict=True):
