@@ -34,7 +34,7 @@ def load(
     if task == "arith":
         return [
             Problem(f"arith/{p.seed}", p.question, p.answer, 64)
-            for p in arith.split("train", limit or 100, knobs)
+            for p in arith.split("train", limit or 50, knobs)
         ]
     if task == "gsm8k":
         path = _gsm8k_file(data)
