@@ -345,7 +345,7 @@ def run(
     prev = state["stats"]  # pivotal-token counts of the problems finished before a kill
     stats = Stats(pivotal=prev.get("pivotal", 0), no_alternative=prev.get("no_alternative", 0))
     t0 = time.perf_counter()
-    ro = Rollouts(engine, check, cfg, files["cache"], model_key, stats)
+    ro = Rollouts(engine, check, cfg, files["cache"], f"{model_key}/{task}", stats)  # verdicts are the task's
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a+b") as f:  # drop pairs written after the last recorded problem (a kill in between)
         f.truncate(state["bytes"])
