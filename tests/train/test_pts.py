@@ -170,10 +170,10 @@ def test_config_errors():
 
 # ---- a real engine -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def engine(data):
+def engine(train_data):
     from phiforge.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_file(data["tok"])
+    tok = Tokenizer.from_file(train_data["tok"])
     cfg = get_preset("tiny").replace(vocab_size=tok.vocab_size, num_hidden_layers=2)
     torch.manual_seed(0)
     return Engine(build(cfg, seed=0), tok)
@@ -220,10 +220,10 @@ def test_arith_oracle_through_the_real_engine(engine, tmp_path):
     assert stats.kept == stats.pairs == 0 and pts.paths(tmp_path / "o.jsonl")["whole"].read_text() == ""
 
 
-def test_cli_pts_writes_pairs_and_a_summary(engine, tmp_path):
-    from train_helpers import run
-
+def test_cli_pts_writes_pairs_and_a_summary(engine, tmp_path, phiforge, one_line_error):
     from phiforge.model import save_model
+
+    run = phiforge
 
     model = tmp_path / "model"
     save_model(engine.model, model)
@@ -237,6 +237,4 @@ def test_cli_pts_writes_pairs_and_a_summary(engine, tmp_path):
     )
     assert out.is_file() and pts.paths(out)["whole"].is_file() and pts.paths(out)["cache"].is_file()
     r = run("pts", "--model", model, "--task", "gsm8k", "--out", out)
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "error: gsm8k task: no --data given (the GSM8K train.jsonl or the folder holding it)"
-    ]
+    one_line_error(r, "error: gsm8k task: no --data given (the GSM8K train.jsonl or the folder holding it)")

@@ -68,3 +68,36 @@ def test_bad_input_names_the_problem(tmp_path):
     f.write_text('{"prompt": "x"}\n')
     with pytest.raises(DataError, match="missing field 'tests'"):
         pts_tasks.load("code", f, None)
+
+
+def test_accuracy_is_greedy_chat_prompted_and_checked_on_the_test_split():
+    from phiforge.infer.engine import Result
+
+    probs = pts_tasks.load("arith", None, 6, split="test")
+    assert [p.id for p in probs] == [f"arith/test/{i}" for i in range(6)]  # held out: not the train ids
+    assert not {p.question for p in probs} & {p.question for p in pts_tasks.load("arith", None, 50)}
+
+    class Tok:  # a question's prompt is one id: its index; answers are text looked up by that id
+        def apply_chat_template(self, msgs, add_generation_prompt=False):
+            assert add_generation_prompt and msgs == [{"role": "user", "content": msgs[0]["content"]}]
+            return [next(i for i, p in enumerate(probs) if p.question == msgs[0]["content"])]
+
+        def render_chat(self, msgs, add_generation_prompt=False):
+            return msgs[0]["content"]
+
+        def decode(self, ids, skip_special_tokens=False):
+            i = ids[0]
+            return f"The answer is {probs[i].target + (i % 3 == 0)}."  # wrong for problems 0 and 3
+
+    class Eng:
+        tok, seen = Tok(), []
+
+        def generate(self, prompts, params):
+            assert params.temperature == 0  # greedy
+            self.seen += prompts
+            return [Result(tokens=list(p)) for p in prompts]
+
+    eng = Eng()
+    acc, ok = pts_tasks.accuracy(eng, "arith", probs, max_batch=4)
+    assert ok == [False, True, True, False, True, True] and acc == 4 / 6
+    assert sorted(eng.seen) == [[i] for i in range(6)]

@@ -35,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..infer.sampling import SamplingParams
-from .pts_tasks import Problem
+from ..io import read_jsonl, write_json, write_jsonl
+from .pts_tasks import Problem, chat_prompt
 
 Checker = Callable[[list[tuple[Problem, str]]], list[bool]]
 
@@ -89,11 +90,14 @@ class Stats:
     seconds: float = 0.0
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # the same temp + rename as io.atomic_write (not on main yet); a reader sees the old file or the new one
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _drop_cut_line(path: Path) -> None:
+    """Cut a last line a kill left half-written (appends are whole lines + fsync; only the tail can be torn),
+    so the next append starts a line of its own; its rollouts are simply drawn again."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
 
 
 def _key(*parts) -> str:
@@ -110,22 +114,15 @@ class Rollouts:
         self.path = Path(cache)
         self.memo: dict[str, Estimate] = {}
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    r = json.loads(line)
-                    self.memo[r["key"]] = Estimate(r["tokens"], r["ok"])
-                except (json.JSONDecodeError, KeyError):
-                    pass  # a line cut by a kill: its rollouts are simply drawn again
+            _drop_cut_line(self.path)
+            for r in read_jsonl(self.path):
+                self.memo[r["key"]] = Estimate(r["tokens"], r["ok"])
         self.prompts: dict[str, tuple[list[int], str]] = {}
 
     def prompt(self, p: Problem) -> tuple[list[int], str]:
         """(ids, text) of the chat-rendered question; the text encodes to exactly these ids."""
         if p.id not in self.prompts:
-            msgs = [{"role": "user", "content": p.question}]
-            self.prompts[p.id] = (
-                self.tok.apply_chat_template(msgs, add_generation_prompt=True),
-                self.tok.render_chat(msgs, add_generation_prompt=True),
-            )
+            self.prompts[p.id] = chat_prompt(self.tok, p)
         return self.prompts[p.id]
 
     def key(self, p: Problem, prefix: list[int]) -> str:
@@ -377,14 +374,14 @@ def run(
             os.fsync(f.fileno())
         state["done"] += [s.problem.id for s in searches]
         state["bytes"], state["stats"] = out.stat().st_size, asdict(stats)
-        _atomic_write(files["state"], json.dumps(state))
+        write_json(files["state"], state)
         if progress:
             progress("search", len(kept) - len(todo) + g + len(searches), len(kept))
-    stats.pairs = sum(1 for line in out.read_text(encoding="utf-8").splitlines() if line.strip())
+    stats.pairs = sum(1 for _ in read_jsonl(out))
     whole = whole_pairs(kept, ro, stats.pairs, task)
-    _atomic_write(files["whole"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in whole))
+    write_jsonl(files["whole"], whole)
     stats.whole_pairs = len(whole)
     stats.seconds = round(time.perf_counter() - t0, 2)
     state["stats"] = asdict(stats)
-    _atomic_write(files["state"], json.dumps(state))
+    write_json(files["state"], state)
     return stats

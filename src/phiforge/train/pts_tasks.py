@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..eval.sandbox import Limits, run_many
 from ..eval.tasks import DataError, GenItem, arith, field_of, gsm8k, read_jsonl
+from ..sandbox import Limits, run_many
 
 TASKS = ("arith", "gsm8k", "code")
 
@@ -29,12 +29,14 @@ class Problem:
 
 
 def load(
-    task: str, data: Path | None, limit: int | None, knobs: arith.Knobs = arith.Knobs()
+    task: str, data: Path | None, limit: int | None, knobs: arith.Knobs = arith.Knobs(), split: str = "train"
 ) -> list[Problem]:
+    """Problems of `task`; arith's held-out test split (split="test") is for measuring, never for search."""
     if task == "arith":
+        tag = "arith/" if split == "train" else f"arith/{split}/"
         return [
-            Problem(f"arith/{p.seed}", p.question, p.answer, 64)
-            for p in arith.split("train", limit or 50, knobs)
+            Problem(f"{tag}{p.seed}", p.question, p.answer, 64)
+            for p in arith.split(split, limit or 50, knobs)
         ]
     if task == "gsm8k":
         path = _gsm8k_file(data)
@@ -62,6 +64,37 @@ def load(
             out.append(Problem(str(r.get("id", f"code/{n - 1}")), field_of(r, "prompt", data, n), tests, 256))
         return out
     raise ValueError(f"unknown PTS task {task!r}: choose from {', '.join(TASKS)}")
+
+
+def chat_prompt(tok, p: Problem) -> tuple[list[int], str]:
+    """(ids, text) of the question as the one user message of the model's chat template: the prompt PTS
+    samples with and `accuracy` measures with."""
+    msgs = [{"role": "user", "content": p.question}]
+    return tok.apply_chat_template(msgs, add_generation_prompt=True), tok.render_chat(
+        msgs, add_generation_prompt=True
+    )
+
+
+def accuracy(engine, task: str, problems: list[Problem], max_batch: int = 64) -> tuple[float, list[bool]]:
+    """Greedy accuracy of `engine` on `problems`, chat-prompted as PTS samples them, checked by the task's
+    oracle (the harness's arith task is few-shot Q:/A: text, a different prompt from the one trained on)."""
+    from ..infer.sampling import SamplingParams
+
+    order = sorted(range(len(problems)), key=lambda i: len(problems[i].question))  # similar lengths pad less
+    ok = [False] * len(problems)
+    for b in range(0, len(order), max_batch):
+        idx = order[b : b + max_batch]
+        params = SamplingParams(max_new_tokens=max(problems[i].max_new_tokens for i in idx))
+        res = engine.generate([chat_prompt(engine.tok, problems[i])[0] for i in idx], params)
+        texts = [
+            engine.tok.decode(r.tokens[: problems[i].max_new_tokens], skip_special_tokens=True)
+            for i, r in zip(idx, res, strict=True)
+        ]
+        for i, v in zip(
+            idx, check_many(task, [(problems[i], t) for i, t in zip(idx, texts, strict=True)]), strict=True
+        ):
+            ok[i] = bool(v)
+    return sum(ok) / max(1, len(ok)), ok
 
 
 def _gsm8k_file(data: Path | None) -> Path:

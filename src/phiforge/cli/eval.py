@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-ALL = "humaneval,mbpp,gsm8k,mmlu,arc_easy,arc_challenge,hellaswag,truthfulqa_mc1,truthfulqa_mc2,bbh,piqa,winogrande,sanity"
+from ..eval.tasks import registry
+
+ALL = ",".join(registry())  # the task registry is the only task list
 
 
 def _shots(values: list[str] | None) -> dict[str, int]:
@@ -43,7 +45,7 @@ def eval_cmd(
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, cuda:1 ..."),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
-    from .eval.harness import markdown, run, settings_table
+    from ..eval.harness import markdown, run, settings_table
 
     names = ALL if tasks == "all" else tasks
     print(settings_table(names))
@@ -67,7 +69,7 @@ def eval_cmd(
 
 def lm_eval_cmd(ctx: typer.Context):
     """lm-evaluation-harness with --model phiforge available; all arguments go to lm_eval."""
-    from .eval.lm_eval_adapter import main
+    from ..eval.lm_eval_adapter import main
 
     main(list(ctx.args))
 

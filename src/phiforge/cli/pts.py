@@ -12,9 +12,11 @@ import typer
 def model_key(model: Path) -> str:
     """What the rollout cache is keyed by: the config and the weight files' names and sizes (hashing the weights
     themselves would cost seconds per run; a retrained model gets a new size or config in practice)."""
-    d = Path(model)
-    if not d.is_dir():
-        return str(model)
+    from ..infer.load import resolve
+
+    d = resolve(model)
+    if d.is_file():  # a .gguf (or a short name's): its name and size
+        return f"{d.name}:{d.stat().st_size}"
     h = hashlib.sha256()
     for f in sorted(d.iterdir()):
         if f.name == "config.json":
@@ -25,7 +27,12 @@ def model_key(model: Path) -> str:
 
 
 def pts_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory (HF layout + tokenizer.json)."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Model: HF-layout directory, .gguf file or short name (smollm2-135m-instruct).",
+    ),
     task: str = typer.Option("arith", help="arith | gsm8k | code"),
     data: Path = typer.Option(
         None, "--data", help="gsm8k: train.jsonl or its folder; code: jsonl of {prompt, tests}; arith: none."
@@ -52,11 +59,10 @@ def pts_cmd(
     """Find pivotal tokens in the model's own answers and write DPO pairs at them, plus as many whole-answer pairs."""
     from functools import partial
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .eval.tasks.arith import Knobs
-    from .infer.engine import Engine
-    from .train import pts, pts_tasks
+    from ..eval.tasks.arith import Knobs
+    from ..infer.engine import Engine
+    from ..io import progress_bar
+    from ..train import pts, pts_tasks
 
     cfg = pts.PTSConfig(
         samples=samples,
@@ -72,14 +78,7 @@ def pts_cmd(
     if engine.tok is None:
         raise ValueError(f"{model}: no tokenizer.json (PTS renders questions through the chat template)")
     check = partial(pts_tasks.check_many, task)
-    cols = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*cols) as prog:
+    with progress_bar() as prog:
         bars = {
             "sample": prog.add_task("sample K answers (rollouts)", total=len(problems) * samples),
             "search": prog.add_task("search kept problems", total=None),
