@@ -67,6 +67,19 @@ def test_truncation_keeps_start_and_drops_prompt_only_rows(tok, tmp_path):
     assert len(pairs.prompt[0]) + len(pairs.chosen[0]) <= 16
 
 
+def test_rows_with_token_ids_use_them_as_given(tok, tmp_path):
+    # a PTS pair: the prompt stops mid-answer, chosen/rejected are one sampled token each, no EOS after them
+    p = tok.encode("Q: 12 + 30 = ", add_special_tokens=True)
+    four, five = tok.encode("4")[-1], tok.encode("5")[-1]
+    pts = dict(TEXT, prompt="Q: 12 + 30 = ", chosen="4", rejected="5")
+    pts.update(prompt_ids=p, chosen_ids=[four], rejected_ids=[five])
+    pairs = load_pairs(tok, _write(tmp_path / "p.jsonl", [pts, TEXT]), 256, tok.vocab_size)
+    assert (pairs.prompt[0], pairs.chosen[0], pairs.rejected[0]) == (p, [four], [five])
+    assert pairs.chosen[1][-1] == tok.eos_id  # a text-only row still gets its EOS
+    b = collate(pairs, [0], pad_id=tok.eos_id)
+    assert b.y[0][b.y[0] != -100].tolist() == [four] and b.y[1][b.y[1] != -100].tolist() == [five]
+
+
 @pytest.mark.parametrize(
     "row,needle",
     [
@@ -76,6 +89,9 @@ def test_truncation_keeps_start_and_drops_prompt_only_rows(tok, tmp_path):
         ({"prompt": "a", "chosen": "", "rejected": "c"}, ":2: field 'chosen' is empty"),
         (dict(CHAT, rejected="text"), ":2: field 'rejected' must be a non-empty list of messages"),
         (dict(CHAT, chosen=[{"role": "robot", "content": "x"}]), ":2: unknown chat role 'robot'"),
+        (dict(TEXT, prompt_ids=[1], chosen_ids=[2]), ":2: has prompt_ids, chosen_ids but not all of"),
+        (dict(TEXT, prompt_ids=[1], chosen_ids=[], rejected_ids=[3]), ":2: field 'chosen_ids' must be"),
+        (dict(TEXT, prompt_ids=[1], chosen_ids=[2], rejected_ids=[10**9]), ":2: field 'rejected_ids' must"),
     ],
 )
 def test_bad_rows_name_file_line_and_field(tok, tmp_path, row, needle):

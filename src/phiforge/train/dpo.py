@@ -71,6 +71,25 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+def given_ids(row: dict, where: str, vocab_size: int) -> tuple[list[int], list[int], list[int]] | None:
+    """The row's own token ids, when it carries all three (PTS pairs: the prompt ends mid-answer and the
+    completions are single sampled tokens; re-encoding the text could move that boundary, and no EOS is
+    appended because the answer goes on). None when the row has none of them."""
+    have = [k for k in IDS if k in row]
+    if not have:
+        return None
+    if len(have) < 3:
+        raise TrainDataError(f"{where}: has {', '.join(have)} but not all of {', '.join(IDS)}")
+    for k in IDS:
+        v = row[k]
+        if not isinstance(v, list) or not v or not all(isinstance(t, int) and 0 <= t < vocab_size for t in v):
+            raise TrainDataError(f"{where}: field {k!r} must be a non-empty list of token ids < {vocab_size}")
+    return row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]
+
+
 def encode_pair(tok: Tokenizer, row: dict, where: str = "") -> tuple[list[int], list[int], list[int]]:
     """(prompt, chosen, rejected) ids. Each completion is cut from the encoding of prompt + completion
     where it diverges from the prompt's (BPE may merge across the boundary), as TRL does."""
@@ -122,7 +141,7 @@ def load_pairs(tok: Tokenizer, path: str | Path, max_len: int, vocab_size: int) 
         raise TrainDataError(f"tokenizer has {tok.vocab_size} tokens > model vocab_size {vocab_size}")
     out = Pairs([], [], [])
     for where, row in read_preferences(path):
-        p, c, r = encode_pair(tok, row, where)
+        p, c, r = given_ids(row, where, vocab_size) or encode_pair(tok, row, where)
         if len(p) >= max_len:
             out.dropped += 1
             continue

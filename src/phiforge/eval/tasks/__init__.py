@@ -83,10 +83,10 @@ def other_shots(items: list, i: int, k: int) -> list:
 
 
 def registry() -> dict[str, Task]:
-    from . import bbh, code, gsm8k, mc, sanity
+    from . import arith, bbh, code, gsm8k, mc, sanity
 
     tasks: dict[str, Task] = {}
-    for mod in (code, gsm8k, mc, bbh, sanity):
+    for mod in (code, gsm8k, arith, mc, bbh, sanity):
         for t in mod.tasks():
             tasks[t.name] = t
     return tasks
