@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 ALL = "humaneval,mbpp,gsm8k,mmlu,arc_easy,arc_challenge,hellaswag,truthfulqa_mc1,truthfulqa_mc2,bbh,piqa,winogrande,sanity"
+# also registered, run by name: safety_refusal, xstest, toxicity, mt_bench (judged; see --judge-url)
 
 
 def _shots(values: list[str] | None) -> dict[str, int]:
@@ -41,6 +42,11 @@ def eval_cmd(
     timeout: float = typer.Option(10.0, help="Seconds per executed program."),
     seed: int = typer.Option(0, help="Sampling seed."),
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, cuda:1 ..."),
+    judge_url: str = typer.Option(
+        None,
+        help="OpenAI-compatible judge for safety_refusal/xstest/toxicity/mt_bench (default: offline judge).",
+    ),
+    judge_model: str = typer.Option(None, help="Model name the judge endpoint serves."),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
     from .eval.harness import markdown, run, settings_table
@@ -56,6 +62,8 @@ def eval_cmd(
         timeout=timeout,
         seed=seed,
         device=device,
+        judge_url=judge_url,
+        judge_model=judge_model,
     )
     if workers:
         kw["workers"] = workers
