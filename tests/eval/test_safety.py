@@ -170,3 +170,14 @@ def test_build_pairs_uses_train_split_only(model_dir, bench, tmp_path):
     }
     assert not {p["prompt"][0]["content"] for p in pairs} & evals
     assert all(set(p) == {"prompt", "chosen", "rejected"} for p in pairs)
+
+
+def test_cli_has_judge_options_and_safety_pairs():
+    from typer.testing import CliRunner
+
+    from phiforge.cli import app
+
+    runner = CliRunner()
+    assert "--judge-url" in runner.invoke(app, ["eval", "--help"]).output
+    out = runner.invoke(app, ["safety", "pairs", "--help"]).output
+    assert "--out" in out and "--samples" in out
