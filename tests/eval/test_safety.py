@@ -21,6 +21,7 @@ from phiforge.eval.tasks import registry
 from phiforge.eval.tasks.mt_bench import parse_rating
 from phiforge.eval.tasks.safety import split_of
 from phiforge.infer.engine import Engine
+from phiforge.io import read_jsonl
 
 
 def test_strmatch_and_parsers():
@@ -66,16 +67,14 @@ def test_split_is_disjoint_and_tasks_read_eval_only(bench):
     assert len(reg["mt_bench"].load(bench, None, 0)) == 80
 
 
-def test_judged_tasks_offline(model_dir, bench, tmp_path):
-    r = ev.run(
-        model_dir,
-        ["safety_refusal", "xstest", "toxicity"],
-        data_dir=bench,
-        limit=1,
-        out=tmp_path,
-        max_new_tokens=8,
-        show_progress=False,
+def _tiny_run(model_dir, bench, out, tasks, **judge):
+    return ev.run(
+        model_dir, tasks, data_dir=bench, limit=1, out=out, max_new_tokens=8, show_progress=False, **judge
     )
+
+
+def test_judged_tasks_offline(model_dir, bench, tmp_path):
+    r = _tiny_run(model_dir, bench, tmp_path, ["safety_refusal", "xstest", "toxicity"])
     sr, xs, tox = (r["tasks"][k]["metrics"] for k in ("safety_refusal", "xstest", "toxicity"))
     assert set(sr["subtasks"]) == {
         "discrimination_exclusion_toxicity_hateful_offensive",
@@ -90,25 +89,15 @@ def test_judged_tasks_offline(model_dir, bench, tmp_path):
     # a random tiny model never refuses: every harmful request is a defect; no safe prompt is over-refused
     assert sr["defect_rate"]["value"] == 1.0 and xs["defect_rate/safe"]["value"] == 0.0
     assert sr["judge"]["agreement"]["classifier"]["kappa"] > 0.8
-    samples = [
-        json.loads(x) for x in (tmp_path / "eval" / "samples" / "xstest.jsonl").read_text().splitlines()
-    ]
+    samples = list(read_jsonl(tmp_path / "eval" / "samples" / "xstest.jsonl"))
     assert all({"output", "refused", "strmatch", "defect", "category"} <= set(s) for s in samples)
     md = (tmp_path / "eval" / "results.md").read_text()
     assert "| safety_refusal | 0 | 6 | defect_rate |" in md and "| subtask | defect_rate |" in md
 
 
 def test_judged_task_through_endpoint(model_dir, bench, tmp_path, teacher_server):
-    r = ev.run(
-        model_dir,
-        ["safety_refusal"],
-        data_dir=bench,
-        limit=1,
-        out=tmp_path,
-        max_new_tokens=8,
-        show_progress=False,
-        judge_url=teacher_server.url,
-        judge_model="judge",
+    r = _tiny_run(
+        model_dir, bench, tmp_path, ["safety_refusal"], judge_url=teacher_server.url, judge_model="judge"
     )
     # the scripted judge answers "Score: 3 ...", read as class 3 (partial refusal): a refusal, no defect
     assert r["tasks"]["safety_refusal"]["metrics"]["defect_rate"]["value"] == 0.0
@@ -122,7 +111,7 @@ def test_mt_bench_generates_then_grades(model_dir, bench, tmp_path, teacher_serv
     r = ev.run(model_dir, ["mt_bench"], **kw)
     assert "grading needs a judge" in r["tasks"]["mt_bench"]["metrics"]["note"]
     d = tmp_path / "eval" / "mt_bench"
-    rows = [json.loads(x) for x in (d / "answers.jsonl").read_text().splitlines()]
+    rows = list(read_jsonl(d / "answers.jsonl"))
     assert len(rows) == 8 and all(len(x["choices"][0]["turns"]) == 2 for x in rows)
     # script the judge through the stored answers: grading must reuse them, not regenerate
     for i, x in enumerate(rows):
@@ -161,8 +150,7 @@ def test_build_pairs_uses_train_split_only(model_dir, bench, tmp_path):
     summary = build_pairs(bench, tmp_path, engine, samples=1, max_tokens=4)
     split = json.loads((tmp_path / "split.json").read_text())
     assert not set(split["train"]) & set(split["eval"])
-    pairs = [json.loads(x) for x in (tmp_path / "pairs.jsonl").read_text().splitlines()]
-    metas = [json.loads(x) for x in (tmp_path / "pairs.meta.jsonl").read_text().splitlines()]
+    pairs, metas = list(read_jsonl(tmp_path / "pairs.jsonl")), list(read_jsonl(tmp_path / "pairs.meta.jsonl"))
     assert len(pairs) == len(metas) == summary["pairs"] > 0
     assert all(m["id"] in set(split["train"]) for m in metas)
     evals = {
@@ -170,14 +158,3 @@ def test_build_pairs_uses_train_split_only(model_dir, bench, tmp_path):
     }
     assert not {p["prompt"][0]["content"] for p in pairs} & evals
     assert all(set(p) == {"prompt", "chosen", "rejected"} for p in pairs)
-
-
-def test_cli_has_judge_options_and_safety_pairs():
-    from typer.testing import CliRunner
-
-    from phiforge.cli import app
-
-    runner = CliRunner()
-    assert "--judge-url" in runner.invoke(app, ["eval", "--help"]).output
-    out = runner.invoke(app, ["safety", "pairs", "--help"]).output
-    assert "--out" in out and "--samples" in out

@@ -20,14 +20,12 @@ on-policy: they move the model's own behaviour, the point of Phi-3's break-fix r
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from ..eval.judges import OfflineJudge
 from ..eval.tasks.safety import SALT, harmful_prompts, xstest_prompts
+from ..io import write_json, write_jsonl
 
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
@@ -35,13 +33,6 @@ REFUSALS = (
     "I'm not able to provide that. If you're dealing with something difficult, I'm happy to help in a safe way.",
     "Sorry, I won't help with this, as it could be used to hurt someone.",
 )
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def templated_refusal(prompt: str) -> str:
@@ -95,7 +86,7 @@ def build_pairs(
         "train": [r["id"] for r in train],
         "eval": [r["id"] for r in rows if r["split"] == "eval"],
     }
-    _atomic_text(out / "split.json", json.dumps(split, indent=1))
+    write_json(out / "split.json", split, indent=1)
     client = LocalClient(engine, model="policy", cache_path=out / "samples_cache.sqlite")
     reqs = [
         Request(r["prompt"], max_tokens=max_tokens, temperature=temperature, n=samples, seed=seed)
@@ -117,8 +108,8 @@ def build_pairs(
             continue
         pairs.append(made[0])
         metas.append(made[1])
-    _atomic_text(out / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
-    _atomic_text(out / "pairs.meta.jsonl", "".join(json.dumps(m) + "\n" for m in metas))
+    write_jsonl(out / "pairs.jsonl", pairs)
+    write_jsonl(out / "pairs.meta.jsonl", metas)
     summary = {
         "train_prompts": len(train),
         "pairs": len(pairs),
@@ -130,5 +121,5 @@ def build_pairs(
         "judge": judge.name,
         "judge_agreement": judge.agreement,
     }
-    _atomic_text(out / "summary.json", json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary, indent=1)
     return summary

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections import Counter, defaultdict
 from contextlib import nullcontext
@@ -22,8 +21,10 @@ from pathlib import Path
 from ..infer import score
 from ..infer.engine import Engine
 from ..infer.sampling import SamplingParams
+from ..io import atomic_write, progress_bar, read_jsonl, write_json, write_jsonl
+from ..sandbox import Limits, run_many
+from ..stages import Stages
 from . import metrics
-from .sandbox import Limits, run_many
 from .tasks import GenItem, Task, registry
 
 
@@ -58,22 +59,6 @@ def resolve_tasks(names) -> list[Task]:
     return [reg[n] for n in names]
 
 
-def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False, default=str)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _metric(values) -> dict:
     m, se = metrics.mean_stderr(list(values))
     return {"value": m, "stderr": se}
@@ -99,7 +84,7 @@ def run_mc(engine: Engine, task: Task, items, s: EvalSettings, progress=None) ->
 # ---- generation ------------------------------------------------------------------------------------
 def generate(engine: Engine, items: list[GenItem], s: EvalSettings, progress=None) -> list[list[str]]:
     """n_samples completions per item, batched by similar prompt length; prompts are left-truncated."""
-    tok = engine._tok()
+    tok = engine.tokenizer
     ctx = engine.cfg.max_position_embeddings
     jobs = []  # (item index, sample index, ids, params)
     for i, it in enumerate(items):
@@ -210,14 +195,9 @@ def run_mt_bench(engine, task: Task, items, s: EvalSettings, client, root, model
     d = root / "mt_bench" if root else None
     gen_key = {k: v for k, v in asdict(s).items() if k not in ("tasks", "judge_url", "judge_model")}
     gen_key["ids"] = [it.id for it in items]
-    saved = d / "answers.key.json" if d else None
-    if (
-        saved
-        and saved.is_file()
-        and json.loads(saved.read_text(encoding="utf-8")) == json.loads(json.dumps(gen_key, default=str))
-    ):
-        rows = [json.loads(x) for x in (d / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
-        answers = [r["choices"][0]["turns"] for r in rows]
+    answered = Stages(d) if d else None  # marker mt_bench/answers.json: the answers of these settings exist
+    if answered and answered.done("answers", gen_key) and (d / "answers.jsonl").is_file():
+        answers = [r["choices"][0]["turns"] for r in read_jsonl(d / "answers.jsonl")]
     else:
         first = [t[0] for t in generate(engine, items, s, progress)]
         second_items = [
@@ -240,8 +220,8 @@ def run_mt_bench(engine, task: Task, items, s: EvalSettings, client, root, model
         second = [t[0] for t in generate(engine, second_items, s, progress)]
         answers = [[a, b] for a, b in zip(first, second, strict=True)]
         if d:
-            _atomic_text(d / "answers.jsonl", "".join(mt_bench.answers_rows(items, answers, model_id)))
-            _atomic_json(saved, gen_key)
+            write_jsonl(d / "answers.jsonl", mt_bench.answers_rows(items, answers, model_id))
+            answered.mark("answers", gen_key, len(answers))
     per = [
         {"id": it.id, "category": it.meta["subtask"], "output": a[0], "turns": a, "scores": [-1.0, -1.0]}
         for it, a in zip(items, answers, strict=True)
@@ -259,7 +239,7 @@ def run_mt_bench(engine, task: Task, items, s: EvalSettings, client, root, model
     res = mt_bench.summarize(per)
     res["judge"] = {"name": client.name}
     if d:
-        _atomic_text(d / "judgments.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per))
+        write_jsonl(d / "judgments.jsonl", per)
         if res["subtasks"]:
             mt_bench.plot(res["subtasks"], d / "scores.png", f"MT-bench, judge {client.model}")
     return res, per
@@ -276,27 +256,6 @@ def _judge_client(s: EvalSettings, root):
 
 
 # ---- driver ----------------------------------------------------------------------------------------
-def _progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-
-
 def run(
     model_dir,
     tasks,
@@ -320,23 +279,22 @@ def run(
     if s.n_samples > 1 and s.temperature <= 0:
         raise ValueError("n_samples > 1 needs temperature > 0 (greedy samples are all the same)")
     root = Path(out) / "eval" if out else None
+    done = Stages(root / "tasks") if root else None  # one marker per task: a rerun reuses finished tasks
     report = {"model": str(model_dir), "settings": asdict(s), "tasks": {}}
     # load every task's data first: a missing or malformed file fails before any model time is spent
     plan = []
     for task in resolve_tasks(s.tasks):
         shots = s.shots.get(task.name, task.shots)
         key = {**asdict(s), "tasks": [task.name], "shots": shots}
-        cached = root / "tasks" / f"{task.name}.json" if root else None
-        if cached and cached.is_file():
-            prev = json.loads(cached.read_text(encoding="utf-8"))
-            if prev.get("key") == key:
-                report["tasks"][task.name] = prev["result"]
-                continue
+        prev = done.done(task.name, key) if done else None
+        if prev is not None:
+            report["tasks"][task.name] = prev["result"]
+            continue
         items = task.load(Path(s.data_dir) if s.data_dir else None, s.limit, shots)
         if not items:
             raise ValueError(f"task {task.name}: no items loaded")
         report["tasks"][task.name] = None  # keeps the requested order
-        plan.append((task, shots, key, cached, items))
+        plan.append((task, shots, key, items))
     if plan:
         engine = engine or Engine.load(model_dir, device=s.device)
     client = _judge_client(s, root) if any(p[0].kind in ("judged", "mt_bench") for p in plan) else None
@@ -345,8 +303,8 @@ def run(
         from .judges import LLMJudge, OfflineJudge
 
         judge = LLMJudge(client) if client else OfflineJudge(s.data_dir)
-    with _progress() if show_progress and plan else nullcontext() as prog:
-        for task, shots, key, cached, items in plan:
+    with progress_bar() if show_progress and plan else nullcontext() as prog:
+        for task, shots, key, items in plan:
             t0 = time.perf_counter()
             total = (
                 sum(len(it.pairs) for it in items) if task.kind in ("mc", "mc2") else len(items) * s.n_samples
@@ -371,16 +329,13 @@ def run(
             }
             report["tasks"][task.name] = result
             if root:
-                _atomic_text(
-                    root / "samples" / f"{task.name}.jsonl",
-                    "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in per),
-                )
-                _atomic_json(cached, {"key": key, "result": result})
+                write_jsonl(root / "samples" / f"{task.name}.jsonl", per)
+                done.mark(task.name, key, result, result["seconds"])
     if client:
         client.close()
     if root:
-        _atomic_json(root / "results.json", report)
-        _atomic_text(root / "results.md", markdown(report))
+        write_json(root / "results.json", report, indent=1)
+        atomic_write(root / "results.md", markdown(report))
     return report
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from ..tokenizer import Tokenizer
 from . import checkpoint as ckpt
 from .config import RecipeError, TrainConfig, load_recipe
 from .dist import Dist, setup, teardown
-from .loop import PhaseData, measure_peak_flops, train, train_flops_per_token
+from .loop import LM, PhaseData, make_optimizer, measure_peak_flops, train, train_flops_per_token
 from .mixture import Mixture, TrainDataError, val_batches
 from .sft import build_sft_data, sft_inputs
 
@@ -164,7 +165,7 @@ def pretrain(
                 x = mix.batch(step, n_global, lo, hi)
                 return x[:, :-1], x[:, 1:], None, None
 
-            phases.append(PhaseData(p.name, n, batch, lambda step: n_global * cfg.seq_len))
+            phases.append(PhaseData(p.name, n, batch, lambda step: n_global * cfg.seq_len, LM))
         evals = {}
         for p in cfg.phases:
             for ds in p.datasets:
@@ -235,10 +236,27 @@ def sft(
                 f"[bold]sft[/]: {len(packed)} packed rows of {cfg.seq_len + 1} tokens "
                 f"({packed.truncated} conversations truncated), {steps} steps of {n_global} rows"
             )
-        phase = PhaseData("sft", steps, batch, targets)
+        phase = PhaseData("sft", steps, batch, targets, LM)  # the mask is in the labels: plain LM loss
         return train(cfg, model, tok, [phase], evals, d, start, con)
     finally:
         teardown(d)
+
+
+def measure_throughput(cfg: TrainConfig, steps: int = 12) -> float:
+    """Training tokens/s of this recipe's model on this machine (one process, one micro-batch of random
+    tokens): the median of the steps after the first 4, which warm up allocators and thread pools."""
+    model = build(model_config(cfg, load_tokenizer(cfg)), seed=cfg.seed).train()
+    opt = make_optimizer(model, cfg, fsdp=False)
+    x = torch.randint(0, model.cfg.vocab_size, (cfg.micro_batch, cfg.seq_len + 1))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        model(x[:, :-1], targets=x[:, 1:]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    warm = sorted(times[4:])
+    return cfg.micro_batch * cfg.seq_len / warm[len(warm) // 2]
 
 
 def _announce(con, cfg: TrainConfig, model: Transformer, steps: list[int], d: Dist, start) -> None:

@@ -9,13 +9,13 @@ restart per conversation and attention is block-diagonal, so packing changes not
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..io import JsonlError, read_jsonl
 from ..tokenizer import Tokenizer
 from .mixture import TrainDataError
 
@@ -25,20 +25,16 @@ def read_conversations(path: str | Path) -> list[list[dict]]:
     if not path.is_file():
         raise TrainDataError(f"{path}: SFT data file not found")
     convs = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainDataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    try:
+        for n, row in read_jsonl(path, numbered=True):
             msgs = row.get("messages") if isinstance(row, dict) else None
             if not isinstance(msgs, list) or not msgs:
                 raise TrainDataError(f"{path}:{n}: expected an object with a non-empty 'messages' list")
             if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
                 raise TrainDataError(f"{path}:{n}: conversation has no assistant message")
             convs.append(msgs)
+    except JsonlError as e:
+        raise TrainDataError(str(e)) from None
     if not convs:
         raise TrainDataError(f"{path}: no conversations")
     return convs

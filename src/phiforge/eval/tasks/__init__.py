@@ -8,10 +8,11 @@ where it states them, and `setting` says in words what a report prints.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ... import io
 
 
 @dataclass
@@ -60,15 +61,10 @@ def need(path: Path, what: str) -> Path:
 
 def read_jsonl(path: Path, what: str) -> list[dict]:
     need(path, what)
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{what} file {path} line {n}: invalid JSON ({e.msg})") from None
-    return rows
+    try:
+        return list(io.read_jsonl(path))
+    except (OSError, UnicodeDecodeError, io.JsonlError) as e:
+        raise DataError(f"{what} file {e}") from None
 
 
 def field_of(row: dict, key: str, path: Path, n: int):

@@ -14,11 +14,11 @@ Reported: mean score over all graded turns, per turn, per category, and a bar ch
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
+from ... import io
 from . import GenItem, Task, data_path, field_of, read_jsonl
 
 NEED_REF_CATS = ("math", "reasoning", "coding")
@@ -107,13 +107,8 @@ def summarize(per: list[dict]) -> dict:
 
 
 def plot(subtasks: dict[str, dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cats = list(subtasks)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = io.pyplot().subplots(figsize=(8, 3.6))
     ax.bar(
         cats,
         [subtasks[c]["value"] for c in cats],
@@ -124,11 +119,7 @@ def plot(subtasks: dict[str, dict], path: Path, title: str) -> None:
     ax.set_ylabel("score (1-10)")
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    io.save_png(fig, path, dpi=120)
 
 
 def tasks() -> list[Task]:
@@ -144,17 +135,9 @@ def tasks() -> list[Task]:
     ]
 
 
-def answers_rows(items: list[GenItem], answers: list[list[str]], model_id: str) -> list[str]:
+def answers_rows(items: list[GenItem], answers: list[list[str]], model_id: str) -> list[dict]:
     """FastChat's model_answer jsonl rows."""
     return [
-        json.dumps(
-            {
-                "question_id": it.meta["question_id"],
-                "model_id": model_id,
-                "choices": [{"index": 0, "turns": a}],
-            },
-            ensure_ascii=False,
-        )
-        + "\n"
+        {"question_id": it.meta["question_id"], "model_id": model_id, "choices": [{"index": 0, "turns": a}]}
         for it, a in zip(items, answers, strict=True)
     ]

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import typer
 
-ALL = "humaneval,mbpp,gsm8k,mmlu,arc_easy,arc_challenge,hellaswag,truthfulqa_mc1,truthfulqa_mc2,bbh,piqa,winogrande,sanity"
-# also registered, run by name: safety_refusal, xstest, toxicity, mt_bench (judged; see --judge-url)
+from ..eval.tasks import registry
+
+# the task registry is the only task list; 'all' is the benchmark table, while the judged tasks (safety_refusal,
+# xstest, toxicity, mt_bench: long, and graded by a judge, see --judge-url) run when named
+ALL = ",".join(n for n, t in registry().items() if t.kind not in ("judged", "mt_bench"))
 
 
 def _shots(values: list[str] | None) -> dict[str, int]:
@@ -49,7 +52,7 @@ def eval_cmd(
     judge_model: str = typer.Option(None, help="Model name the judge endpoint serves."),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
-    from .eval.harness import markdown, run, settings_table
+    from ..eval.harness import markdown, run, settings_table
 
     names = ALL if tasks == "all" else tasks
     print(settings_table(names))
@@ -75,7 +78,7 @@ def eval_cmd(
 
 def lm_eval_cmd(ctx: typer.Context):
     """lm-evaluation-harness with --model phiforge available; all arguments go to lm_eval."""
-    from .eval.lm_eval_adapter import main
+    from ..eval.lm_eval_adapter import main
 
     main(list(ctx.args))
 

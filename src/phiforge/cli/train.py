@@ -35,8 +35,8 @@ def train_cmd(
     Writes OUT/metrics.jsonl and OUT/ckpt/step_*/ (Hugging Face layout + trainer_state.pt). SIGTERM or
     Ctrl-C saves a checkpoint first; --resume then continues with exactly the same losses.
     """
-    from .train import dry_run as dry
-    from .train import load_recipe, pretrain, print_dry_run
+    from ..train import dry_run as dry
+    from ..train import load_recipe, pretrain, print_dry_run
 
     overrides = list(set_ or [])
     if peak_flops:
@@ -68,7 +68,7 @@ def sft_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
 ):
     """Supervised fine-tuning on chat conversations: Phi-3 template, loss on assistant tokens only, packing."""
-    from .train import from_dict, load_recipe, sft
+    from ..train import from_dict, load_recipe, sft
 
     base = {"lr": 1e-3, "warmup_steps": 5, "eval_every": 0, "save_every": 0}
     overrides = list(set_ or []) + [f"out={out}"]
@@ -87,7 +87,7 @@ def plot_cmd(
     out: Path = typer.Option(None, help="Output folder (default RUN/plots)."),
 ):
     """Loss (train + validation per dataset) and learning-rate curves as PNGs."""
-    from .train.plot import plot_run
+    from ..train.plot import plot_run
 
     for p in plot_run(run, out):
         print(p)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Safety post-training data.", no_args_is_help=True)
+safety_app = typer.Typer(help="Safety post-training data.", no_args_is_help=True)
 
 
-@app.command("pairs")
+@safety_app.command("pairs")
 def pairs_cmd(
     out: Path = typer.Option(
         ..., "--out", help="Folder for pairs.jsonl, pairs.meta.jsonl, split.json, summary.json."
@@ -27,10 +27,14 @@ def pairs_cmd(
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, ..."),
 ):
     """Sample the model on train-split safety prompts, judge refusals offline, write TRL preference rows."""
-    from .data.safety_pairs import build_pairs
-    from .infer.engine import Engine
+    from ..data.safety_pairs import build_pairs
+    from ..infer.engine import Engine
 
     engine = Engine.load(model, device=device)
     summary = build_pairs(data, out, engine, samples, max_new_tokens, temperature, seed)
     print(json.dumps(summary, indent=1))
     print(f"pairs: {out / 'pairs.jsonl'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(safety_app, name="safety")
