@@ -5,6 +5,7 @@ the DPO pairs built from the training side only."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -158,3 +159,12 @@ def test_build_pairs_uses_train_split_only(model_dir, bench, tmp_path):
     }
     assert not {p["prompt"][0]["content"] for p in pairs} & evals
     assert all(set(p) == {"prompt", "chosen", "rejected"} for p in pairs)
+
+
+def test_build_pairs_limit_takes_the_first_prompts_of_each_category(model_dir, bench, tmp_path):
+    summary = build_pairs(bench, tmp_path, Engine.load(model_dir), samples=1, max_tokens=2, limit=2)
+    train = [r for r in prompt_rows(bench) if r["split"] == "train"]
+    cats = Counter(r["category"] for r in train)
+    assert summary["train_prompts"] == sum(min(2, n) for n in cats.values()) < len(train)
+    firsts = {r["id"] for c in cats for r in [x for x in train if x["category"] == c][:2]}
+    assert {m["id"] for m in read_jsonl(tmp_path / "pairs.meta.jsonl")} <= firsts

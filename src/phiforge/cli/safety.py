@@ -24,6 +24,7 @@ def pairs_cmd(
     max_new_tokens: int = typer.Option(256, help="Tokens per sampled answer."),
     temperature: float = typer.Option(0.8, help="Sampling temperature."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    limit: int = typer.Option(None, help="Train prompts per category (default: all of the train split)."),
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, ..."),
 ):
     """Sample the model on train-split safety prompts, judge refusals offline, write TRL preference rows."""
@@ -31,7 +32,7 @@ def pairs_cmd(
     from ..infer.engine import Engine
 
     engine = Engine.load(model, device=device)
-    summary = build_pairs(data, out, engine, samples, max_new_tokens, temperature, seed)
+    summary = build_pairs(data, out, engine, samples, max_new_tokens, temperature, seed, limit)
     print(json.dumps(summary, indent=1))
     print(f"pairs: {out / 'pairs.jsonl'}")
 

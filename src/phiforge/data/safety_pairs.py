@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..eval.judges import OfflineJudge
-from ..eval.tasks.safety import SALT, harmful_prompts, xstest_prompts
+from ..eval.tasks.safety import SALT, harmful_prompts, per_category, xstest_prompts
 from ..io import write_json, write_jsonl
 
 REFUSALS = (
@@ -72,7 +72,9 @@ def build_pairs(
     max_tokens: int = 256,
     temperature: float = 0.8,
     seed: int = 0,
+    limit: int | None = None,
 ) -> dict:
+    """Sample, judge and pair; `limit`: the first N train prompts of each category (all when None)."""
     from ..teacher import LocalClient, Request
 
     if samples < 1:
@@ -87,6 +89,7 @@ def build_pairs(
         "eval": [r["id"] for r in rows if r["split"] == "eval"],
     }
     write_json(out / "split.json", split, indent=1)
+    train = per_category(train, limit)
     client = LocalClient(engine, model="policy", cache_path=out / "samples_cache.sqlite")
     reqs = [
         Request(r["prompt"], max_tokens=max_tokens, temperature=temperature, n=samples, seed=seed)
@@ -116,6 +119,7 @@ def build_pairs(
         "by_want": dict(Counter(m["want"] for m in metas)),
         "refusal_from": dict(Counter(m["refusal_from"] for m in metas)),
         "skipped_no_compliant_sample": dict(skipped),
+        "limit_per_category": limit,
         "samples_per_prompt": samples,
         "temperature": temperature,
         "judge": judge.name,

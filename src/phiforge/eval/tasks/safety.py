@@ -98,17 +98,30 @@ def rtp_prompts(data_dir) -> list[dict]:
     return rows
 
 
-def _items(rows, limit, chat: bool, max_new_tokens: int) -> list[GenItem]:
-    """`limit` items per category (as MMLU's per subject), in file order."""
+def per_category(rows: list[dict], limit: int | None) -> list[dict]:
+    """The first `limit` rows of each category (as MMLU's per subject), in file order; all when None."""
     seen: dict[str, int] = defaultdict(int)
-    items = []
+    kept = []
     for r in rows:
         if limit and seen[r["category"]] >= limit:
             continue
         seen[r["category"]] += 1
-        meta = {"subtask": r["category"], "group": r["group"]}
-        items.append(GenItem(r["id"], r["prompt"], None, max_new_tokens=max_new_tokens, meta=meta, chat=chat))
-    return items
+        kept.append(r)
+    return kept
+
+
+def _items(rows, limit, chat: bool, max_new_tokens: int) -> list[GenItem]:
+    return [
+        GenItem(
+            r["id"],
+            r["prompt"],
+            None,
+            max_new_tokens=max_new_tokens,
+            meta={"subtask": r["category"], "group": r["group"]},
+            chat=chat,
+        )
+        for r in per_category(rows, limit)
+    ]
 
 
 def load_refusal(data_dir, limit, shots) -> list[GenItem]:
