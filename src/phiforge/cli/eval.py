@@ -9,7 +9,9 @@ import typer
 
 from ..eval.tasks import registry
 
-ALL = ",".join(registry())  # the task registry is the only task list
+# the task registry is the only task list; 'all' is the benchmark table, while the judged tasks (safety_refusal,
+# xstest, toxicity, mt_bench: long, and graded by a judge, see --judge-url) run when named
+ALL = ",".join(n for n, t in registry().items() if t.kind not in ("judged", "mt_bench"))
 
 
 def _shots(values: list[str] | None) -> dict[str, int]:
@@ -43,6 +45,11 @@ def eval_cmd(
     timeout: float = typer.Option(10.0, help="Seconds per executed program."),
     seed: int = typer.Option(0, help="Sampling seed."),
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, cuda:1 ..."),
+    judge_url: str = typer.Option(
+        None,
+        help="OpenAI-compatible judge for safety_refusal/xstest/toxicity/mt_bench (default: offline judge).",
+    ),
+    judge_model: str = typer.Option(None, help="Model name the judge endpoint serves."),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
     from ..eval.harness import markdown, run, settings_table
@@ -58,6 +65,8 @@ def eval_cmd(
         timeout=timeout,
         seed=seed,
         device=device,
+        judge_url=judge_url,
+        judge_model=judge_model,
     )
     if workers:
         kw["workers"] = workers
