@@ -7,15 +7,37 @@ with `--set fsdp=true`).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import typer
+
+from .infer import MODEL_HELP
 
 _SET = typer.Option(
     None,
     "--set",
     help="Override a recipe field: key=value, dotted for nesting (phases.0.tokens=2e6). Repeatable.",
 )
+
+
+def hf_dir(spec: str, out: Path) -> str:
+    """Training reads and writes HF-layout directories: a .gguf file or short name is converted once (fp32,
+    dequantized) to OUT/base/<name>, and that directory is the starting point."""
+    from ..infer.load import resolve
+
+    path = resolve(spec)
+    if path.is_dir():
+        return str(path)
+    from ..infer.gguf_import import convert_gguf
+
+    base = Path(out) / "base" / path.stem
+    if not base.is_dir():  # converted beside, renamed when complete: a killed run leaves no half model
+        tmp = base.with_name(base.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        convert_gguf(path, tmp)
+        tmp.rename(base)
+    return str(base)
 
 
 def train_cmd(
@@ -42,6 +64,8 @@ def train_cmd(
     if peak_flops:
         overrides.append(f"peak_flops={peak_flops}")
     cfg = load_recipe(recipe, overrides)
+    if cfg.init_from:
+        cfg.init_from = hf_dir(cfg.init_from, Path(cfg.out))
     if dry_run:
         print_dry_run(dry(cfg, world=world, peak_flops=peak_flops))
         return
@@ -51,9 +75,7 @@ def train_cmd(
 
 
 def sft_cmd(
-    model: Path = typer.Option(
-        ..., "--model", "-m", help="Checkpoint to fine-tune (HF layout, with tokenizer.json)."
-    ),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     data: Path = typer.Option(
         ..., "--data", "-d", help='jsonl, one {"messages": [{role, content}, ...]} per line.'
     ),
@@ -67,7 +89,8 @@ def sft_cmd(
     lr: float = typer.Option(None, help="Peak learning rate (default 1e-3 without a recipe)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
 ):
-    """Supervised fine-tuning on chat conversations: Phi-3 template, loss on assistant tokens only, packing."""
+    """Supervised fine-tuning on chat conversations: the model's own chat template, loss on assistant tokens
+    only, packing."""
     from ..train import from_dict, load_recipe, sft
 
     base = {"lr": 1e-3, "warmup_steps": 5, "eval_every": 0, "save_every": 0}
@@ -77,7 +100,7 @@ def sft_cmd(
     if lr is not None:
         overrides.append(f"lr={lr}")
     cfg = load_recipe(recipe, overrides) if recipe else from_dict(base, overrides)
-    path = sft(model, data, cfg, resume=resume, val_data=val_data)
+    path = sft(hf_dir(model, Path(cfg.out)), data, cfg, resume=resume, val_data=val_data)
     if os.environ.get("RANK", "0") == "0":
         print(path)
 
