@@ -35,7 +35,7 @@ def test_every_model_option_is_a_string_so_short_names_get_through():
             if arg in hints and name not in NOT_A_MODEL_INPUT:
                 takes.add(name)
                 assert hints[arg] is str, (name, arg, hints[arg])  # a Path would reject a short name
-    assert {"generate", "chat", "serve", "eval", "quantize", "sft", "info", "data annotate", "data run",
+    assert {"generate", "chat", "serve", "eval", "quantize", "sft", "dpo", "info", "data annotate", "data run",
             "speedrun"} <= takes  # fmt: skip
 
 
