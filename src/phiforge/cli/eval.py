@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..eval.tasks import registry
+from .infer import MODEL_HELP
 
 # the task registry is the only task list; 'all' is the benchmark table, while the judged tasks (safety_refusal,
 # xstest, toxicity, mt_bench: long, and graded by a judge, see --judge-url) run when named
@@ -25,7 +26,7 @@ def _shots(values: list[str] | None) -> dict[str, int]:
 
 
 def eval_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory (HF layout + tokenizer.json)."),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     tasks: str = typer.Option("sanity", help=f"Comma-separated tasks, or 'all' ({ALL})."),
     data: Path = typer.Option(
         None, "--data", help="Benchmarks folder (humaneval/, gsm8k/, mmlu/, ... as in shared/benchmarks)."

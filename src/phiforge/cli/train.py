@@ -7,9 +7,12 @@ with `--set fsdp=true`).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import typer
+
+from .infer import MODEL_HELP
 
 _SET = typer.Option(
     None,
@@ -22,7 +25,7 @@ _RESUME = typer.Option(False, "--resume", help="Continue from the latest checkpo
 def _fine_tune_inputs(model_help: str, data_help: str, run: str) -> tuple:
     """The --model, --data and --out options `sft` and `dpo` share (defaults for their signatures)."""
     return (
-        typer.Option(..., "--model", "-m", help=f"{model_help} (HF layout, with tokenizer.json)."),
+        typer.Option(..., "--model", "-m", help=f"{model_help}: {MODEL_HELP}"),
         typer.Option(..., "--data", "-d", help=data_help),
         typer.Option(Path(f"runs/{run}"), help="Run directory (metrics.jsonl, ckpt/)."),
     )
@@ -34,6 +37,25 @@ _SFT_MODEL, _SFT_DATA, _SFT_OUT = _fine_tune_inputs(
 _DPO_MODEL, _DPO_DATA, _DPO_OUT = _fine_tune_inputs(
     "Starting checkpoint", 'jsonl of {"prompt", "chosen", "rejected"}: text, or lists of messages.', "dpo"
 )
+
+
+def hf_dir(spec: str, out: Path) -> str:
+    """Training reads and writes HF-layout directories: a .gguf file or short name is converted once (fp32,
+    dequantized) to OUT/base/<name>, and that directory is the starting point."""
+    from ..infer.load import resolve
+
+    path = resolve(spec)
+    if path.is_dir():
+        return str(path)
+    from ..infer.gguf_import import convert_gguf
+
+    base = Path(out) / "base" / path.stem
+    if not base.is_dir():  # converted beside, renamed when complete: a killed run leaves no half model
+        tmp = base.with_name(base.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        convert_gguf(path, tmp)
+        tmp.rename(base)
+    return str(base)
 
 
 def train_cmd(
@@ -60,6 +82,8 @@ def train_cmd(
     if peak_flops:
         overrides.append(f"peak_flops={peak_flops}")
     cfg = load_recipe(recipe, overrides)
+    if cfg.init_from:
+        cfg.init_from = hf_dir(cfg.init_from, Path(cfg.out))
     if dry_run:
         print_dry_run(dry(cfg, world=world, peak_flops=peak_flops))
         return
@@ -69,7 +93,7 @@ def train_cmd(
 
 
 def sft_cmd(
-    model: Path = _SFT_MODEL,
+    model: str = _SFT_MODEL,
     data: Path = _SFT_DATA,
     out: Path = _SFT_OUT,
     val_data: Path = typer.Option(None, help="Validation conversations (same format)."),
@@ -81,7 +105,8 @@ def sft_cmd(
     lr: float = typer.Option(None, help="Peak learning rate (default 1e-3 without a recipe)."),
     resume: bool = _RESUME,
 ):
-    """Supervised fine-tuning on chat conversations: Phi-3 template, loss on assistant tokens only, packing."""
+    """Supervised fine-tuning on chat conversations: the model's own chat template, loss on assistant tokens
+    only, packing."""
     from ..train import from_dict, load_recipe, sft
 
     base = {"lr": 1e-3, "warmup_steps": 5, "eval_every": 0, "save_every": 0}
@@ -91,13 +116,13 @@ def sft_cmd(
     if lr is not None:
         overrides.append(f"lr={lr}")
     cfg = load_recipe(recipe, overrides) if recipe else from_dict(base, overrides)
-    path = sft(model, data, cfg, resume=resume, val_data=val_data)
+    path = sft(hf_dir(model, Path(cfg.out)), data, cfg, resume=resume, val_data=val_data)
     if os.environ.get("RANK", "0") == "0":
         print(path)
 
 
 def dpo_cmd(
-    model: Path = _DPO_MODEL,
+    model: str = _DPO_MODEL,
     data: Path = _DPO_DATA,
     out: Path = _DPO_OUT,
     loss_type: str = typer.Option("sigmoid", help="sigmoid (DPO) or ipo."),
@@ -123,7 +148,7 @@ def dpo_cmd(
     base = {"lr": 1e-6, "warmup_steps": 0, "min_lr_ratio": 0.0, "eval_every": 0, "save_every": 0}
     if recipe:
         base = read_recipe(recipe)
-    base = dict(base, out=str(out), init_from=str(model), name=base.get("name", "dpo"))
+    base = dict(base, out=str(out), init_from=hf_dir(model, out), name=base.get("name", "dpo"))
     base["phases"] = [
         {"name": "dpo", "kind": "dpo", "data": str(data), "loss_type": loss_type, "beta": beta,
          "sft_weight": sft_weight, "epochs": epochs}
