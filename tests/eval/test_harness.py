@@ -152,6 +152,9 @@ def test_cli_eval(model_dir, data, tmp_path):
     )
     assert p.returncode == 0, p.stderr
     assert "piqa" in p.stdout and "| piqa | 1 | 2 | acc |" in p.stdout
+    assert (
+        "piqa             1-shot" in p.stdout and "(default 5-shot;" in p.stdout
+    )  # the banner shows --shots
     assert (tmp_path / "eval" / "results.json").is_file()
     p = _cli("eval", "-m", str(model_dir), "--tasks", "gsm8k", "--data", str(tmp_path / "nothing"))
     assert p.returncode == 1 and p.stderr.startswith("error: GSM8K file not found:"), p.stderr

@@ -48,9 +48,10 @@ def eval_cmd(
     from ..eval.harness import markdown, run, settings_table
 
     names = ALL if tasks == "all" else tasks
-    print(settings_table(names))
+    shots = _shots(shots)
+    print(settings_table(names, shots))
     kw = dict(
-        shots=_shots(shots),
+        shots=shots,
         n_samples=n_samples,
         temperature=temperature,
         max_new_tokens=max_new_tokens,

@@ -270,6 +270,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def settings_table(tasks) -> str:
-    """The settings each task runs with (for --help / the CLI's banner)."""
-    return "\n".join(f"{t.name:15s} {t.shots:2d}-shot  {t.setting}" for t in resolve_tasks(tasks))
+def settings_table(tasks, shots: dict[str, int] | None = None) -> str:
+    """The settings each task runs with (for --help / the CLI's banner); `shots` overrides as in run()."""
+    lines = []
+    for t in resolve_tasks(tasks):
+        n = (shots or {}).get(t.name, t.shots)
+        note = "" if n == t.shots else f" (default {t.shots}-shot; the setting below describes the default)"
+        lines.append(f"{t.name:15s} {n:2d}-shot  {t.setting}{note}")
+    return "\n".join(lines)
