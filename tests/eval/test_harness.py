@@ -123,6 +123,8 @@ def test_bad_settings(model_dir):
         ev.run(model_dir, ["nope"])
     with pytest.raises(ValueError, match="n_samples > 1 needs temperature"):
         ev.run(model_dir, ["sanity"], n_samples=3)
+    with pytest.raises(ValueError, match="dtype 'float33' is not a torch dtype"):
+        ev.run(model_dir, ["sanity"], dtype="float33")
     # data is checked for every task before the model runs any
     with pytest.raises(ValueError, match="GSM8K file not found"):
         ev.run(model_dir, ["sanity", "gsm8k"], data_dir=model_dir, engine=object())

@@ -43,6 +43,10 @@ def eval_cmd(
     timeout: float = typer.Option(10.0, help="Seconds per executed program."),
     seed: int = typer.Option(0, help="Sampling seed."),
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, cuda:1 ..."),
+    dtype: str = typer.Option(
+        None,
+        help="float32: dequantize a GGUF's int4/int8 weights (faster scoring on CPU). Default: as stored.",
+    ),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
     from ..eval.harness import markdown, run, settings_table
@@ -59,6 +63,7 @@ def eval_cmd(
         timeout=timeout,
         seed=seed,
         device=device,
+        dtype=dtype,
     )
     if workers:
         kw["workers"] = workers

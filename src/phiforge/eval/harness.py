@@ -18,6 +18,8 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..infer import score
 from ..infer.engine import Engine
 from ..infer.sampling import SamplingParams
@@ -44,6 +46,9 @@ class EvalSettings:
     workers: int = max(1, os.cpu_count() or 1)  # parallel sandboxes
     timeout: float = 10.0  # seconds per program
     device: str = "cpu"  # where the model runs ("cuda" on a GPU box)
+    # "float32" dequantizes a GGUF's Q4/Q8 weights: scoring runs many short forwards, and the int4 path
+    # dequantizes every weight on each one (0-shot ARC, 150 items: int4 unfinished after 10 CPU-minutes)
+    dtype: str | None = None
 
 
 def resolve_tasks(names) -> list[Task]:
@@ -203,7 +208,10 @@ def run(
         report["tasks"][task.name] = None  # keeps the requested order
         plan.append((task, shots, key, items))
     if plan:
-        engine = engine or Engine.load(model_dir, device=s.device)
+        if s.dtype is not None and not isinstance(getattr(torch, s.dtype, None), torch.dtype):
+            raise ValueError(f"dtype {s.dtype!r} is not a torch dtype (float32, bfloat16, ...)")
+        dtype = getattr(torch, s.dtype) if s.dtype else None
+        engine = engine or Engine.load(model_dir, device=s.device, dtype=dtype)
     with progress_bar() if show_progress and plan else nullcontext() as prog:
         for task, shots, key, items in plan:
             t0 = time.perf_counter()
