@@ -123,6 +123,8 @@ def test_bad_settings(model_dir):
         ev.run(model_dir, ["nope"])
     with pytest.raises(ValueError, match="n_samples > 1 needs temperature"):
         ev.run(model_dir, ["sanity"], n_samples=3)
+    with pytest.raises(ValueError, match="dtype 'float33' is not a torch dtype"):
+        ev.run(model_dir, ["sanity"], dtype="float33")
     # data is checked for every task before the model runs any
     with pytest.raises(ValueError, match="GSM8K file not found"):
         ev.run(model_dir, ["sanity", "gsm8k"], data_dir=model_dir, engine=object())
@@ -152,6 +154,9 @@ def test_cli_eval(model_dir, data, tmp_path):
     )
     assert p.returncode == 0, p.stderr
     assert "piqa" in p.stdout and "| piqa | 1 | 2 | acc |" in p.stdout
+    assert (
+        "piqa             1-shot" in p.stdout and "(default 5-shot;" in p.stdout
+    )  # the banner shows --shots
     assert (tmp_path / "eval" / "results.json").is_file()
     p = _cli("eval", "-m", str(model_dir), "--tasks", "gsm8k", "--data", str(tmp_path / "nothing"))
     assert p.returncode == 1 and p.stderr.startswith("error: GSM8K file not found:"), p.stderr

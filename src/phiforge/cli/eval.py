@@ -51,14 +51,19 @@ def eval_cmd(
         help="OpenAI-compatible judge for safety_refusal/xstest/toxicity/mt_bench (default: offline judge).",
     ),
     judge_model: str = typer.Option(None, help="Model name the judge endpoint serves."),
+    dtype: str = typer.Option(
+        None,
+        help="float32: dequantize a GGUF's int4/int8 weights (faster scoring on CPU). Default: as stored.",
+    ),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
     from ..eval.harness import markdown, run, settings_table
 
     names = ALL if tasks == "all" else tasks
-    print(settings_table(names))
+    shots = _shots(shots)
+    print(settings_table(names, shots))
     kw = dict(
-        shots=_shots(shots),
+        shots=shots,
         n_samples=n_samples,
         temperature=temperature,
         max_new_tokens=max_new_tokens,
@@ -68,6 +73,7 @@ def eval_cmd(
         device=device,
         judge_url=judge_url,
         judge_model=judge_model,
+        dtype=dtype,
     )
     if workers:
         kw["workers"] = workers

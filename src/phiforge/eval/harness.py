@@ -18,6 +18,8 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..infer import score
 from ..infer.engine import Engine
 from ..infer.sampling import SamplingParams
@@ -46,6 +48,9 @@ class EvalSettings:
     device: str = "cpu"  # where the model runs ("cuda" on a GPU box)
     judge_url: str | None = None  # OpenAI-compatible judge (safety tasks, mt_bench); None: the offline judge
     judge_model: str | None = None
+    # "float32" dequantizes a GGUF's Q4/Q8 weights: scoring runs many short forwards, and the int4 path
+    # dequantizes every weight on each one (0-shot ARC, 150 items: int4 unfinished after 10 CPU-minutes)
+    dtype: str | None = None
 
 
 def resolve_tasks(names) -> list[Task]:
@@ -296,7 +301,10 @@ def run(
         report["tasks"][task.name] = None  # keeps the requested order
         plan.append((task, shots, key, items))
     if plan:
-        engine = engine or Engine.load(model_dir, device=s.device)
+        if s.dtype is not None and not isinstance(getattr(torch, s.dtype, None), torch.dtype):
+            raise ValueError(f"dtype {s.dtype!r} is not a torch dtype (float32, bfloat16, ...)")
+        dtype = getattr(torch, s.dtype) if s.dtype else None
+        engine = engine or Engine.load(model_dir, device=s.device, dtype=dtype)
     client = _judge_client(s, root) if any(p[0].kind in ("judged", "mt_bench") for p in plan) else None
     judge = None
     if any(p[0].kind == "judged" for p in plan):
@@ -388,6 +396,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def settings_table(tasks) -> str:
-    """The settings each task runs with (for --help / the CLI's banner)."""
-    return "\n".join(f"{t.name:15s} {t.shots:2d}-shot  {t.setting}" for t in resolve_tasks(tasks))
+def settings_table(tasks, shots: dict[str, int] | None = None) -> str:
+    """The settings each task runs with (for --help / the CLI's banner); `shots` overrides as in run()."""
+    lines = []
+    for t in resolve_tasks(tasks):
+        n = (shots or {}).get(t.name, t.shots)
+        note = "" if n == t.shots else f" (default {t.shots}-shot; the setting below describes the default)"
+        lines.append(f"{t.name:15s} {n:2d}-shot  {t.setting}{note}")
+    return "\n".join(lines)
