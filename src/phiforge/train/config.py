@@ -34,9 +34,9 @@ class Dataset:
 @dataclass
 class Phase:
     name: str = "phase"
-    kind: str = "pretrain"  # "pretrain": a token mixture | "dpo": preference pairs (train/dpo.py)
     tokens: int = 1_000_000  # pretrain: training tokens in this phase
     datasets: list[Dataset] = field(default_factory=list)
+    kind: str = "pretrain"  # "pretrain": a token mixture | "dpo": preference pairs (train/dpo.py)
     # dpo: jsonl of {"prompt", "chosen", "rejected"}; the run's starting model is the reference
     data: str | None = None
     beta: float = 0.1
