@@ -41,6 +41,9 @@ def eval_cmd(
     timeout: float = typer.Option(10.0, help="Seconds per executed program."),
     seed: int = typer.Option(0, help="Sampling seed."),
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, cuda:1 ..."),
+    rag_index: Path = typer.Option(
+        None, help="rag_qa_retrieval: the index to retrieve from (phiforge rag index)."
+    ),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
     from .eval.harness import markdown, run, settings_table
@@ -56,6 +59,7 @@ def eval_cmd(
         timeout=timeout,
         seed=seed,
         device=device,
+        rag_index=str(rag_index) if rag_index else None,
     )
     if workers:
         kw["workers"] = workers

@@ -43,6 +43,7 @@ class EvalSettings:
     workers: int = max(1, os.cpu_count() or 1)  # parallel sandboxes
     timeout: float = 10.0  # seconds per program
     device: str = "cpu"  # where the model runs ("cuda" on a GPU box)
+    rag_index: str | None = None  # rag_qa_retrieval: the index (phiforge rag index) to retrieve from
 
 
 def resolve_tasks(names) -> list[Task]:
@@ -249,6 +250,8 @@ def run(
             )
             bar = prog.add_task(f"{task.name} ({shots}-shot)", total=total) if prog else None
             adv = (lambda k, bar=bar: prog.advance(bar, k)) if prog else None
+            if task.prepare:
+                items = task.prepare(engine, items, s)
             runner = {"mc": run_mc, "mc2": run_mc, "gen": run_gen, "code": run_code}[task.kind]
             res, per = runner(engine, task, items, s, adv)
             result = {

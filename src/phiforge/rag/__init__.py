@@ -4,4 +4,14 @@
 from .answer import Answer, answer
 from .index import DEFAULT_EMBEDDER, Embedder, Hit, Index, RagError, read_documents, rrf
 
-__all__ = ["DEFAULT_EMBEDDER", "Answer", "Embedder", "Hit", "Index", "RagError", "answer", "read_documents", "rrf"]
+__all__ = [
+    "DEFAULT_EMBEDDER",
+    "Answer",
+    "Embedder",
+    "Hit",
+    "Index",
+    "RagError",
+    "answer",
+    "read_documents",
+    "rrf",
+]

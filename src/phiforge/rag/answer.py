@@ -49,7 +49,9 @@ def fit(tok, question: str, hits: list[Hit], budget: int) -> tuple[list[dict], l
     used = []
     n = len(tok.apply_chat_template(messages_for(question, []), add_generation_prompt=True))
     if n > budget:
-        raise RagError(f"the question alone takes {n} prompt tokens; the context leaves {budget} for the prompt")
+        raise RagError(
+            f"the question alone takes {n} prompt tokens; the context leaves {budget} for the prompt"
+        )
     for h in hits:
         m = len(tok.apply_chat_template(messages_for(question, [*used, h]), add_generation_prompt=True))
         if m <= budget:
@@ -59,20 +61,24 @@ def fit(tok, question: str, hits: list[Hit], budget: int) -> tuple[list[dict], l
 
 
 def build_prompt(
-    engine, index: Index | None, question: str, k: int = 8, max_new_tokens: int = 256, budget: int | None = None
+    engine,
+    index: Index | None,
+    question: str,
+    k: int = 8,
+    max_new_tokens: int = 256,
+    budget: int | None = None,
+    query: str | None = None,
 ) -> tuple[str, list[Hit], int]:
     """(rendered chat prompt, sources used, prompt tokens); index None = closed book. The budget defaults to
-    the model's context less the answer's tokens."""
+    the model's context less the answer's tokens; `query` (default: the question) is what is searched for."""
     ctx = engine.cfg.max_position_embeddings
     budget = min(budget or ctx, ctx) - max_new_tokens
-    hits = index.search(question, k=k) if index is not None else []
+    hits = index.search(query or question, k=k) if index is not None else []
     messages, used, n = fit(engine.tok, question, hits, budget)
     return engine.tok.render_chat(messages, add_generation_prompt=True), used, n
 
 
-def answer(
-    engine, index: Index, question: str, k: int = 8, params=None, budget: int | None = None
-) -> Answer:
+def answer(engine, index: Index, question: str, k: int = 8, params=None, budget: int | None = None) -> Answer:
     """Retrieve the top-k chunks for `question`, fit the best into the context, generate, return text + sources."""
     from ..infer.sampling import SamplingParams
 

@@ -74,7 +74,9 @@ class Embedder:
         return self.tokenizer.encode(text, add_special_tokens=False).offsets
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        v = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+        v = self.model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+        )
         return np.asarray(v, dtype=np.float32)
 
 
@@ -106,25 +108,68 @@ class Hit:
 
 
 # ---- documents -------------------------------------------------------------------------------------
-def read_documents(source: str, max_bytes: int | None = 2_000_000) -> tuple[Iterator, dict]:
+# standard-library parts that are tests, demos, GUIs, installers or codec tables: no documentation a user asks about
+NOT_DOCS = {
+    "test",
+    "tests",
+    "idlelib",
+    "turtledemo",
+    "lib2to3",
+    "ensurepip",
+    "tkinter",
+    "pydoc_data",
+    "config",
+    "encodings",
+}
+
+
+def stdlib_files(max_bytes: int | None = 800_000) -> list[tuple[str, Path, Path]]:
+    """(origin, root, path) of public standard-library modules (no tests, no private modules), in the
+    hash order of `list_python_files` (a mixture of packages), up to max_bytes: the rag_qa corpus."""
+    from ..data.sources import list_python_files
+
+    out, total = [], 0
+    for origin, root, path in list_python_files(None, ("stdlib",)):
+        parts = path.relative_to(root).with_suffix("").parts
+        if any(
+            p in NOT_DOCS or p.startswith("test") or (p.startswith("_") and p != "__init__") for p in parts
+        ):
+            continue
+        size = path.stat().st_size
+        if max_bytes is not None and total + size > max_bytes:
+            continue
+        out.append((origin, root, path))
+        total += size
+    return out
+
+
+def read_documents(source: str, max_bytes: int | None = 800_000) -> tuple[Iterator, dict]:
     """(documents, skipped) for a source spec: what phiforge's data stage reads (jsonl, parquet, a text
-    folder, "local-python"), plus "python-stdlib" (the standard library only: what the rag_qa set asks about).
+    folder, "local-python"), plus "python-stdlib" (public standard-library modules: the rag_qa corpus).
     `skipped` fills in as the documents are consumed: binary / undecodable / unreadable files by reason."""
-    from ..data.sources import LocalPythonReader, make_reader
+    from ..data.sources import documents_from_file, make_reader, read_source
 
-    if source == "python-stdlib":
-        reader = LocalPythonReader(max_bytes=max_bytes, origins=("stdlib",))
-    else:
-        reader = make_reader(source, max_bytes=max_bytes)
     skipped: dict[str, int] = {}
+    if source == "python-stdlib":
 
-    def docs():
+        def docs():
+            for origin, root, path in stdlib_files(max_bytes):
+                text, status = read_source(path)
+                if text is None:
+                    skipped[status] = skipped.get(status, 0) + 1
+                    continue
+                yield from documents_from_file(origin, root, path, text)
+
+        return docs(), skipped
+    reader = make_reader(source, max_bytes=max_bytes)
+
+    def read():
         yield from reader.run()
         for k, v in reader.stats.stats.items():
             if k.startswith("skipped_"):
                 skipped[k[len("skipped_") :]] = int(v.total)
 
-    return docs(), skipped
+    return read(), skipped
 
 
 # ---- the index -------------------------------------------------------------------------------------
@@ -163,7 +208,8 @@ class Index:
         path = Path(path)
         if (path / "meta.json").is_file():
             raise RagError(f"{path}: an index already exists there (open it to extend it)")
-        chunk_spans([(0, 1)], chunk_tokens, overlap)  # validates the pair before anything is written
+        chunk_spans([(0, 1)], chunk_tokens, overlap)  # validate before anything is written
+        _embedder_path(embedder)
         path.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": FORMAT,
@@ -222,14 +268,18 @@ class Index:
             for i, (a, b) in enumerate(spans)
         ]
 
-    def add(self, docs: Iterable, source: str = "", skipped: dict | None = None, progress: bool = True) -> dict:
+    def add(
+        self, docs: Iterable, source: str = "", skipped: dict | None = None, progress: bool = True
+    ) -> dict:
         """Chunk and embed documents (datatrove Documents or {id, text, metadata} dicts) whose id the index
         does not hold yet; write them as one new shard. Returns {documents, chunks, already}."""
         seen = {c["doc_id"] for c in self.chunks}
         new, n_docs, already = [], 0, 0
         for d in docs:
             doc_id, text, md = (
-                (d["id"], d["text"], d.get("metadata") or {}) if isinstance(d, dict) else (d.id, d.text, d.metadata)
+                (d["id"], d["text"], d.get("metadata") or {})
+                if isinstance(d, dict)
+                else (d.id, d.text, d.metadata)
             )
             doc_id = str(doc_id)
             if doc_id in seen:
@@ -317,7 +367,10 @@ class Index:
             ranked = rrf([self.bm25(query, n), self.dense(query, n)])[:k]
         else:
             raise ValueError(f"search mode must be bm25, dense or fused, got {mode!r}")
-        return [Hit(r, s, self.chunks[r]["doc_id"], self.chunks[r]["title"], self.chunks[r]["text"]) for r, s in ranked]
+        return [
+            Hit(r, s, self.chunks[r]["doc_id"], self.chunks[r]["title"], self.chunks[r]["text"])
+            for r, s in ranked
+        ]
 
 
 def rrf(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:

@@ -43,6 +43,8 @@ class Task:
     # gen: check(item, text) -> dict with at least {"correct": bool}; code: program(item, text) -> str
     check: Callable | None = None
     program: Callable | None = None
+    # prepare(engine, items, settings) -> items, once the model is loaded (chat template, retrieval: rag_qa)
+    prepare: Callable | None = None
 
 
 class DataError(ValueError):
@@ -87,10 +89,10 @@ def other_shots(items: list, i: int, k: int) -> list:
 
 
 def registry() -> dict[str, Task]:
-    from . import bbh, code, gsm8k, mc, sanity
+    from . import bbh, code, gsm8k, mc, rag_qa, sanity
 
     tasks: dict[str, Task] = {}
-    for mod in (code, gsm8k, mc, bbh, sanity):
+    for mod in (code, gsm8k, mc, bbh, sanity, rag_qa):
         for t in mod.tasks():
             tasks[t.name] = t
     return tasks
