@@ -246,3 +246,11 @@ def test_stream_decoder_sentencepiece_style():
     pieces, tail = _stream(t, ids)
     assert "".join(pieces) + tail == s and tail == ""
     assert not any("\ufffd" in p for p in pieces)
+
+
+def test_foreign_template_renders_with_jinja_and_is_saved(tmp_path):
+    tok = train_bpe(["hello world"] * 10, 300)
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+    tok.save(tmp_path)
+    back = Tokenizer.from_file(tmp_path)
+    assert back.render_chat([{"role": "user", "content": "hi"}]) == "[user]hi"

@@ -1,12 +1,14 @@
-"""Tokenizer: a thin wrapper over Hugging Face `tokenizers` plus the Phi-3 chat format.
+"""Tokenizer: a thin wrapper over Hugging Face `tokenizers` plus chat templates.
 
 The BPE itself is `tokenizers` (Rust); this file only adds what the rest of phiforge needs:
-Phi-3 special ids, the chat template rendered in plain Python (byte-identical to the Jinja one
-transformers runs), a save() that AutoTokenizer can load, and a streaming detokenizer.
+Phi-3 special ids, the chat template (Phi-3's rendered in plain Python, byte-identical to the Jinja one;
+any other template rendered with Jinja exactly as transformers' `apply_chat_template` does), a save()
+that AutoTokenizer can load, a streaming detokenizer, and tokenizers rebuilt from a GGUF vocabulary.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import tokenizers
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 
 # Order matters for train_bpe: trainer special tokens take ids 0.. in this order.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
@@ -68,7 +70,7 @@ class Tokenizer:
         model_max_length: int | None = None,
     ):
         self.tok = tok
-        self.chat_template = chat_template  # metadata only; rendering is always the Phi-3 format
+        self.chat_template = chat_template  # None or Phi-3's: rendered in Python; any other: Jinja
         self.bos_token, self.eos_token, self.unk_token = bos_token, eos_token, unk_token
         self.pad_token = pad_token or eos_token  # Phi-3 pads with <|endoftext|>
         self.model_max_length = model_max_length
@@ -147,6 +149,8 @@ class Tokenizer:
     def render_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> str:
         if not messages:
             raise ValueError("cannot render an empty conversation")
+        if self.chat_template not in (None, PHI3_CHAT_TEMPLATE):
+            return self._render_jinja(messages, add_generation_prompt)
         out = []
         for m in messages:
             role, content = m.get("role"), m.get("content")
@@ -159,6 +163,19 @@ class Tokenizer:
             out.append(f"<|{role}|>\n{content}<|end|>\n")
         out.append("<|assistant|>\n" if add_generation_prompt else (self.eos_token or ""))
         return "".join(out)
+
+    def _render_jinja(self, messages, add_generation_prompt: bool) -> str:
+        special = {
+            k: getattr(self, k)
+            for k in ("bos_token", "eos_token", "unk_token", "pad_token")
+            if getattr(self, k)
+        }
+        try:
+            return _compile(self.chat_template).render(
+                messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt, **special
+            )
+        except Exception as e:  # jinja2 TemplateError, or raise_exception() called by the template
+            raise ValueError(f"chat template: {type(e).__name__}: {e}") from None
 
     def apply_chat_template(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
@@ -179,9 +196,35 @@ class Tokenizer:
                 cfg[k] = s
         if self.model_max_length is not None:
             cfg["model_max_length"] = self.model_max_length
-        cfg["chat_template"] = PHI3_CHAT_TEMPLATE
+        cfg["chat_template"] = self.chat_template or PHI3_CHAT_TEMPLATE
         _atomic_write(d / "tokenizer.json", self.tok.to_str(pretty=True))
         _atomic_write(d / "tokenizer_config.json", json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(template: str):
+    """The Jinja environment transformers renders chat templates in (utils/chat_template_utils.py):
+    sandboxed, trim_blocks + lstrip_blocks, loop controls, a tojson that keeps non-ASCII, raise_exception."""
+    from datetime import datetime
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
 
 
 class StreamDecoder:
@@ -244,3 +287,129 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike 
     if out_dir is not None:
         t.save(out_dir)
     return t
+
+
+# ---- tokenizers from a GGUF vocabulary (infer/gguf_import.py reads the metadata) ----
+
+CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types (gguf.TokenType)
+
+# tokenizer.ggml.pre -> split regex, as transformers' GGUF converter (integrations/gguf) maps them; any
+# other value ("gpt-2", "smollm", ...) gets GPT-2's regex from ByteLevel itself, as transformers does.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_SPLITS = {
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"), _LLAMA3_SPLIT),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2_SPLIT),
+}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (the byte-level BPE alphabet)."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def _spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """Merges implied by a SentencePiece vocabulary: each token split into two known pieces, best score
+    first (transformers' `generate_merges`, which its GGUF converter uses)."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for tok, score in zip(tokens, scores, strict=True):
+        local = [
+            (tok[:i], tok[i:], score) for i in range(1, len(tok)) if tok[:i] in vocab and tok[i:] in vocab
+        ]
+        merges += sorted(local, key=lambda x: (vocab[x[0]], vocab[x[1]]))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(a, b) for a, b, _ in merges]
+
+
+def tokenizer_from_vocab(
+    kind: str,
+    tokens: list[str],
+    *,
+    types: list[int] | None = None,
+    merges: list[str] | None = None,
+    scores: list[float] | None = None,
+    pre: str | None = None,
+    add_bos: bool = False,
+    bos_id: int | None = None,
+    unk_id: int | None = None,
+) -> tokenizers.Tokenizer:
+    """A `tokenizers.Tokenizer` from a llama.cpp vocabulary: kind "gpt2" (byte-level BPE with merges) or
+    "llama" (SentencePiece BPE: scores, byte fallback, "▁" for spaces). Built like transformers' GGUF
+    converter so the ids agree: control tokens are special added tokens, user-defined ones plain added."""
+    types = list(types or [])
+    if kind == "gpt2":
+        spelling = _bytes_to_unicode()
+        alphabet = set(spelling.values())
+        vocab = {
+            t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
+            for i, t in enumerate(tokens)
+        }
+        if merges is None:
+            raise ValueError("a gpt2 vocabulary needs tokenizer.ggml.merges")
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        tok = tokenizers.Tokenizer(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
+        split = PRE_SPLITS.get(pre)
+        if split is None:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        else:
+            tok.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
+        tok.decoder = decoders.ByteLevel()
+        control_ok = alphabet  # a control token outside the byte alphabet is a llama.cpp mislabel
+    elif kind == "llama":
+        if scores is None:
+            raise ValueError("a llama (SentencePiece) vocabulary needs tokenizer.ggml.scores")
+        vocab = {t: i for i, t in enumerate(tokens)}
+        pairs = [tuple(m.split(" ", 1)) for m in merges] if merges else _spm_merges(tokens, scores)
+        unk = tokens[unk_id] if unk_id is not None else None
+        tok = tokenizers.Tokenizer(models.BPE(vocab, pairs, unk_token=unk, fuse_unk=True, byte_fallback=True))
+        tok.normalizer = None
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+        control_ok = None
+    else:
+        raise ValueError(f"tokenizer model {kind!r} is not supported (expected 'gpt2' or 'llama')")
+    specials = [
+        AddedToken(t, special=True, normalized=False)
+        for t, ty in zip(tokens, types, strict=False)
+        if ty == CONTROL and (control_ok is None or set(t) <= control_ok)
+    ]
+    tok.add_special_tokens(specials)
+    tok.add_tokens(
+        [
+            AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(tokens, types, strict=False)
+            if ty == USER_DEFINED
+        ]
+    )
+    if add_bos and bos_id is not None:
+        bos = tokens[bos_id]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+        )
+    return tok
