@@ -212,7 +212,7 @@ def prepare_retrieval(engine, items: list[GenItem], settings) -> list[GenItem]:
 
 
 def tasks() -> list[Task]:
-    what = f"{N_ITEMS} questions on the local stdlib (module / default value / function from its docstring), seed {SEED}"
+    what = f"up to {N_ITEMS} questions on the local stdlib (module / default value / function from its docstring), seed {SEED}"
     return [
         Task(
             "rag_qa",
