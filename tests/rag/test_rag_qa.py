@@ -78,3 +78,15 @@ def test_registered_variants():
     reg = registry()
     assert reg["rag_qa"].prepare is rag_qa.prepare_closed
     assert reg["rag_qa_retrieval"].prepare is rag_qa.prepare_retrieval
+
+
+def test_harness_runs_closed_book_and_needs_an_index_for_retrieval(engine):
+    from phiforge.eval.harness import run
+    from phiforge.rag import RagError
+
+    report = run("tiny", ["rag_qa"], limit=3, engine=engine, show_progress=False, max_new_tokens=4)
+    res = report["tasks"]["rag_qa"]
+    assert res["n"] == 3 and 0.0 <= res["metrics"]["exact_match"]["value"] <= 1.0
+    assert [s["kind"] for s in res["samples"]] == ["module", "default", "function"]
+    with pytest.raises(RagError, match="rag_qa_retrieval needs an index: --rag-index IDX"):
+        run("tiny", ["rag_qa_retrieval"], limit=1, engine=engine, show_progress=False)
