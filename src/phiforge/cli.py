@@ -24,10 +24,9 @@ def _add_subapps() -> None:
     # each stage's commands live in their own module; the main job first in --help
     from . import cli_data, cli_deploy, cli_eval, cli_rag, cli_serve, cli_speedrun, cli_train
 
-    for mod in (cli_speedrun, cli_train, cli_eval, cli_deploy, cli_serve):
+    for mod in (cli_speedrun, cli_train, cli_eval, cli_deploy, cli_serve, cli_rag):
         mod.register(app)
     app.add_typer(cli_data.app, name="data")
-    app.add_typer(cli_rag.app, name="rag")
 
 
 @app.callback()

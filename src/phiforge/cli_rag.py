@@ -7,12 +7,12 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(
+rag_app = typer.Typer(
     help="Retrieval: index documents, answer questions citing them, measure recall.", no_args_is_help=True
 )
 
 
-@app.command("index")
+@rag_app.command("index")
 def index_cmd(
     source: str = typer.Option(..., help="jsonl / parquet file or folder, a text folder, 'local-python', or 'python-stdlib' (the rag_qa corpus)."),
     out: Path = typer.Option(..., help="Index directory: created, or extended when it exists (only new documents are embedded)."),
@@ -34,7 +34,7 @@ def index_cmd(
     )
 
 
-@app.command("ask")
+@rag_app.command("ask")
 def ask_cmd(
     question: str = typer.Argument(..., help="The question."),
     model: Path = typer.Option(..., "--model", "-m", help="Model directory (HF layout + tokenizer.json)."),
@@ -67,7 +67,7 @@ def ask_cmd(
         print(f"[{s['n']}] {s['title']}" + ("  (cited)" if s["n"] in ans.cited else ""))
 
 
-@app.command("recall")
+@rag_app.command("recall")
 def recall_cmd(
     index: Path = typer.Option(..., "--index", help="An index built with --source python-stdlib."),
     limit: int = typer.Option(None, help="First N questions of the rag_qa set."),
@@ -84,3 +84,7 @@ def recall_cmd(
     print("|---|" + "---|" * len(next(iter(table.values()))))
     for mode, row in table.items():
         print(f"| {mode} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(rag_app, name="rag")
