@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from phiforge.eval.sandbox import Limits, run_many
 from phiforge.eval.tasks import mc
 from phiforge.eval.tasks.code import humaneval_program, load_humaneval
 from phiforge.infer import score
 from phiforge.infer.engine import Engine
 from phiforge.model import build, get_preset
+from phiforge.sandbox import Limits, run_many
 from phiforge.tokenizer import train_bpe
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"

@@ -25,6 +25,7 @@ def _stage(out, name):
     return json.loads((out / "stages" / f"{name}.json").read_text())["result"]
 
 
+@pytest.mark.slow  # the smoke run: minutes
 def test_every_stage_ran_and_the_report_tells_it(smoke):
     out, report = smoke
     assert report == out / "report" / "report.md"
@@ -41,6 +42,7 @@ def test_every_stage_ran_and_the_report_tells_it(smoke):
     assert "phiforge chat --model" in md
 
 
+@pytest.mark.slow  # the smoke run: minutes
 def test_pretraining_runs_two_phases_and_learns(smoke):
     out, _ = smoke
     rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -54,6 +56,19 @@ def test_pretraining_runs_two_phases_and_learns(smoke):
     assert sft["steps"] >= 1 and _stage(out, "instruct")["sft"] > 0
 
 
+@pytest.mark.slow  # the smoke run: minutes
+def test_report_val_loss_is_the_training_curves(smoke):
+    """One definition: the report's val loss of the pretrained model is the curve's last 'quality' point."""
+    from phiforge.speedrun.run import val_loss
+
+    out, _ = smoke
+    rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    curve = [r for r in rows if r["type"] == "eval"][-1]["val_loss"]["quality"]
+    engine = Engine.load(_stage(out, "pretrain")["ckpt"])
+    assert val_loss(engine, out / "shards", speedrun.BUDGETS["smoke"]) == pytest.approx(curve, rel=1e-4)
+
+
+@pytest.mark.slow  # the smoke run: minutes
 def test_eval_and_int4_measure_the_same_things(smoke):
     out, _ = smoke
     fp32, int4 = _stage(out, "eval"), _stage(out, "int4")
@@ -66,6 +81,7 @@ def test_eval_and_int4_measure_the_same_things(smoke):
     assert (out / "eval" / "results.json").is_file() and (out / "int4" / "eval" / "results.json").is_file()
 
 
+@pytest.mark.slow  # the smoke run: minutes
 def test_exports_load_elsewhere(smoke):
     out, _ = smoke
     import transformers
@@ -86,6 +102,7 @@ def test_exports_load_elsewhere(smoke):
     assert len(res.tokens) == 4
 
 
+@pytest.mark.slow  # the smoke run: minutes
 def test_rerun_skips_every_finished_stage(smoke):
     out, _ = smoke
     markers = {p: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}

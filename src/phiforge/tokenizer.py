@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
+
+from .io import atomic_write, write_json
 
 # Order matters for train_bpe: trainer special tokens take ids 0.. in this order.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
@@ -43,18 +44,6 @@ def _token_str(v) -> str | None:
     if isinstance(v, dict):
         v = v.get("content")
     return v if isinstance(v, str) else None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # temp file in the same dir + os.replace: readers never see a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Tokenizer:
@@ -197,8 +186,8 @@ class Tokenizer:
         if self.model_max_length is not None:
             cfg["model_max_length"] = self.model_max_length
         cfg["chat_template"] = self.chat_template or PHI3_CHAT_TEMPLATE
-        _atomic_write(d / "tokenizer.json", self.tok.to_str(pretty=True))
-        _atomic_write(d / "tokenizer_config.json", json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+        atomic_write(d / "tokenizer.json", self.tok.to_str(pretty=True))
+        write_json(d / "tokenizer_config.json", cfg)
 
 
 @functools.lru_cache(maxsize=8)

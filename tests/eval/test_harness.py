@@ -14,7 +14,9 @@ import phiforge.eval as ev
 from conftest import write_jsonl
 from phiforge.eval.harness import EvalSettings, run_mc
 from phiforge.eval.tasks import MCItem, Task
+from phiforge.eval.tasks.code import humaneval_solutions
 from phiforge.infer.engine import Engine
+from phiforge.infer.score import bits_per_byte
 
 PIQA = [
     {
@@ -110,9 +112,9 @@ def test_known_loglikelihood_orderings(model_dir):
 
 def test_bits_per_byte_api(model_dir):
     eng = Engine.load(model_dir)
-    texts = ev.humaneval_solutions()
+    texts = humaneval_solutions()
     assert len(texts) == 164 and texts[0].startswith("from typing import List")
-    bpb = ev.bits_per_byte(eng, texts[:5])
+    bpb = bits_per_byte(eng, texts[:5])
     assert 0 < bpb < 20
 
 

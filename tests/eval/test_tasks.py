@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import write_jsonl
-from phiforge.eval.sandbox import Limits, run_many
 from phiforge.eval.tasks import DataError, GenItem, bbh, code, gsm8k, mc, registry, sanity
+from phiforge.sandbox import Limits, run_many
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_missing_and_malformed_files_name_the_file(tmp_path):
     p = tmp_path / "gsm8k" / "test.jsonl"
     p.parent.mkdir()
     p.write_text('{"question": "q", "answer": "#### 1"}\n{oops\n')
-    with pytest.raises(DataError, match=r"test.jsonl line 2: invalid JSON"):
+    with pytest.raises(DataError, match=r"test.jsonl:2: not valid JSON"):
         gsm8k.load(tmp_path, None, 8)
     p.write_text('{"question": "q"}\n')
     with pytest.raises(DataError, match=r"record 1: missing field 'answer'"):

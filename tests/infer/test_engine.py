@@ -18,7 +18,7 @@ import torch
 
 from phiforge.infer.engine import Engine, Result
 from phiforge.infer.sampling import SamplingParams
-from phiforge.model import ModelConfig, build, get_preset, load_model, save_model
+from phiforge.model import ModelConfig, get_preset, load_model, save_model
 from phiforge.tokenizer import train_bpe
 
 transformers = pytest.importorskip("transformers")
@@ -87,20 +87,6 @@ def longrope_cfg() -> ModelConfig:
 
 
 @torch.no_grad()
-def make_model(cfg: ModelConfig, seed: int = 0, scale: float = 5.0):
-    """Random weights: matrices std 0.02 * scale, random norm weights and biases."""
-    torch.manual_seed(seed)
-    m = build(cfg, seed=seed).eval()
-    g = torch.Generator().manual_seed(seed)
-    for name, p in m.named_parameters():
-        if p.dim() == 1:
-            noise = torch.randn(p.shape, generator=g) * 0.1
-            p.copy_((1.0 + noise) if "norm" in name and name.endswith("weight") else noise * 0.2)
-        else:
-            p.mul_(scale)
-    return m
-
-
 def hf_load(path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     hf.generation_config.eos_token_id = None  # compared runs never stop early (the engine: ignore_eos)
@@ -141,10 +127,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
-def pair(request, tmp_path_factory):
+def pair(request, tmp_path_factory, model_factory):
     cfg = CONFIGS[request.param]()
     path = tmp_path_factory.mktemp(request.param)
-    save_model(make_model(cfg), path)
+    save_model(model_factory(cfg), path)
     ns = SimpleNamespace(name=request.param, cfg=cfg, path=path, engine=Engine.load(path), hf=hf_load(path))
     yield ns
     del ns.engine, ns.hf
@@ -185,9 +171,9 @@ def test_repetition_penalty_matches_transformers(pair):
     assert r.tokens == hf_generate(pair.hf, [prompt], n, repetition_penalty=1.3)[0]
 
 
-def test_longrope_reprefill_matches_transformers(tmp_path, monkeypatch):
+def test_longrope_reprefill_matches_transformers(tmp_path, monkeypatch, model_factory):
     cfg = longrope_cfg()
-    save_model(make_model(cfg, seed=3), tmp_path)
+    save_model(model_factory(cfg, seed=3), tmp_path)
     eng, hf = Engine.load(tmp_path), hf_load(tmp_path)
 
     # count multi-token forwards: the prefill plus exactly one re-prefill when crossing position 32
@@ -225,9 +211,9 @@ def test_longrope_reprefill_matches_transformers(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def gqa():
+def gqa(model_factory):
     cfg = CONFIGS["phi3-gqa"]()
-    return SimpleNamespace(cfg=cfg, engine=Engine(make_model(cfg)))
+    return SimpleNamespace(cfg=cfg, engine=Engine(model_factory(cfg)))
 
 
 def _first_new_token(tokens: list[int], start: int, avoid=()) -> int:
@@ -238,19 +224,19 @@ def _first_new_token(tokens: list[int], start: int, avoid=()) -> int:
     raise AssertionError("no fresh token in the output")
 
 
-def test_eos_stops_generation(gqa, tmp_path):
+def test_eos_stops_generation(gqa, tmp_path, model_factory):
     prompt = rand_prompt(10, seed=7)
     full = gqa.engine.generate([prompt], greedy(48))[0].tokens
     k = _first_new_token(full, 8)
     eos = full[k]
     # the same weights with eos_token_id = that token
     cfg = gqa.cfg.replace(eos_token_id=eos)
-    eng = Engine(make_model(cfg))
+    eng = Engine(model_factory(cfg))
     r = eng.generate([prompt], SamplingParams(max_new_tokens=48))[0]
     assert r.finish_reason == "stop"
     assert r.tokens == full[:k] and eos not in r.tokens
     # a list of eos ids works the same
-    r2 = Engine(make_model(cfg.replace(eos_token_id=[VOCAB - 1, eos]))).generate(
+    r2 = Engine(model_factory(cfg.replace(eos_token_id=[VOCAB - 1, eos]))).generate(
         [prompt], SamplingParams(48)
     )[0]
     assert r2.tokens == full[:k] and r2.finish_reason == "stop"
@@ -258,7 +244,7 @@ def test_eos_stops_generation(gqa, tmp_path):
     r3 = eng.generate([prompt], SamplingParams(max_new_tokens=48, ignore_eos=True))[0]
     assert r3.finish_reason == "length" and r3.tokens == full and eos in r3.tokens
     # transformers with that eos: its output is ours plus the eos token
-    save_model(make_model(cfg), tmp_path)
+    save_model(model_factory(cfg), tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt]), max_new_tokens=48, do_sample=False, pad_token_id=PAD)
@@ -292,14 +278,14 @@ def test_max_new_tokens_and_context_limit(gqa):
 
 
 @pytest.fixture(scope="module")
-def text_engine():
+def text_engine(model_factory):
     lines = inspect.getsource(json).splitlines(keepends=True)
     lines += inspect.getsource(textwrap).splitlines(keepends=True)
     tok = train_bpe(lines, 600)
     cfg = CONFIGS["phi3-gqa"]().replace(
         vocab_size=tok.vocab_size, bos_token_id=None, eos_token_id=0, pad_token_id=0
     )
-    return Engine(make_model(cfg, seed=11), tok)
+    return Engine(model_factory(cfg, seed=11), tok)
 
 
 def _collect(engine, prompts, params):
@@ -462,3 +448,38 @@ def test_bad_sampling_params(kw):
     name = next(iter(kw))
     with pytest.raises(ValueError, match=name):
         SamplingParams(**kw)
+
+
+@torch.no_grad()
+def test_logprobs_are_the_models_raw_distribution(gqa):
+    """Each generated token's logprob (and its top alternatives) equals log_softmax of a teacher-forced
+    forward over prompt + output, in a left-padded batch, with sampling and a repetition penalty on."""
+    eng = gqa.engine
+    prompts = [[5, 9, 14, 3, 7, 11], [8, 42, 6]]
+    params = SamplingParams(
+        max_new_tokens=12, temperature=0.8, seed=3, repetition_penalty=1.3, ignore_eos=True, logprobs=4
+    )
+    for prompt, res in zip(prompts, eng.generate(prompts, params), strict=True):
+        assert len(res.logprobs) == len(res.top_logprobs) == len(res.tokens) == 12
+        seq = torch.tensor([prompt + res.tokens])
+        lp = eng.model(seq)[0, len(prompt) - 1 : -1].float().log_softmax(-1)
+        for k, tid in enumerate(res.tokens):
+            assert abs(res.logprobs[k] - lp[k, tid].item()) < 1e-4
+            ids, vals = zip(*res.top_logprobs[k], strict=True)
+            assert list(ids) == lp[k].topk(4).indices.tolist()
+            assert max(abs(a - b) for a, b in zip(vals, lp[k].topk(4).values.tolist(), strict=True)) < 1e-4
+    greedy = eng.generate([prompts[0]], SamplingParams(max_new_tokens=5, ignore_eos=True, logprobs=0))[0]
+    assert greedy.top_logprobs == [[]] * 5 and all(v <= 0 for v in greedy.logprobs)
+    assert eng.generate([prompts[0]], SamplingParams(max_new_tokens=5))[0].logprobs is None
+
+
+def test_rows_are_public(gqa):
+    """The Row that Engine.generate drives is the one other decode loops use: same ids, text and finish."""
+    eng = gqa.engine
+    params = SamplingParams(max_new_tokens=6, stop_token_ids=[7])
+    row = eng.new_row(3, params)
+    seen = []
+    for tid in (4, 5, 7, 9):
+        row.accept(tid, lambda t, text: seen.append(t))
+    assert row.done and row.finish_reason == "stop" and row.tokens == [4, 5] and seen == [4, 5]
+    assert row.result().tokens == [4, 5]

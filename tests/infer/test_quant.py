@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from phiforge.infer import kernels, quant
+from phiforge.infer import kernels, quant, score
 from phiforge.infer.engine import Engine
 from phiforge.infer.sampling import SamplingParams
 from phiforge.model import KVCache, ModelConfig, build, get_preset, load_model
+from phiforge.model.config import quantized_bytes
 from phiforge.model.hf import CheckpointError
 from phiforge.tokenizer import Tokenizer
 
@@ -107,7 +108,7 @@ def quantized_dirs(trained, tmp_path_factory):
     return out
 
 
-def test_checkpoint_roundtrip_and_memory_estimate(trained, quantized_dirs):
+def test_checkpoint_roundtrip_and_quantized_bytes(trained, quantized_dirs):
     ckpt, _ = trained
     for bits, d in quantized_dirs.items():
         qc = json.loads((d / "config.json").read_text())["quantization_config"]
@@ -118,7 +119,7 @@ def test_checkpoint_roundtrip_and_memory_estimate(trained, quantized_dirs):
         for (k, a), (k2, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
             assert k == k2 and torch.equal(a, b), k
         # the estimate `phiforge info --bits` prints is the real size, byte for byte
-        assert sum(quant.memory_estimate(model.cfg, bits, 128).values()) == quant.model_bytes(model)
+        assert sum(quantized_bytes(model.cfg, bits, 128).values()) == quant.model_bytes(model)
     with pytest.raises(ValueError, match="already quantized"):
         quant.quantize_checkpoint(quantized_dirs[4], quantized_dirs[4] / "again", 4)
 
@@ -143,11 +144,11 @@ def test_engine_loads_quantized_and_batches(trained, quantized_dirs):
 def test_perplexity_int8_within_1pct_int4_within_10pct(trained, quantized_dirs):
     ckpt, held = trained
     ids = Tokenizer.from_file(ckpt).encode(held)[: 4 * 256 + 1]
-    fp = quant.perplexity(load_model(ckpt).eval(), ids)
+    fp = score.perplexity(load_model(ckpt).eval(), ids)
     rows = {}
     for bits, d in quantized_dirs.items():
         m = quant.load_quantized(d).eval()
-        rows[bits] = (quant.perplexity(m, ids), quant.perplexity(m, ids, chunk=16))
+        rows[bits] = (score.perplexity(m, ids), score.perplexity(m, ids, chunk=16))
     print(f"\nheld-out perplexity ({len(ids) - 1} tokens): fp32 {fp:.3f}")
     for bits, (pre, dec) in rows.items():
         print(

@@ -149,3 +149,21 @@ def test_bits_per_byte_of_a_uniform_model(mdir):
     assert score.bits_per_byte(eng, texts) == pytest.approx(ntok * math.log2(300) / nbytes, rel=1e-5)
     with pytest.raises(ValueError, match="empty"):
         score.bits_per_byte(eng, [""])
+
+
+def test_heldout_loss_and_perplexity(mdir):
+    eng = Engine.load(mdir)
+    ids = eng.tok.encode(TEXT)[: 3 * 32 + 5]
+    windows = torch.tensor([ids[s : s + 33] for s in (0, 32, 64)])
+    # the token mean over every target, whatever the batching, through the prefill or the KV-cache path
+    with torch.no_grad():
+        logits = eng.model(windows[:, :-1])
+    ref = float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()))
+    assert score.heldout_loss(eng, windows, batch_size=2) == pytest.approx(ref, rel=1e-5)
+    assert score.heldout_loss(eng, windows, chunk=8) == pytest.approx(ref, rel=1e-4)
+    assert score.perplexity(eng, ids, seq=32) == pytest.approx(math.exp(ref), rel=1e-5)
+    with torch.no_grad():  # uniform over the vocabulary: perplexity is its size
+        eng.model.norm.weight.zero_()
+    assert score.perplexity(eng, ids, seq=32) == pytest.approx(300, rel=1e-5)
+    with pytest.raises(ValueError, match="more than 32 tokens"):
+        score.perplexity(eng, ids[:32], seq=32)

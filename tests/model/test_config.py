@@ -21,6 +21,7 @@ PUBLISHED = {
     "phi-3-medium-4k": 13_960_238_080,
     "phi-4": 14_659_507_200,
     "phi-4-mini": 3_836_021_760,
+    "smollm2-135m": 134_515_008,  # HuggingFaceTB/SmolLM2-135M(-Instruct)
 }
 # The rounded numbers model cards quote.
 QUOTED_BILLIONS = {
@@ -48,7 +49,8 @@ def unique_numel(module: torch.nn.Module) -> int:
 def test_num_params_matches_transformers(name):
     cfg = get_preset(name)
     hf = hf_meta_model(cfg)
-    assert type(hf).__name__ == {"phi3": "Phi3ForCausalLM", "phi": "PhiForCausalLM"}[cfg.arch]
+    want = {"phi3": "Phi3ForCausalLM", "phi": "PhiForCausalLM", "llama": "LlamaForCausalLM"}[cfg.arch]
+    assert type(hf).__name__ == want
     n_hf = unique_numel(hf)
     assert cfg.num_params() == n_hf
     assert build(cfg, device="meta").num_params() == n_hf
@@ -119,7 +121,7 @@ def _longrope_kw(half: int) -> dict:
 
 def test_validation_bad_arch():
     with pytest.raises(ValueError, match="arch"):
-        ModelConfig(arch="llama")
+        ModelConfig(arch="mamba")
 
 
 def test_validation_heads_not_dividing_hidden():

@@ -432,20 +432,22 @@ def test_longrope_real_switch_point(name):
 def _tiny_cfg(arch: str):
     if arch == "phi":
         return resize(small_cfg("phi-2"), 64, 4, intermediate_size=96)
+    if arch == "llama":
+        return resize(small_cfg("smollm2-135m"), 64, 4, 2, intermediate_size=96, tie_word_embeddings=False)
     return resize(small_cfg("tiny"), 64, 4, 2, intermediate_size=96, tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="module")
 def good_dirs(tmp_path_factory):
     out = {}
-    for arch in ("phi3", "phi"):
+    for arch in ("phi3", "phi", "llama"):
         path = tmp_path_factory.mktemp(f"good-{arch}")
         save_model(build(_tiny_cfg(arch), seed=0), path)
         out[arch] = path
     return out
 
 
-@pytest.fixture(params=["phi3", "phi"])
+@pytest.fixture(params=["phi3", "phi", "llama"])
 def ckpt(request, good_dirs, tmp_path):
     path = tmp_path / "ckpt"
     shutil.copytree(good_dirs[request.param], path)
@@ -489,8 +491,8 @@ def test_invalid_json(ckpt):
 
 
 def test_unknown_architecture(ckpt):
-    _edit_config(ckpt.path, architectures=["LlamaForCausalLM"], model_type="llama")
-    _raises(ckpt.path, "config.json", "LlamaForCausalLM")
+    _edit_config(ckpt.path, architectures=["MambaForCausalLM"], model_type="mamba")
+    _raises(ckpt.path, "config.json", "MambaForCausalLM")
 
 
 def test_unknown_config_field(ckpt):
@@ -531,18 +533,19 @@ def test_wrong_shape_from_config(ckpt):
     _raises(ckpt.path, "model.layers.", "mlp", "has shape")
 
 
-@pytest.mark.parametrize("which", ["down", "qkv"])
+@pytest.mark.parametrize("which", ["down", "qkv", "gate"])
 def test_wrong_shape_tensor(ckpt, which):
-    if which == "down":
-        name = (
-            "model.layers.1.mlp.down_proj.weight" if ckpt.arch == "phi3" else "model.layers.1.mlp.fc2.weight"
-        )
-    else:
-        name = (
-            "model.layers.1.self_attn.qkv_proj.weight"
-            if ckpt.arch == "phi3"
-            else "model.layers.1.self_attn.k_proj.weight"
-        )
+    name = {
+        ("phi3", "down"): "model.layers.1.mlp.down_proj.weight",
+        ("phi3", "qkv"): "model.layers.1.self_attn.qkv_proj.weight",
+        ("phi", "down"): "model.layers.1.mlp.fc2.weight",
+        ("phi", "qkv"): "model.layers.1.self_attn.k_proj.weight",
+        ("llama", "down"): "model.layers.1.mlp.down_proj.weight",
+        ("llama", "qkv"): "model.layers.1.self_attn.k_proj.weight",
+        ("phi3", "gate"): "model.layers.1.mlp.gate_up_proj.weight",
+        ("phi", "gate"): "model.layers.1.mlp.fc1.weight",
+        ("llama", "gate"): "model.layers.1.mlp.gate_proj.weight",
+    }[ckpt.arch, which]
 
     def edit(sd):
         t = sd[name]
@@ -552,7 +555,7 @@ def test_wrong_shape_tensor(ckpt, which):
     _raises(ckpt.path, name, "shape")
 
 
-@pytest.mark.parametrize("which", ["o", "q", "norm"])
+@pytest.mark.parametrize("which", ["o", "q", "up", "norm"])
 def test_missing_tensor(ckpt, which):
     name = {
         ("phi3", "o"): "model.layers.1.self_attn.o_proj.weight",
@@ -561,6 +564,12 @@ def test_missing_tensor(ckpt, which):
         ("phi", "o"): "model.layers.1.self_attn.dense.weight",
         ("phi", "q"): "model.layers.0.self_attn.v_proj.bias",
         ("phi", "norm"): "model.final_layernorm.bias",
+        ("llama", "o"): "model.layers.1.self_attn.o_proj.weight",
+        ("llama", "q"): "model.layers.0.self_attn.q_proj.weight",
+        ("llama", "up"): "model.layers.1.mlp.up_proj.weight",
+        ("llama", "norm"): "model.norm.weight",
+        ("phi3", "up"): "model.layers.1.mlp.gate_up_proj.weight",
+        ("phi", "up"): "model.layers.1.mlp.fc1.bias",
     }[ckpt.arch, which]
     _edit_tensors(ckpt.path, lambda sd: sd.pop(name))
     _raises(ckpt.path, name, "missing")

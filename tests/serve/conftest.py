@@ -1,6 +1,6 @@
-"""Fixtures for the server tests: a tiny random Phi-3 model with a small trained BPE, saved to disk, and a
-live uvicorn server on a random loopback port (in a thread of the test process, so tests can look at the
-batcher's state)."""
+"""Fixtures for the server tests: a tiny random Phi-3 model (tests/conftest.py's model_factory: chaotic
+greedy decoding) with a small trained BPE, saved to disk, and a live uvicorn server on a random loopback
+port (in a thread of the test process, so tests can look at the batcher's state)."""
 
 from __future__ import annotations
 
@@ -17,34 +17,12 @@ import pytest
 import torch
 
 from phiforge.infer.engine import Engine
-from phiforge.model import build, get_preset, save_model
+from phiforge.model import get_preset, save_model
 from phiforge.tokenizer import train_bpe
 
 
-@torch.no_grad()
-def make_model(cfg, seed: int = 0, scale: float = 5.0):
-    """Random weights scaled up (as in tests/infer/test_engine.py) so greedy decoding is chaotic, not stuck
-    on one token: batched-vs-alone equality over many steps then means something."""
-    m = build(cfg, seed=seed).eval()
-    g = torch.Generator().manual_seed(seed)
-    for name, p in m.named_parameters():
-        if p.dim() == 1:
-            noise = torch.randn(p.shape, generator=g) * 0.1
-            p.copy_((1.0 + noise) if "norm" in name and name.endswith("weight") else noise * 0.2)
-        else:
-            p.mul_(scale)
-    return m
-
-
-@pytest.fixture
-def model_factory():
-    # a fixture, not `from conftest import ...` inside a test: with several test folders, the module named
-    # "conftest" at run time is whichever folder's was imported last
-    return make_model
-
-
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, model_factory):
     path = tmp_path_factory.mktemp("serve-model")
     lines = inspect.getsource(json).splitlines(keepends=True) + inspect.getsource(textwrap).splitlines(True)
     tok = train_bpe(lines, 600, out_dir=path)
@@ -53,7 +31,7 @@ def model_dir(tmp_path_factory):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=192,
         original_max_position_embeddings=192,
     )  # fmt: skip
-    save_model(make_model(cfg, seed=5), path)
+    save_model(model_factory(cfg, seed=5), path)
     return path
 
 

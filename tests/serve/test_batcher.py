@@ -166,3 +166,21 @@ def test_longrope_models_run_one_at_a_time_exactly(engine, model_factory):
         assert req.finish_reason == "cancelled" and req.steps < 150 and not c.event.is_set()
     finally:
         b.stop()
+
+
+def test_logprobs_equal_generate(engine):
+    """Rows stepped together report the same per-token logprobs and alternatives as Engine.generate."""
+    b = Batcher(engine, max_batch=4).start()
+    try:
+        params = SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=3)
+        jobs = [prompt(n, seed=n) for n in (4, 9, 15)]
+        subs = [submit(b, ids, params) for ids in jobs]
+        for ids, (_req, c) in zip(jobs, subs, strict=True):
+            got, want = wait(c), engine.generate([ids], params)[0]
+            assert got.tokens == want.tokens and len(got.logprobs) == 10
+            assert max(abs(a - b) for a, b in zip(got.logprobs, want.logprobs, strict=True)) < 1e-4
+            assert [[i for i, _ in t] for t in got.top_logprobs] == [
+                [i for i, _ in t] for t in want.top_logprobs
+            ]
+    finally:
+        b.stop()

@@ -13,7 +13,10 @@ CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)"),
+    pytest.mark.slow,  # a browser starts
+]
 
 
 @pytest.fixture(scope="module")

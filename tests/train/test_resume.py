@@ -6,15 +6,15 @@ import subprocess
 import time
 
 import pytest
-from train_helpers import cli, env, recipe, run, train_losses, write_recipe
 
 from phiforge.train.checkpoint import list_checkpoints
+from train_helpers import cli, env, recipe, run, train_losses, write_recipe
 
 STEPS = 24
 
 
-def _recipe(data, tmp_path, name):
-    r = recipe(data, tmp_path / name, save_every=4, eval_every=5, keep_last=2)
+def _recipe(train_data, tmp_path, name):
+    r = recipe(train_data, tmp_path / name, save_every=4, eval_every=5, keep_last=2)
     r["model_overrides"] = {**r["model_overrides"], "dropout": 0.1}  # RNG state must be restored too
     r["phases"][0]["tokens"] = 12 * 256
     r["phases"][1]["tokens"] = 12 * 256
@@ -22,9 +22,9 @@ def _recipe(data, tmp_path, name):
 
 
 @pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
+def reference(train_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ref")
-    p = run("train", "--recipe", _recipe(data, tmp, "ref"))
+    p = run("train", "--recipe", _recipe(train_data, tmp, "ref"))
     assert p.returncode == 0, p.stderr
     losses = train_losses(tmp / "ref")
     assert [s for s, _ in losses] == list(range(1, STEPS + 1))
@@ -46,8 +46,8 @@ def _interrupt(recipe_path, run_dir, sig, after_step):
     return proc.returncode, err
 
 
-def test_kill9_then_resume_matches_uninterrupted(data, tmp_path, reference):
-    r = _recipe(data, tmp_path, "run")
+def test_kill9_then_resume_matches_uninterrupted(train_data, tmp_path, reference):
+    r = _recipe(train_data, tmp_path, "run")
     rc, _ = _interrupt(r, tmp_path / "run", signal.SIGKILL, after_step=10)
     assert rc == -signal.SIGKILL
     done = train_losses(tmp_path / "run")
@@ -59,8 +59,8 @@ def test_kill9_then_resume_matches_uninterrupted(data, tmp_path, reference):
     assert train_losses(tmp_path / "run") == reference  # exactly, not approximately
 
 
-def test_sigterm_saves_then_resume_matches(data, tmp_path, reference):
-    r = _recipe(data, tmp_path, "run")
+def test_sigterm_saves_then_resume_matches(train_data, tmp_path, reference):
+    r = _recipe(train_data, tmp_path, "run")
     rc, err = _interrupt(r, tmp_path / "run", signal.SIGTERM, after_step=6)
     assert rc == 1 and "error: SIGTERM at step" in err, err
     step = int(err.split("SIGTERM at step ")[1].split(":")[0])

@@ -2,12 +2,12 @@ import json
 
 import pytest
 import torch
-from train_helpers import recipe
 
 from phiforge.model import build, get_preset
 from phiforge.tokenizer import Tokenizer
 from phiforge.train import TrainConfig, TrainDataError, from_dict, pretrain, sft
 from phiforge.train.sft import encode_conversation, pack, sft_inputs
+from train_helpers import recipe
 
 CONV = [
     {"role": "system", "content": "You are terse."},
@@ -27,8 +27,8 @@ def _convs(n):
     return out
 
 
-def test_mask_is_exactly_assistant_content_end_and_eos(data):
-    tok = Tokenizer.from_file(data["tok"])
+def test_mask_is_exactly_assistant_content_end_and_eos(train_data):
+    tok = Tokenizer.from_file(train_data["tok"])
     ids, mask = encode_conversation(tok, CONV)
     assert ids == tok.encode(tok.render_chat(CONV))  # the real template, encoded once
     trained = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
@@ -36,8 +36,8 @@ def test_mask_is_exactly_assistant_content_end_and_eos(data):
     assert tok.decode(ids[: mask.index(True)]).endswith("<|assistant|>\n")
 
 
-def test_packing_with_doc_mask_equals_separate_examples(data):
-    tok = Tokenizer.from_file(data["tok"])
+def test_packing_with_doc_mask_equals_separate_examples(train_data):
+    tok = Tokenizer.from_file(train_data["tok"])
     ex = [encode_conversation(tok, c) for c in _convs(5)]
     p = pack(ex, seq_len=96, pad_id=tok.eos_id)
     assert len(p) < len(ex)  # several conversations share a row
@@ -54,8 +54,8 @@ def test_packing_with_doc_mask_equals_separate_examples(data):
     assert int((y != -100).sum()) == sum(sum(m[1:]) for _, m in ex)
 
 
-def test_pretrain_then_sft_lowers_val_loss(data, tmp_path):
-    base = pretrain(from_dict(recipe(data, tmp_path / "pre", eval_every=0, save_every=0)))
+def test_pretrain_then_sft_lowers_val_loss(train_data, tmp_path):
+    base = pretrain(from_dict(recipe(train_data, tmp_path / "pre", eval_every=0, save_every=0)))
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in _convs(48)))
     (tmp_path / "val.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in _convs(60)[48:]))
     cfg = TrainConfig(out=str(tmp_path / "sft"), seq_len=96, micro_batch=4, lr=3e-3, warmup_steps=2,
@@ -67,8 +67,8 @@ def test_pretrain_then_sft_lowers_val_loss(data, tmp_path):
     assert (out / "tokenizer.json").is_file() and (out / "trainer_state.pt").is_file()
 
 
-def test_sft_bad_input(data, tmp_path):
-    tok = Tokenizer.from_file(data["tok"])
+def test_sft_bad_input(train_data, tmp_path):
+    tok = Tokenizer.from_file(train_data["tok"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     from phiforge.train.sft import build_sft_data

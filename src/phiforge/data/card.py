@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_write, pyplot, save_png
 
 
 def write_card(r) -> tuple[Path, Path]:
@@ -16,10 +17,7 @@ def write_card(r) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     png = out / "data_card.png"
     plot_card(r.stats, png)
-    md = out / "data_card.md"
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(card_markdown(r.stats, asdict(r.cfg), png.name))
-    os.replace(tmp, md)
+    md = atomic_write(out / "data_card.md", card_markdown(r.stats, asdict(r.cfg), png.name))
     return md, png
 
 
@@ -108,11 +106,7 @@ def card_markdown(stats: dict, cfg: dict, png_name: str) -> str:
 
 
 def plot_card(stats: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     rows = funnel(stats)[:-1]
     names = ["source"] + [n for n, *_ in rows[1:]]
@@ -142,8 +136,4 @@ def plot_card(stats: dict, path: Path) -> None:
     for i, v in enumerate(sh.values()):
         ax.text(i, v["tokens"], f"{v['tokens']:,}", ha="center", va="bottom", fontsize=9)
     ax.set_title(f"tokens per split (vocab {stats['tokenizer']['vocab_size']:,})")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)

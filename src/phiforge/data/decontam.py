@@ -16,7 +16,6 @@ import csv
 import gzip
 import hashlib
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
+from ..io import atomic_path, read_jsonl
 from . import DataError
 from .stage import run_pipeline
 
@@ -123,16 +123,13 @@ def _file_items(path: Path, fields: Sequence[str] | None) -> list[BenchItem]:
 
 def _records(path: Path) -> list[dict]:
     try:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(
-            path, "rt", encoding="utf-8-sig", newline="" if path.name.endswith(".csv") else None
-        ) as f:
-            if path.name.endswith(".csv"):
-                recs = list(csv.DictReader(f))
-            elif ".jsonl" in path.name:
-                recs = [json.loads(line) for line in f if line.strip()]
-            else:
-                recs = _json_list(json.load(f))
+        if ".jsonl" in path.name:
+            recs = list(read_jsonl(path))
+        else:
+            opener = gzip.open if path.name.endswith(".gz") else open
+            csv_ = path.name.endswith(".csv")
+            with opener(path, "rt", encoding="utf-8-sig", newline="" if csv_ else None) as f:
+                recs = list(csv.DictReader(f)) if csv_ else _json_list(json.load(f))
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
         msg = str(e).splitlines()[0] if str(e) else ""
         raise DataError(f"{path}: unreadable benchmark file ({type(e).__name__}: {msg})") from None
@@ -360,19 +357,11 @@ class DecontaminationFilter(BaseFilter):
             yield from super().run(data, rank, world_size)
             return
         final = Path(self.report_dir) / f"removed_{rank:05d}.jsonl"
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp")
-        finished = False
         try:
-            with open(tmp, "w") as self._report:
+            with atomic_path(final) as tmp, open(tmp, "w", encoding="utf-8") as self._report:
                 yield from super().run(data, rank, world_size)
-            finished = True
         finally:
             self._report = None
-            if finished:
-                os.replace(tmp, final)
-            else:
-                tmp.unlink(missing_ok=True)
 
 
 def read_reports(report_dir, tasks: int) -> list[dict]:
@@ -381,7 +370,7 @@ def read_reports(report_dir, tasks: int) -> list[dict]:
     for rank in range(tasks):
         path = Path(report_dir) / f"removed_{rank:05d}.jsonl"
         if path.is_file():
-            entries += [json.loads(line) for line in path.read_text().splitlines() if line]
+            entries += read_jsonl(path)
     return entries
 
 

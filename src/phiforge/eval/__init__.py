@@ -1,4 +1,4 @@
-"""Evaluation: benchmark tasks, a sandbox for model-written code, metrics, reports, an lm-eval adapter."""
+"""Evaluation: benchmark tasks, metrics, reports, an lm-eval adapter (model-written code runs in phiforge.sandbox)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,4 @@ def run(model_dir, tasks, data_dir=None, limit=None, out=None, **kw) -> dict:
     return _run(model_dir, tasks, data_dir=data_dir, limit=limit, out=out, **kw)
 
 
-def bits_per_byte(engine, texts) -> float:
-    """Bits per UTF-8 byte of `texts` under the engine's model (phiforge.infer.score.bits_per_byte)."""
-    from ..infer.score import bits_per_byte as _bpb
-
-    return _bpb(engine, texts)
-
-
-def humaneval_solutions() -> list[str]:
-    """prompt + canonical_solution of the 164 HumanEval problems (the speedrun's bits-per-byte text)."""
-    from .tasks.code import load_humaneval
-
-    return [it.prompt + it.meta["canonical_solution"] for it in load_humaneval(None, None, 0)]
-
-
-__all__ = ["bits_per_byte", "humaneval_solutions", "run"]
+__all__ = ["run"]

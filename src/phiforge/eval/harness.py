@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections import Counter, defaultdict
 from contextlib import nullcontext
@@ -22,8 +21,10 @@ from pathlib import Path
 from ..infer import score
 from ..infer.engine import Engine
 from ..infer.sampling import SamplingParams
+from ..io import atomic_write, progress_bar, write_json, write_jsonl
+from ..sandbox import Limits, run_many
+from ..stages import Stages
 from . import metrics
-from .sandbox import Limits, run_many
 from .tasks import GenItem, Task, registry
 
 
@@ -57,22 +58,6 @@ def resolve_tasks(names) -> list[Task]:
     return [reg[n] for n in names]
 
 
-def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False, default=str)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _metric(values) -> dict:
     m, se = metrics.mean_stderr(list(values))
     return {"value": m, "stderr": se}
@@ -98,7 +83,7 @@ def run_mc(engine: Engine, task: Task, items, s: EvalSettings, progress=None) ->
 # ---- generation ------------------------------------------------------------------------------------
 def generate(engine: Engine, items: list[GenItem], s: EvalSettings, progress=None) -> list[list[str]]:
     """n_samples completions per item, batched by similar prompt length; prompts are left-truncated."""
-    tok = engine._tok()
+    tok = engine.tokenizer
     ctx = engine.cfg.max_position_embeddings
     jobs = []  # (item index, sample index, ids, params)
     for i, it in enumerate(items):
@@ -179,27 +164,6 @@ def run_code(engine, task: Task, items, s: EvalSettings, progress=None) -> tuple
 
 
 # ---- driver ----------------------------------------------------------------------------------------
-def _progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-
-
 def run(
     model_dir,
     tasks,
@@ -223,27 +187,26 @@ def run(
     if s.n_samples > 1 and s.temperature <= 0:
         raise ValueError("n_samples > 1 needs temperature > 0 (greedy samples are all the same)")
     root = Path(out) / "eval" if out else None
+    done = Stages(root / "tasks") if root else None  # one marker per task: a rerun reuses finished tasks
     report = {"model": str(model_dir), "settings": asdict(s), "tasks": {}}
     # load every task's data first: a missing or malformed file fails before any model time is spent
     plan = []
     for task in resolve_tasks(s.tasks):
         shots = s.shots.get(task.name, task.shots)
         key = {**asdict(s), "tasks": [task.name], "shots": shots}
-        cached = root / "tasks" / f"{task.name}.json" if root else None
-        if cached and cached.is_file():
-            prev = json.loads(cached.read_text(encoding="utf-8"))
-            if prev.get("key") == key:
-                report["tasks"][task.name] = prev["result"]
-                continue
+        prev = done.done(task.name, key) if done else None
+        if prev is not None:
+            report["tasks"][task.name] = prev["result"]
+            continue
         items = task.load(Path(s.data_dir) if s.data_dir else None, s.limit, shots)
         if not items:
             raise ValueError(f"task {task.name}: no items loaded")
         report["tasks"][task.name] = None  # keeps the requested order
-        plan.append((task, shots, key, cached, items))
+        plan.append((task, shots, key, items))
     if plan:
         engine = engine or Engine.load(model_dir, device=s.device)
-    with _progress() if show_progress and plan else nullcontext() as prog:
-        for task, shots, key, cached, items in plan:
+    with progress_bar() if show_progress and plan else nullcontext() as prog:
+        for task, shots, key, items in plan:
             t0 = time.perf_counter()
             total = (
                 sum(len(it.pairs) for it in items) if task.kind in ("mc", "mc2") else len(items) * s.n_samples
@@ -264,14 +227,11 @@ def run(
             }
             report["tasks"][task.name] = result
             if root:
-                _atomic_text(
-                    root / "samples" / f"{task.name}.jsonl",
-                    "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in per),
-                )
-                _atomic_json(cached, {"key": key, "result": result})
+                write_jsonl(root / "samples" / f"{task.name}.jsonl", per)
+                done.mark(task.name, key, result, result["seconds"])
     if root:
-        _atomic_json(root / "results.json", report)
-        _atomic_text(root / "results.md", markdown(report))
+        write_json(root / "results.json", report, indent=1)
+        atomic_write(root / "results.md", markdown(report))
     return report
 
 

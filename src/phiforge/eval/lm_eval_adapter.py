@@ -61,10 +61,10 @@ class PhiforgeLM(TemplateLM):
         return self.engine.cfg.max_position_embeddings
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kw) -> list[int]:
-        return self.engine._tok().encode(string)
+        return self.engine.tokenizer.encode(string)
 
     def tok_decode(self, tokens, **kw) -> str:
-        return self.engine._tok().decode(tokens)
+        return self.engine.tokenizer.decode(tokens)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw):
         reqs = [(ctx, cont) for _, ctx, cont in requests]

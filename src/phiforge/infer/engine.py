@@ -33,21 +33,116 @@ class Result:
     prompt_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    # with SamplingParams.logprobs: log-probability of each token in `tokens` under the model's raw
+    # distribution, and its top alternatives [(id, logprob), ...] best first
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
     @property
     def decode_tps(self) -> float:
         return max(len(self.tokens) - 1, 0) / self.decode_s if self.decode_s > 0 else 0.0
 
 
+# on_text(token_id, text): a row's newly visible text (token_id -1: held-back text released at the end)
+OnText = Callable[[int, str], None]
+
+
 @dataclass
-class _Row:
+class Row:
+    """One sequence being generated: its tokens, visible text, stop ids and strings, logprobs.
+
+    Every decode loop (Engine.generate, the server's batcher, rollouts) feeds sampled ids to `accept` and
+    closes rows with `finish`, so stop handling and streaming behave the same everywhere."""
+
     prompt_len: int
+    params: SamplingParams
+    stops: set[int]  # stop token ids (Engine.stop_ids)
+    decoder: StreamDecoder | None = None  # None: no tokenizer, ids only
     tokens: list[int] = field(default_factory=list)
     done: bool = False
-    finish: str = "length"
+    finish_reason: str = "length"
     text: str = ""  # visible text so far
     pending: str = ""  # decoded but held back (could be the start of a stop string)
-    decoder: StreamDecoder | None = None
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+
+    def __post_init__(self):
+        if self.params.logprobs is not None:
+            self.logprobs, self.top_logprobs = [], []
+
+    def accept(self, tid: int, on_text: OnText | None = None, logprob: tuple | None = None) -> None:
+        """Take one sampled id; `logprob` is (logprob, [(id, logprob), ...]) from token_logprobs."""
+        if self.done:
+            return
+        if tid in self.stops:
+            self.finish("stop", on_text)
+            return
+        self.tokens.append(tid)
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(logprob[0])
+            self.top_logprobs.append(logprob[1])
+        if self.decoder is None:
+            if on_text:
+                on_text(tid, "")
+            if len(self.tokens) >= self.params.max_new_tokens:
+                self.finish("length", on_text)
+            return
+        stop = self.params.stop
+        self.pending += self.decoder.push(tid)
+        hit = min((k for k in (self.pending.find(s) for s in stop) if k >= 0), default=-1)
+        if hit >= 0:  # the text before the stop string goes out with this token; the rest never does
+            out, self.pending = self.pending[:hit], ""
+            self.text += out
+            if on_text:
+                on_text(tid, out)
+            self.finish("stop", on_text, flush=False)
+            return
+        # hold back the longest tail that could still grow into a stop string
+        hold = max(
+            (k for s in stop for k in range(len(s) - 1, 0, -1) if self.pending.endswith(s[:k])), default=0
+        )
+        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
+        self.text += out
+        if on_text:
+            on_text(tid, out)
+        if len(self.tokens) >= self.params.max_new_tokens:
+            self.finish("length", on_text)
+
+    def finish(self, reason: str, on_text: OnText | None = None, flush: bool = True) -> None:
+        """Close the row; held-back text (no stop string completed) is released with token id -1."""
+        self.done, self.finish_reason = True, reason
+        if flush and self.decoder is not None:
+            self.pending += self.decoder.flush()
+        if self.pending:
+            self.text += self.pending
+            if on_text:
+                on_text(-1, self.pending)
+            self.pending = ""
+
+    def result(self, prefill_s: float = 0.0, decode_s: float = 0.0) -> Result:
+        return Result(
+            self.tokens,
+            self.text,
+            self.finish_reason,
+            self.prompt_len,
+            prefill_s,
+            decode_s,
+            self.logprobs,
+            self.top_logprobs,
+        )
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, top: int) -> list[tuple[float, list]]:
+    """Per row: the log-probability of ids[i] under softmax(logits[i]) and the `top` most likely
+    [(id, logprob)]. Raw model logits (before penalty/temperature), as vLLM and OpenAI report them."""
+    lp = logits.float().log_softmax(-1)
+    chosen = lp.gather(-1, ids.view(-1, 1))[:, 0].tolist()
+    if top <= 0:
+        return [(c, []) for c in chosen]
+    vals, idx = lp.topk(top, dim=-1)
+    return [
+        (c, list(zip(i, v, strict=True))) for c, i, v in zip(chosen, idx.tolist(), vals.tolist(), strict=True)
+    ]
 
 
 def decode_layout(model: Transformer) -> None:
@@ -84,13 +179,25 @@ class Engine:
                 decode_layout(model)
 
     @classmethod
-    def load(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> Engine:
-        from .quant import load_any  # quantized directories (phiforge quantize) load too
+    def load(cls, spec: str | Path, device="cpu", dtype: torch.dtype | None = None) -> Engine:
+        """A model directory (fp or quantized), a .gguf file or a short name (infer/load.py)."""
+        from .load import load
 
-        path = Path(path)
-        model = load_any(path, device=device, dtype=dtype)
-        tok = Tokenizer.from_file(path) if (path / "tokenizer.json").is_file() else None
-        return cls(model, tok)
+        return cls(*load(spec, device=device, dtype=dtype))
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer, or one clear error for text work on a model that came without one."""
+        if self.tok is None:
+            raise ValueError("this model directory has no tokenizer.json; pass token ids instead of text")
+        return self.tok
+
+    def new_row(self, prompt_len: int, params: SamplingParams) -> Row:
+        """A Row with this model's stop ids and (when there is a tokenizer) a streaming decoder."""
+        if params.stop and self.tok is None:
+            raise ValueError("stop strings need a tokenizer (no tokenizer.json with this model)")
+        decoder = StreamDecoder(self.tok) if self.tok is not None else None
+        return Row(prompt_len, params, self.stop_ids(params), decoder)
 
     # ---- text helpers ------------------------------------------------------------------------------
     def stop_ids(self, params: SamplingParams) -> set[int]:
@@ -106,19 +213,14 @@ class Engine:
     def complete(
         self, prompt: str, params: SamplingParams, on_text: Callable[[str], None] | None = None
     ) -> Result:
-        ids = self._tok().encode(prompt)
+        ids = self.tokenizer.encode(prompt)
         cb = (lambda row, tid, text: on_text(text)) if on_text else None
         return self.generate([ids], params, cb)[0]
 
     def chat(self, messages: list[dict], params: SamplingParams, on_text=None) -> Result:
-        ids = self._tok().apply_chat_template(messages, add_generation_prompt=True)
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         cb = (lambda row, tid, text: on_text(text)) if on_text else None
         return self.generate([ids], params, cb)[0]
-
-    def _tok(self) -> Tokenizer:
-        if self.tok is None:
-            raise ValueError("this model directory has no tokenizer.json; pass token ids instead of text")
-        return self.tok
 
     # ---- the loop ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -145,13 +247,8 @@ class Engine:
         gen = (
             torch.Generator(device=self.device).manual_seed(params.seed) if params.seed is not None else None
         )
-        stops = self.stop_ids(params)
-        if params.stop and self.tok is None:
-            raise ValueError("stop strings need a tokenizer (no tokenizer.json with this model)")
-        rows = [_Row(prompt_len=n) for n in lens]
-        if self.tok is not None:
-            for r in rows:
-                r.decoder = StreamDecoder(self.tok)
+        rows = [self.new_row(n, params) for n in lens]
+        sinks = [(lambda tid, text, i=i: on_token(i, tid, text)) if on_token else None for i in range(B)]
 
         pads = torch.tensor([T - n for n in lens], device=self.device) if min(lens) < T else None
         ids = torch.full((B, total), self.cfg.pad_token_id or 0, dtype=torch.long, device=self.device)
@@ -177,14 +274,15 @@ class Engine:
         for step in range(T, total + 1):
             if params.max_new_tokens == 0:
                 break
-            logits = logits[:, -1].float()
+            logits = raw = logits[:, -1].float()
             if seen is not None:
                 logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
             nxt = sample(logits, params, gen)
             if seen is not None:
                 seen[torch.arange(B), nxt] = True
+            lps = token_logprobs(raw, nxt, params.logprobs) if params.logprobs is not None else [None] * B
             for i, tid in enumerate(nxt.tolist()):
-                self._accept(i, rows[i], tid, stops, params, on_token)
+                rows[i].accept(tid, sinks[i], lps[i])
             if all(r.done for r in rows) or step == total:
                 break
             ids[:, step] = nxt
@@ -198,10 +296,10 @@ class Engine:
             else:
                 logits = self._forward(ids[:, step : step + 1], step, cache, pads)
         decode_s = time.perf_counter() - t1
-        for i, r in enumerate(rows):
+        for r, sink in zip(rows, sinks, strict=True):
             if not r.done:
-                self._finish(i, r, "length", on_token)
-        return [Result(r.tokens, r.text, r.finish, r.prompt_len, prefill_s, decode_s) for r in rows]
+                r.finish("length", sink)
+        return [r.result(prefill_s, decode_s) for r in rows]
 
     def _forward(self, x: torch.Tensor, pos: int, cache: KVCache, pads: torch.Tensor | None) -> torch.Tensor:
         T = x.shape[1]
@@ -214,47 +312,3 @@ class Engine:
         causal = keys[None, :] <= slots[:, None]  # (T, pos+T)
         mask = causal[None] & (keys[None, None, :] >= pads[:, None, None])  # (B, T, pos+T)
         return self.model(x, pos=pos, cache=cache, positions=positions, mask=mask[:, None], last_only=True)
-
-    def _accept(self, i: int, r: _Row, tid: int, stops: set[int], params: SamplingParams, on_token) -> None:
-        if r.done:
-            return
-        if tid in stops:
-            self._finish(i, r, "stop", on_token)
-            return
-        r.tokens.append(tid)
-        if r.decoder is None:
-            if on_token:
-                on_token(i, tid, "")
-            if len(r.tokens) >= params.max_new_tokens:
-                self._finish(i, r, "length", on_token)
-            return
-        r.pending += r.decoder.push(tid)
-        hit = min((k for k in (r.pending.find(s) for s in params.stop) if k >= 0), default=-1)
-        if hit >= 0:  # the text before the stop string goes out with this token; the rest never does
-            out, r.pending = r.pending[:hit], ""
-            r.text += out
-            if on_token:
-                on_token(i, tid, out)
-            self._finish(i, r, "stop", on_token, flush=False)
-            return
-        # hold back the longest tail that could still grow into a stop string
-        hold = max(
-            (k for s in params.stop for k in range(len(s) - 1, 0, -1) if r.pending.endswith(s[:k])), default=0
-        )
-        out, r.pending = r.pending[: len(r.pending) - hold], r.pending[len(r.pending) - hold :]
-        r.text += out
-        if on_token:
-            on_token(i, tid, out)
-        if len(r.tokens) >= params.max_new_tokens:
-            self._finish(i, r, "length", on_token)
-
-    def _finish(self, i: int, r: _Row, reason: str, on_token, flush: bool = True) -> None:
-        """Close a row; held-back text (no stop string completed) is released with token id -1."""
-        r.done, r.finish = True, reason
-        if flush and r.decoder is not None:
-            r.pending += r.decoder.flush()
-        if r.pending:
-            r.text += r.pending
-            if on_token:
-                on_token(i, -1, r.pending)
-            r.pending = ""

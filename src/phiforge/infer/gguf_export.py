@@ -14,18 +14,18 @@ and refuses a freshly trained one, but our pre-tokenizer is GPT-2's split regex 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..io import atomic_path
 from ..model import Transformer
 from ..model.hf import CheckpointError
 from ..tokenizer import PHI3_CHAT_TEMPLATE
-from .quant import dequantized_state, load_any
+from .load import load_model
+from .quant import dequantized_state
 
 TYPES = ("f16", "q8_0", "q4_0")
 ARCH = "phi3"
@@ -98,9 +98,9 @@ def export_gguf(
     if kind not in TYPES:
         raise ValueError(f"unknown GGUF type {kind!r}: expected one of {', '.join(TYPES)}")
     model_dir, out = Path(model_dir), Path(out)
-    model: Transformer = load_any(model_dir)
+    model: Transformer = load_model(model_dir)
     cfg = model.cfg
-    if cfg.arch != "phi3":
+    if cfg.arch != ARCH:  # llama.cpp's llama graph wants separate, permuted q/k: not written here
         raise CheckpointError(
             f"{model_dir}: GGUF export supports the Phi-3 architecture only, not {cfg.arch!r}"
         )
@@ -114,10 +114,7 @@ def export_gguf(
     ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}.get(
         kind, gguf.LlamaFileType.MOSTLY_Q4_0
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, ARCH)
         w.add_name(model_dir.resolve().name)
         w.add_context_length(cfg.max_position_embeddings)
@@ -176,8 +173,4 @@ def export_gguf(
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_path, write_json
 from ..model import ModelConfig, Transformer
-from ..model.hf import CheckpointError, _atomic_write, config_from_hf, write_json
+from ..model.hf import CheckpointError, config_from_hf
 from ..tokenizer import Tokenizer, tokenizer_from_vocab
 from .gguf_export import tensor_map
 
@@ -288,7 +289,8 @@ def convert_gguf(path: str | Path, out_dir: str | Path) -> Path:
     sd = {
         k: np.ascontiguousarray(v.dequantize() if isinstance(v, QTensor) else v) for k, v in tensors.items()
     }
-    _atomic_write(out / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt"})
     write_json(out / "config.json", {**cfg, "torch_dtype": "float32"})
     gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if cfg[k] is not None}
     write_json(out / "generation_config.json", gen)

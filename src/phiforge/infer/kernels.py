@@ -13,12 +13,13 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from functools import cache
 from pathlib import Path
 
 import torch
+
+from ..io import atomic_path
 
 SRC = Path(__file__).with_name("kernels.c")
 
@@ -42,16 +43,13 @@ def library() -> ctypes.CDLL | None:
     if not so.exists():
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".so")
-            os.close(fd)
         except OSError as e:
             return _unavailable(f"cannot write {cache_dir}: {e}")
-        try:
-            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SRC), "-o", tmp]
-            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-            os.replace(tmp, so)  # atomic: concurrent processes never load a half-written library
+        try:  # atomic: concurrent processes never load a half-written library
+            with atomic_path(so) as tmp:
+                cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SRC), "-o", str(tmp)]
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as e:
-            Path(tmp).unlink(missing_ok=True)
             detail = getattr(e, "stderr", b"") or str(e).encode()
             return _unavailable(
                 f"{cc} failed: {detail.decode(errors='replace').strip().splitlines()[0][:200]}"
@@ -94,7 +92,7 @@ def _unavailable(reason: str) -> None:
 
 
 class Phi3Decoder:
-    """Single-token decode of a Phi-3 model through `phi3_decode_layer`, one native call per layer.
+    """Single-token decode of a Phi-3-block model (Phi-3, Llama) through `phi3_decode_layer`, one native call per layer.
 
     Valid for batch 1, fp32, CPU, no padding; the engine falls back to the PyTorch path otherwise."""
 
@@ -151,7 +149,10 @@ class Phi3Decoder:
         return (
             library() is not None
             and len(kinds) == 1
-            and cfg.arch == "phi3"
+            and not cfg.parallel_block  # the native layer is the pre-norm RMSNorm + SwiGLU block, no biases
+            and cfg.norm_kind == "rms"
+            and cfg.gated_mlp
+            and not (cfg.attention_bias or cfg.mlp_bias)
             and cfg.hidden_act == "silu"
             and batch == 1
             and not padded

@@ -19,7 +19,6 @@ Checkpoint: config.json (HF fields + `quantization_config`), model.safetensors w
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +29,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..io import atomic_path, write_json
 from ..model import ModelConfig, Transformer, load_model
-from ..model.config import quantized_bytes
-from ..model.hf import CheckpointError, _atomic_write, config_from_hf, config_to_hf, write_json
+from ..model.hf import CheckpointError, config_from_hf, config_to_hf
 from . import kernels
 
 FORMAT = "phiforge-wq1"
@@ -219,7 +218,8 @@ def save_quantized(model: Transformer, out: str | Path, source: str | Path | Non
     out.mkdir(parents=True, exist_ok=True)
     q = model.quantization
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": FORMAT}))
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(sd, tmp, metadata={"format": FORMAT})
     cfg = config_to_hf(model.cfg)
     cfg["quantization_config"] = quantization_config(q["bits"], q["group_size"])
     write_json(out / "config.json", cfg)
@@ -291,13 +291,6 @@ def load_quantized(path: str | Path, device="cpu") -> Transformer:
     return model.to(device)
 
 
-def load_any(path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> Transformer:
-    """A quantized phiforge directory or any HF-layout Phi checkpoint."""
-    if read_quantization_config(path) is not None:
-        return load_quantized(path, device)
-    return load_model(path, device=device, dtype=dtype)
-
-
 def dequantized_state(model: Transformer) -> dict[str, torch.Tensor]:
     """Our parameter names -> fp32 tensors, whether `model` is quantized or not (for export)."""
     out = {}
@@ -340,32 +333,3 @@ def model_bytes(model: nn.Module) -> int:
             seen.add(id(t))
             total += t.numel() * t.element_size()
     return total
-
-
-def memory_estimate(cfg: ModelConfig, bits: int, group_size: int = 128) -> dict[str, int]:
-    """Bytes of each part of a quantized model in this format (equals model_bytes of a quantized model)."""
-    _levels(bits)
-    return quantized_bytes(cfg, bits, group_size)
-
-
-@torch.inference_mode()
-def perplexity(model: Transformer, ids: list[int], seq: int = 256, chunk: int | None = None) -> float:
-    """exp(mean next-token loss) over non-overlapping windows of `seq` tokens. chunk=N feeds each window
-    N tokens at a time through the KV cache, so N <= 16 measures the integer decode kernel (int8
-    activations) rather than the dequantize + matmul prefill path."""
-    from ..model import KVCache
-
-    total, count = 0.0, 0
-    for s in range(0, len(ids) - seq, seq):
-        x = torch.tensor(ids[s : s + seq + 1])[None]
-        if chunk is None:
-            logits = model(x[:, :-1])
-        else:
-            cache = KVCache(model.cfg, 1, seq)
-            parts = [model(x[:, i : min(i + chunk, seq)], pos=i, cache=cache) for i in range(0, seq, chunk)]
-            logits = torch.cat(parts, dim=1)
-        loss = F.cross_entropy(logits[0].float(), x[0, 1:], reduction="sum")
-        total, count = total + loss.item(), count + seq
-    if count == 0:
-        raise ValueError(f"perplexity needs more than {seq} tokens, got {len(ids)}")
-    return math.exp(total / count)

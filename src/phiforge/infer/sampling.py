@@ -23,6 +23,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop strings: output ends before them
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always produce max_new_tokens
+    logprobs: int | None = None  # None: off; k >= 0: each token's logprob + its k best alternatives
 
     def __post_init__(self):
         if self.max_new_tokens < 0:
@@ -33,6 +34,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 

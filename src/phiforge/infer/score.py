@@ -1,4 +1,5 @@
-"""Log-likelihood scoring: what multiple-choice benchmarks, perplexity and bits-per-byte are made of.
+"""Log-likelihood scoring: what multiple-choice benchmarks, held-out loss, perplexity and bits-per-byte are
+made of (the one place they are defined).
 
 Semantics follow lm-evaluation-harness's causal HF model (`HFLM`) so scores are comparable:
 - a request is (context ids, continuation ids); the model sees (context + continuation)[-(L+1):][:-1]
@@ -20,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..model import KVCache, Transformer
 
@@ -169,7 +171,7 @@ def prefix_token(engine) -> int:
 
 def encode_pair(engine, context: str, continuation: str) -> Request:
     """lm-eval's `_encode_pair` (+ its empty-context rule) with the engine's tokenizer."""
-    tok = engine._tok()
+    tok = engine.tokenizer
     if context == "":
         cont = tok.encode(continuation)
         p = prefix_token(engine)
@@ -209,7 +211,7 @@ def loglikelihood_rolling(engine, texts: Sequence[str], max_tokens: int = 4096) 
     p = prefix_token(engine)
     reqs, owner = [], []
     for i, t in enumerate(texts):
-        for w in rolling_windows(engine._tok().encode(t), p, L):
+        for w in rolling_windows(engine.tokenizer.encode(t), p, L):
             reqs.append(w)
             owner.append(i)
     totals = [0.0] * len(texts)
@@ -225,3 +227,38 @@ def bits_per_byte(engine, texts: Sequence[str], max_tokens: int = 4096) -> float
         raise ValueError("bits_per_byte: the texts are empty")
     lls = loglikelihood_rolling(engine, texts, max_tokens=max_tokens)
     return -sum(lls) / (math.log(2) * nbytes)
+
+
+@torch.inference_mode()
+def heldout_loss(
+    engine_or_model, windows: torch.Tensor, batch_size: int = 8, chunk: int | None = None
+) -> float:
+    """Mean next-token loss (nats/token) over windows (n, T + 1) of held-out token ids, every token after a
+    window's first being a target. The training curve's validation loss is this over train/mixture's
+    val_batches (train/loop.evaluate computes it inside the loop); the speedrun report reads the same
+    windows. chunk=N feeds each window N tokens at a time through the KV cache, so N <= 16 measures a
+    quantized model's integer decode kernel instead of the dequantize + matmul prefill."""
+    model = _model(engine_or_model)
+    if len(windows) == 0 or windows.shape[1] < 2:
+        raise ValueError(f"heldout_loss: no targets in windows of shape {tuple(windows.shape)}")
+    total = 0.0
+    for x in windows.split(batch_size if chunk is None else 1):
+        if chunk is None:
+            total += float(model(x[:, :-1], targets=x[:, 1:], reduction="sum"))
+            continue
+        T = x.shape[1] - 1
+        cache = KVCache(model.cfg, 1, T)
+        logits = torch.cat(
+            [model(x[:, i : min(i + chunk, T)], pos=i, cache=cache) for i in range(0, T, chunk)], 1
+        )
+        total += float(F.cross_entropy(logits[0].float(), x[0, 1:], reduction="sum"))
+    return total / windows[:, 1:].numel()
+
+
+def perplexity(engine_or_model, ids: Sequence[int], seq: int = 256, chunk: int | None = None) -> float:
+    """exp(heldout_loss) over the non-overlapping windows of seq + 1 tokens that fit in `ids`."""
+    starts = range(0, len(ids) - seq, seq)
+    if not starts:
+        raise ValueError(f"perplexity needs more than {seq} tokens, got {len(ids)}")
+    windows = torch.tensor([list(ids[s : s + seq + 1]) for s in starts])
+    return math.exp(heldout_loss(engine_or_model, windows, batch_size=1, chunk=chunk))

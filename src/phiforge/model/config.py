@@ -1,8 +1,8 @@
-"""One config dataclass for the whole Phi family, and named presets.
+"""One config dataclass for every supported architecture, and named presets.
 
-`arch` picks the block: "phi3" (Phi-3/3.5/4: RMSNorm, fused qkv, SwiGLU, GQA, longrope) or
-"phi" (phi-1/1.5/2: LayerNorm, parallel attention+MLP, gelu, biases everywhere, partial rotary).
-Field names follow the Hugging Face config.json so hf.py maps them 1:1.
+An architecture is data: `arch` names a row of ARCHS (block shape, norm, MLP, biases) and the model code
+reads those flags, never the name. Adding a Llama-shaped family is a row here plus a weight-name map in
+hf.py. Field names follow the Hugging Face config.json so hf.py maps them 1:1.
 """
 
 from __future__ import annotations
@@ -12,9 +12,39 @@ import math
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class Arch:
+    """What an architecture name means to the module (transformer.py) and the kernels."""
+
+    parallel_block: bool  # h = norm(x); x + attn(h) + mlp(h)  (else two pre-norm residual steps)
+    norm: str  # "rms" (weight only) | "layer" (weight + bias)
+    gated_mlp: bool  # down(act(gate) * up) with gate|up fused in one matrix, else down(act(up))
+    attention_bias: bool  # bias on qkv and the output projection
+    mlp_bias: bool
+    lm_head_bias: bool
+    yarn_is_longrope: bool = False  # early Phi-3 configs call longrope "yarn" (transformers renames it)
+
+
+ARCHS = {
+    # Phi-3/3.5/4: RMSNorm, fused qkv, SwiGLU, GQA, longrope
+    "phi3": Arch(False, "rms", True, False, False, False, yarn_is_longrope=True),
+    # phi-1/1.5/2: LayerNorm, parallel attention+MLP, gelu, biases everywhere, partial rotary
+    "phi": Arch(True, "layer", False, True, True, True),
+    # Llama 2/3, SmolLM2, TinyLlama, Mistral: the Phi-3 block, with its own rope scalings
+    "llama": Arch(False, "rms", True, False, False, False),
+}
+ROPE_KINDS = ("longrope", "linear", "llama3", "yarn")
+# rope_scaling keys each kind needs (the rest are optional: transformers' defaults apply)
+ROPE_REQUIRED = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+    "yarn": ("factor",),
+}
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "phi3"  # "phi3" | "phi"
+    arch: str = "phi3"  # a key of ARCHS
     vocab_size: int = 32064
     hidden_size: int = 3072
     intermediate_size: int = 8192
@@ -22,25 +52,26 @@ class ModelConfig:
     num_attention_heads: int = 32
     num_key_value_heads: int | None = None  # None -> = num_attention_heads (no GQA)
     max_position_embeddings: int = 4096
-    original_max_position_embeddings: int | None = None  # longrope switch point
+    original_max_position_embeddings: int | None = None  # longrope switch point / llama3, yarn base length
     rope_theta: float = 10000.0
     partial_rotary_factor: float = 1.0
-    rope_scaling: dict | None = None  # {"type": "longrope", "short_factor", "long_factor", ...}
-    norm_eps: float = 1e-5  # rms_norm_eps (phi3) / layer_norm_eps (phi)
-    hidden_act: str = "silu"  # phi3: silu (SwiGLU); phi: gelu_new
+    rope_scaling: dict | None = None  # {"type": "longrope" | "linear" | "llama3" | "yarn", ...}
+    norm_eps: float = 1e-5  # rms_norm_eps (rms norm) / layer_norm_eps (layer norm)
+    hidden_act: str = "silu"  # phi3, llama: silu (SwiGLU); phi: gelu_new
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 32000
     pad_token_id: int | None = 32000
     sliding_window: int | None = None  # attend to the last W positions only (as transformers' Phi3)
     dropout: float = 0.0  # resid/embd/attn dropout, one knob (training only)
+    head_size: int | None = None  # HF "head_dim" where it is not hidden_size / num_attention_heads
 
     def __post_init__(self):
-        if self.arch not in ("phi3", "phi"):
-            raise ValueError(f"unknown arch {self.arch!r}: expected 'phi3' or 'phi'")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}: expected one of {', '.join(map(repr, ARCHS))}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_size is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} not divisible by num_attention_heads {self.num_attention_heads}"
             )
@@ -50,29 +81,71 @@ class ModelConfig:
                 f"num_key_value_heads {self.num_key_value_heads}"
             )
         if self.rope_scaling is not None:
-            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
-            if kind in ("su", "yarn"):  # old Phi-3 names for the same thing (as transformers does)
-                kind = "longrope"
-            if kind not in ("longrope", "default"):
-                raise ValueError(f"unsupported rope_scaling type {kind!r}: expected 'longrope'")
-            if kind == "default":
-                self.rope_scaling = None
-            else:
-                half = self.rotary_dim // 2
-                for key in ("short_factor", "long_factor"):
-                    f = self.rope_scaling.get(key)
-                    if not isinstance(f, (list, tuple)) or len(f) != half:
-                        raise ValueError(
-                            f"rope_scaling.{key} must be a list of {half} numbers, got {f!r:.60}"
-                        )
-                self.rope_scaling = {**self.rope_scaling, "type": "longrope"}
-                self.rope_scaling.pop("rope_type", None)
-                if self.original_max_position_embeddings is None:
-                    self.original_max_position_embeddings = self.max_position_embeddings
+            self._check_rope_scaling()
+
+    def _check_rope_scaling(self) -> None:
+        rs = dict(self.rope_scaling)
+        kind = rs.pop("rope_type", rs.get("type"))
+        if kind == "su" or (kind == "yarn" and ARCHS[self.arch].yarn_is_longrope):
+            kind = "longrope"  # old Phi-3 names for the same thing (as transformers does)
+        if kind == "default":
+            self.rope_scaling = None
+            return
+        if kind not in ROPE_KINDS:
+            raise ValueError(
+                f"unsupported rope_scaling type {kind!r}: expected one of {', '.join(ROPE_KINDS)}"
+            )
+        if kind == "longrope":
+            half = self.rotary_dim // 2
+            for key in ("short_factor", "long_factor"):
+                f = rs.get(key)
+                if not isinstance(f, (list, tuple)) or len(f) != half:
+                    raise ValueError(f"rope_scaling.{key} must be a list of {half} numbers, got {f!r:.60}")
+        for key in ROPE_REQUIRED.get(kind, ()):
+            if not isinstance(rs.get(key), (int, float)):
+                raise ValueError(
+                    f"rope_scaling.{key} must be a number for type {kind!r}, got {rs.get(key)!r}"
+                )
+        self.rope_scaling = {**rs, "type": kind}
+        if kind != "linear" and self.original_max_position_embeddings is None:
+            self.original_max_position_embeddings = self.max_position_embeddings
+
+    # ---- derived: what the architecture means (transformer.py, kernels.py and hf.py read these) ---------
+    @property
+    def parallel_block(self) -> bool:
+        return ARCHS[self.arch].parallel_block
+
+    @property
+    def norm_kind(self) -> str:
+        return ARCHS[self.arch].norm
+
+    @property
+    def gated_mlp(self) -> bool:
+        return ARCHS[self.arch].gated_mlp
+
+    @property
+    def attention_bias(self) -> bool:
+        return ARCHS[self.arch].attention_bias
+
+    @property
+    def mlp_bias(self) -> bool:
+        return ARCHS[self.arch].mlp_bias
+
+    @property
+    def lm_head_bias(self) -> bool:
+        return ARCHS[self.arch].lm_head_bias
+
+    @property
+    def rope_kind(self) -> str:
+        return self.rope_scaling["type"] if self.rope_scaling else "default"
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.head_size or self.hidden_size // self.num_attention_heads
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_attention_heads * self.head_dim
 
     @property
     def rotary_dim(self) -> int:
@@ -85,18 +158,24 @@ class ModelConfig:
     def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
+    def norm_params(self) -> int:
+        """Parameters of every norm: one per block (parallel) or two, plus the final one."""
+        per = self.hidden_size * (2 if self.norm_kind == "layer" else 1)
+        return per * (self.num_hidden_layers * (1 if self.parallel_block else 2) + 1)
+
+    def bias_params(self) -> int:
+        h, i = self.hidden_size, self.intermediate_size
+        attn = (self.q_dim + 2 * self.kv_dim + h) if self.attention_bias else 0
+        mlp = ((2 * i if self.gated_mlp else i) + h) if self.mlp_bias else 0
+        return self.num_hidden_layers * (attn + mlp) + (self.vocab_size if self.lm_head_bias else 0)
+
     def num_params(self) -> int:
         """Exact parameter count (equal to transformers' for the same config), computed without building."""
         h, i, v, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
-        qkv = h * (h + 2 * self.kv_dim)
-        if self.arch == "phi3":
-            per_layer = qkv + h * h + h * 2 * i + i * h + 2 * h  # qkv, o, gate_up, down, 2 RMSNorm
-            head = 0 if self.tie_word_embeddings else v * h
-            return L * per_layer + v * h + h + head
-        # phi: biases on every linear, one LayerNorm per block, final LayerNorm, lm_head with bias
-        per_layer = qkv + (h + 2 * self.kv_dim) + h * h + h + h * i + i + i * h + h + 2 * h
-        head = (0 if self.tie_word_embeddings else v * h) + v
-        return L * per_layer + v * h + 2 * h + head
+        attn = h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h
+        mlp = h * i * (3 if self.gated_mlp else 2)
+        head = 0 if self.tie_word_embeddings else v * h
+        return L * (attn + mlp) + v * h + head + self.norm_params() + self.bias_params()
 
 
 def _longrope(rotary_dim: int, short: float = 1.0, long_max: float = 8.0) -> dict:
@@ -109,6 +188,10 @@ def _longrope(rotary_dim: int, short: float = 1.0, long_max: float = 8.0) -> dic
 
 def _phi3(**kw) -> ModelConfig:
     return ModelConfig(arch="phi3", **kw)
+
+
+def _llama(**kw) -> ModelConfig:
+    return ModelConfig(arch="llama", **kw)
 
 
 def _phi(**kw) -> ModelConfig:
@@ -212,6 +295,21 @@ PRESETS: dict[str, ModelConfig] = {
         eos_token_id=199999,
         pad_token_id=199999,
     ),
+    # SmolLM2-135M(-Instruct): HuggingFaceTB's published config.json, the embedded real model
+    "smollm2-135m": _llama(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    ),
     # Tiny Phi-3-architecture presets for CPU work (vocab sized for a small BPE tokenizer).
     "tiny": _phi3(
         vocab_size=8192,
@@ -265,13 +363,9 @@ def quantized_bytes(cfg: ModelConfig, bits: int, group_size: int = 128) -> dict[
     """Bytes of each part of a model in phiforge's quantized format (infer/quant.py): every linear layer,
     lm_head included, at `bits` with an fp16 scale and min per group; the embedding table int8 (decode
     reads one row per token, so only its size matters); norms and biases fp32."""
-    H, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    H, V = cfg.hidden_size, cfg.vocab_size
     emb = lm_head = V * H
-    if cfg.arch == "phi3":
-        norms, biases = H * (2 * L + 1), 0
-    else:  # one LayerNorm (weight + bias) per block + final; a bias on every linear
-        norms = 2 * H * (L + 1)
-        biases = L * (H + 2 * cfg.kv_dim + H + cfg.intermediate_size + H) + V
+    norms, biases = cfg.norm_params(), cfg.bias_params()
     blocks = cfg.num_params() - emb - norms - biases - (0 if cfg.tie_word_embeddings else lm_head)
 
     def packed(count: int, b: int) -> int:
@@ -294,4 +388,13 @@ def memory_table(cfg: ModelConfig, group_size: int = 128) -> dict[str, int]:
     return out
 
 
-__all__ = ["ModelConfig", "PRESETS", "get_preset", "memory_table", "quantized_bytes", "field"]
+__all__ = [
+    "ARCHS",
+    "Arch",
+    "ModelConfig",
+    "PRESETS",
+    "get_preset",
+    "memory_table",
+    "quantized_bytes",
+    "field",
+]

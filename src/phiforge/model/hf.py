@@ -7,15 +7,14 @@ checkpoints keep q/k/v separate; we fuse them on load and split them on save.
 from __future__ import annotations
 
 import json
-import os
-import re
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..io import atomic_path, write_json
 from .config import ModelConfig
 from .transformer import Transformer
 
@@ -24,37 +23,87 @@ class CheckpointError(ValueError):
     """Bad checkpoint input; the message is one line naming the file, field or value."""
 
 
-# HF tensor name (with {i} for the layer) -> our name. q/k/v of phi are handled by FUSED below.
-NAME_MAPS = {
-    "phi3": {
-        "model.embed_tokens.weight": "embed.weight",
-        "model.layers.{i}.input_layernorm.weight": "blocks.{i}.norm1.weight",
-        "model.layers.{i}.self_attn.qkv_proj.weight": "blocks.{i}.attn.qkv.weight",
-        "model.layers.{i}.self_attn.o_proj.weight": "blocks.{i}.attn.out.weight",
-        "model.layers.{i}.post_attention_layernorm.weight": "blocks.{i}.norm2.weight",
-        "model.layers.{i}.mlp.gate_up_proj.weight": "blocks.{i}.mlp.up.weight",
-        "model.layers.{i}.mlp.down_proj.weight": "blocks.{i}.mlp.down.weight",
-        "model.norm.weight": "norm.weight",
-        "lm_head.weight": "lm_head.weight",
-    },
-    "phi": {
-        "model.embed_tokens.weight": "embed.weight",
-        "model.layers.{i}.input_layernorm.weight": "blocks.{i}.norm1.weight",
-        "model.layers.{i}.input_layernorm.bias": "blocks.{i}.norm1.bias",
-        "model.layers.{i}.self_attn.dense.weight": "blocks.{i}.attn.out.weight",
-        "model.layers.{i}.self_attn.dense.bias": "blocks.{i}.attn.out.bias",
-        "model.layers.{i}.mlp.fc1.weight": "blocks.{i}.mlp.up.weight",
-        "model.layers.{i}.mlp.fc1.bias": "blocks.{i}.mlp.up.bias",
-        "model.layers.{i}.mlp.fc2.weight": "blocks.{i}.mlp.down.weight",
-        "model.layers.{i}.mlp.fc2.bias": "blocks.{i}.mlp.down.bias",
-        "model.final_layernorm.weight": "norm.weight",
-        "model.final_layernorm.bias": "norm.bias",
-        "lm_head.weight": "lm_head.weight",
-        "lm_head.bias": "lm_head.bias",
-    },
+@dataclass(frozen=True)
+class HFArch:
+    """One architecture's Hugging Face spelling: class and model_type, config.json keys, tensor names."""
+
+    hf_class: str
+    model_type: str
+    names: dict[str, str]  # HF tensor name ({i} = layer) -> our name
+    fused: dict[str, tuple[str, ...]]  # our fused tensor -> the HF tensors concatenated (rows) to make it
+    eps_key: str  # config.json's name for norm_eps
+    rotary_default: float = 1.0  # partial_rotary_factor when config.json leaves it out
+    extra: tuple[str, ...] = ()  # config.json fields written only for this architecture
+
+
+_QKV = tuple(f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv")
+_ATTN_OUT = {"model.layers.{i}.self_attn.o_proj.weight": "blocks.{i}.attn.out.weight"}
+_RMS_BLOCK = {
+    "model.embed_tokens.weight": "embed.weight",
+    "model.layers.{i}.input_layernorm.weight": "blocks.{i}.norm1.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "blocks.{i}.norm2.weight",
+    "model.layers.{i}.mlp.down_proj.weight": "blocks.{i}.mlp.down.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "lm_head.weight",
 }
-FUSED = {"phi": ("model.layers.{i}.self_attn.{p}_proj.{kind}", "blocks.{i}.attn.qkv.{kind}", ("q", "k", "v"))}
-HF_ARCH = {"phi3": ("Phi3ForCausalLM", "phi3"), "phi": ("PhiForCausalLM", "phi")}
+HF_ARCHS = {
+    "phi3": HFArch(
+        "Phi3ForCausalLM",
+        "phi3",
+        {
+            **_RMS_BLOCK,
+            **_ATTN_OUT,
+            "model.layers.{i}.self_attn.qkv_proj.weight": "blocks.{i}.attn.qkv.weight",
+            "model.layers.{i}.mlp.gate_up_proj.weight": "blocks.{i}.mlp.up.weight",
+        },
+        {},
+        "rms_norm_eps",
+        extra=("original_max_position_embeddings", "sliding_window"),
+    ),
+    "phi": HFArch(
+        "PhiForCausalLM",
+        "phi",
+        {
+            "model.embed_tokens.weight": "embed.weight",
+            "model.layers.{i}.input_layernorm.weight": "blocks.{i}.norm1.weight",
+            "model.layers.{i}.input_layernorm.bias": "blocks.{i}.norm1.bias",
+            "model.layers.{i}.self_attn.dense.weight": "blocks.{i}.attn.out.weight",
+            "model.layers.{i}.self_attn.dense.bias": "blocks.{i}.attn.out.bias",
+            "model.layers.{i}.mlp.fc1.weight": "blocks.{i}.mlp.up.weight",
+            "model.layers.{i}.mlp.fc1.bias": "blocks.{i}.mlp.up.bias",
+            "model.layers.{i}.mlp.fc2.weight": "blocks.{i}.mlp.down.weight",
+            "model.layers.{i}.mlp.fc2.bias": "blocks.{i}.mlp.down.bias",
+            "model.final_layernorm.weight": "norm.weight",
+            "model.final_layernorm.bias": "norm.bias",
+            "lm_head.weight": "lm_head.weight",
+            "lm_head.bias": "lm_head.bias",
+        },
+        {
+            "blocks.{i}.attn.qkv.weight": _QKV,
+            "blocks.{i}.attn.qkv.bias": tuple(n.replace("weight", "bias") for n in _QKV),
+        },
+        "layer_norm_eps",
+        rotary_default=0.5,
+        extra=("qk_layernorm",),
+    ),
+    "llama": HFArch(
+        "LlamaForCausalLM",
+        "llama",
+        {**_RMS_BLOCK, **_ATTN_OUT},
+        {
+            "blocks.{i}.attn.qkv.weight": _QKV,
+            "blocks.{i}.mlp.up.weight": (
+                "model.layers.{i}.mlp.gate_proj.weight",
+                "model.layers.{i}.mlp.up_proj.weight",
+            ),
+        },
+        "rms_norm_eps",
+        extra=("head_dim",),
+    ),
+}
+# an HF config's architectures[0] / model_type -> our arch
+ARCH_OF = {a.hf_class: k for k, a in HF_ARCHS.items()}
+MODEL_TYPE_OF = {a.model_type: k for k, a in HF_ARCHS.items()}
 
 # config.json keys that carry no meaning for inference here (training knobs, bookkeeping).
 IGNORED_KEYS = {
@@ -81,7 +130,6 @@ IGNORED_KEYS = {
     "architectures",
     "full_attn_mod",
     "interpolate_factor",
-    "head_dim",
     "layer_types",
     "use_return_dict",
     "pruned_heads",
@@ -89,38 +137,60 @@ IGNORED_KEYS = {
     "use_bfloat16",
     "torchscript",
     "task_specific_params",
+    "is_llama_config",  # SmolLM2's exporter bookkeeping
+    "transformers.js_config",
     "quantization_config",  # phiforge quantize: read by infer/quant.py, config-only readers (info) skip it
 }
 # keys that must hold this value because we do not implement the alternative
-REQUIRED_VALUES = {"attention_bias": False, "mlp_bias": False, "lm_head_bias": False, "qk_layernorm": False}
+REQUIRED_VALUES = {
+    "attention_bias": False,
+    "mlp_bias": False,
+    "lm_head_bias": False,
+    "qk_layernorm": False,
+    "rope_interleaved": False,
+    "pretraining_tp": 1,
+}
 
 
 def config_from_hf(d: dict, source: str = "config.json") -> ModelConfig:
     archs = d.get("architectures") or []
-    model_type = d.get("model_type")
-    arch = {"Phi3ForCausalLM": "phi3", "PhiForCausalLM": "phi"}.get(archs[0] if archs else "")
-    arch = arch or {"phi3": "phi3", "phi": "phi"}.get(model_type)
+    arch = ARCH_OF.get(archs[0] if archs else "") or MODEL_TYPE_OF.get(d.get("model_type"))
     if arch is None:
+        known = ", ".join(a.hf_class for a in HF_ARCHS.values())
         raise CheckpointError(
-            f"{source}: unknown architecture {archs or model_type!r} (supported: Phi3ForCausalLM, PhiForCausalLM)"
+            f"{source}: unknown architecture {archs or d.get('model_type')!r} (supported: {known})"
         )
+    spec = HF_ARCHS[arch]
     d = dict(d)
     rope = d.pop("rope_parameters", None) or {}  # transformers >= 5 nests rope settings here
     scaling = d.pop("rope_scaling", None) or (rope if rope.get("rope_type", "default") != "default" else None)
     kw = dict(arch=arch, rope_theta=d.pop("rope_theta", rope.get("rope_theta", 10000.0)))
     kw["partial_rotary_factor"] = d.pop(
-        "partial_rotary_factor", rope.get("partial_rotary_factor", 0.5 if arch == "phi" else 1.0)
+        "partial_rotary_factor", rope.get("partial_rotary_factor", spec.rotary_default)
     )
     if scaling:
         scaling = {k: v for k, v in scaling.items() if k not in ("rope_theta", "partial_rotary_factor")}
         if "original_max_position_embeddings" in scaling:
             kw["original_max_position_embeddings"] = scaling.pop("original_max_position_embeddings")
         kw["rope_scaling"] = scaling
-    kw["norm_eps"] = d.pop("rms_norm_eps" if arch == "phi3" else "layer_norm_eps", 1e-5)
+    kw["norm_eps"] = d.pop(spec.eps_key, 1e-5)
     for key, want in REQUIRED_VALUES.items():
-        if key in d and bool(d.pop(key)) != want:
-            raise CheckpointError(f"{source}: field {key}={not want} is not supported")
-    fields = set(ModelConfig.__dataclass_fields__) - {"arch", "norm_eps", "dropout", "rope_scaling"}
+        if key in d and (got := d.pop(key)) is not None and got != want:
+            raise CheckpointError(f"{source}: field {key}={got!r} is not supported (only {want!r})")
+    head_dim = d.pop("head_dim", None)  # transformers writes it even when derived: keep only a real override
+    if (
+        head_dim
+        and d.get("num_attention_heads")
+        and head_dim * d["num_attention_heads"] != d.get("hidden_size")
+    ):
+        kw["head_size"] = head_dim
+    fields = set(ModelConfig.__dataclass_fields__) - {
+        "arch",
+        "norm_eps",
+        "dropout",
+        "rope_scaling",
+        "head_size",
+    }
     for key, value in d.items():
         if key in fields:
             kw[key] = value
@@ -133,10 +203,10 @@ def config_from_hf(d: dict, source: str = "config.json") -> ModelConfig:
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
-    name, model_type = HF_ARCH[cfg.arch]
+    spec = HF_ARCHS[cfg.arch]
     d = {
-        "architectures": [name],
-        "model_type": model_type,
+        "architectures": [spec.hf_class],
+        "model_type": spec.model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
@@ -155,23 +225,34 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
         "torch_dtype": str(dtype).removeprefix("torch."),
         "initializer_range": 0.02,
         "use_cache": True,
+        spec.eps_key: cfg.norm_eps,
     }
-    if cfg.arch == "phi3":
-        d["rms_norm_eps"] = cfg.norm_eps
+    if "original_max_position_embeddings" in spec.extra:
         d["original_max_position_embeddings"] = (
             cfg.original_max_position_embeddings or cfg.max_position_embeddings
         )
+    elif cfg.rope_kind in (
+        "llama3",
+        "yarn",
+        "longrope",
+    ):  # the rest keep the pretraining length in rope_scaling
+        d["rope_scaling"] = {
+            **cfg.rope_scaling,
+            "original_max_position_embeddings": cfg.original_max_position_embeddings,
+        }
+    if "sliding_window" in spec.extra:
         d["sliding_window"] = cfg.sliding_window
-    else:
-        d["layer_norm_eps"] = cfg.norm_eps
+    if "qk_layernorm" in spec.extra:
         d["qk_layernorm"] = False
+    if cfg.head_size is not None or "head_dim" in spec.extra:
+        d["head_dim"] = cfg.head_dim
     return d
 
 
 def _expand(cfg: ModelConfig) -> dict[str, str]:
-    """Concrete HF name -> our name for every tensor of this config."""
+    """Concrete HF name -> our name for every unfused tensor of this config."""
     out = {}
-    for hf, ours in NAME_MAPS[cfg.arch].items():
+    for hf, ours in HF_ARCHS[cfg.arch].names.items():
         if "{i}" not in hf:
             out[hf] = ours
             continue
@@ -179,6 +260,18 @@ def _expand(cfg: ModelConfig) -> dict[str, str]:
             out[hf.format(i=i)] = ours.format(i=i)
     if cfg.tie_word_embeddings:
         out.pop("lm_head.weight")
+    return out
+
+
+def _fused(cfg: ModelConfig) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """Our fused tensor -> [(HF name, shape)] of the parts concatenated along rows, in order."""
+    out = {}
+    for ours, parts in HF_ARCHS[cfg.arch].fused.items():
+        # our fused layouts: qkv = [q; k; v], up = [gate; up] (the MLP chunks it in that order)
+        rows = [cfg.q_dim, cfg.kv_dim, cfg.kv_dim] if ".attn.qkv." in ours else [cfg.intermediate_size] * 2
+        cols = (cfg.hidden_size,) if ours.endswith("weight") else ()
+        for i in range(cfg.num_hidden_layers):
+            out[ours.format(i=i)] = [(hf.format(i=i), (r, *cols)) for hf, r in zip(parts, rows, strict=True)]
     return out
 
 
@@ -222,33 +315,33 @@ def _read_tensors(files: list[Path]):
 def load_state_dict(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     path = Path(path)
     names = _expand(cfg)
-    fused: dict[str, dict[str, torch.Tensor]] = {}
+    fused = _fused(cfg)
+    part_of = {hf: ours for ours, parts in fused.items() for hf, _ in parts}
+    got: dict[str, torch.Tensor] = {}  # fused parts by HF name
     sd: dict[str, torch.Tensor] = {}
-    fuse_re = None
-    if cfg.arch in FUSED:
-        fuse_re = re.compile(r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
     for f, key, t in _read_tensors(_weight_files(path)):
         if key in names:
             sd[names[key]] = t
-        elif fuse_re and (m := fuse_re.match(key)):
-            fused.setdefault(f"blocks.{m[1]}.attn.qkv.{m[3]}", {})[m[2]] = t
+        elif key in part_of:
+            got[key] = t
         elif key == "lm_head.weight" and cfg.tie_word_embeddings or key.endswith("rotary_emb.inv_freq"):
             continue  # redundant copies some exporters write
         else:
-            raise CheckpointError(f"{f}: unexpected tensor {key!r} for {HF_ARCH[cfg.arch][0]}")
-    rows = {"q": cfg.hidden_size, "k": cfg.kv_dim, "v": cfg.kv_dim}
+            raise CheckpointError(f"{f}: unexpected tensor {key!r} for {HF_ARCHS[cfg.arch].hf_class}")
     for ours, parts in fused.items():
-        i, kind = ours.split(".")[1], ours.rsplit(".", 1)[1]
-        for p in "qkv":  # check each part so errors name the HF tensor (torch.cat would raise RuntimeError)
-            hf = f"model.layers.{i}.self_attn.{p}_proj.{kind}"
-            if p not in parts:
+        if not any(hf in got for hf, _ in parts):
+            continue  # wholly missing: load_model names it
+        for (
+            hf,
+            want,
+        ) in parts:  # check each part so errors name the HF tensor (torch.cat would raise RuntimeError)
+            if hf not in got:
                 raise CheckpointError(f"{path}: missing tensor {hf!r}")
-            want = (rows[p], cfg.hidden_size) if kind == "weight" else (rows[p],)
-            if tuple(parts[p].shape) != want:
+            if tuple(got[hf].shape) != want:
                 raise CheckpointError(
-                    f"{path}: tensor {hf!r} has shape {tuple(parts[p].shape)}, config.json implies {want}"
+                    f"{path}: tensor {hf!r} has shape {tuple(got[hf].shape)}, config.json implies {want}"
                 )
-        sd[ours] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+        sd[ours] = torch.cat([got[hf] for hf, _ in parts], dim=0)
     return sd
 
 
@@ -281,40 +374,21 @@ def load_model(path: str | Path, device="cpu", dtype: torch.dtype | None = None)
 
 
 def to_hf_name(ours: str, cfg: ModelConfig) -> str:
-    inverse = {v: k for k, v in _expand(cfg).items()}
-    m = re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", ours)
-    if m and cfg.arch in FUSED:  # fused on load: name the first of the separate HF tensors
-        return f"model.layers.{m[1]}.self_attn.q_proj.{m[2]}"
-    return inverse.get(ours, ours)
+    fused = _fused(cfg)
+    if ours in fused:  # fused on load: name the first of the separate HF tensors
+        return fused[ours][0][0]
+    return {v: k for k, v in _expand(cfg).items()}.get(ours, ours)
 
 
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     cfg = model.cfg
     sd = model.state_dict()
     out = {hf: sd[ours].contiguous() for hf, ours in _expand(cfg).items() if ours in sd}
-    if cfg.arch in FUSED:
-        sizes = [cfg.hidden_size, cfg.kv_dim, cfg.kv_dim]
-        for i in range(cfg.num_hidden_layers):
-            for kind in ("weight", "bias"):
-                parts = sd[f"blocks.{i}.attn.qkv.{kind}"].split(sizes, dim=0)
-                for p, t in zip("qkv", parts, strict=True):
-                    out[f"model.layers.{i}.self_attn.{p}_proj.{kind}"] = t.contiguous().clone()
+    for ours, parts in _fused(cfg).items():
+        pieces = sd[ours].split([shape[0] for _, shape in parts], dim=0)
+        for (hf, _), t in zip(parts, pieces, strict=True):
+            out[hf] = t.contiguous().clone()
     return out
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def save_model(model: Transformer, path: str | Path, max_shard_bytes: int = 5 * 2**30) -> None:
@@ -334,16 +408,16 @@ def save_model(model: Transformer, path: str | Path, max_shard_bytes: int = 5 * 
         shards[-1][k] = t
         size += nbytes
     if len(shards) == 1:
-        _atomic_write(
-            path / "model.safetensors", lambda tmp: save_file(shards[0], tmp, metadata={"format": "pt"})
-        )
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_file(shards[0], tmp, metadata={"format": "pt"})
         (path / "model.safetensors.index.json").unlink(missing_ok=True)
     else:
         n = len(shards)
         weight_map = {}
         for j, shard in enumerate(shards):
             name = f"model-{j + 1:05d}-of-{n:05d}.safetensors"
-            _atomic_write(path / name, lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
+            with atomic_path(path / name) as tmp:
+                save_file(shard, tmp, metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(shard, name))
         total = sum(t.numel() * t.element_size() for t in sd.values())
         write_json(

@@ -1,10 +1,11 @@
-"""The Phi family as one small PyTorch module.
+"""Phi, Llama and their kin as one small PyTorch module.
 
-Two block shapes, chosen by `cfg.arch`:
-  phi3: x = x + attn(rms(x)); x = x + swiglu(rms(x))           (Phi-3, Phi-3.5, Phi-4)
-  phi:  h = ln(x); x = x + attn(h) + gelu_mlp(h)                (phi-1, phi-1.5, phi-2: parallel block)
-q, k and v are always one fused projection (phi's separate HF tensors are fused on load) because one
-matmul per layer is what makes batch-1 decode fast. Internal names are our own; hf.py maps them.
+Two block shapes, chosen by the config's derived flags (config.ARCHS), never by the architecture name:
+  sequential: x = x + attn(rms(x)); x = x + swiglu(rms(x))     (Phi-3, Phi-4, Llama, SmolLM2, Mistral)
+  parallel:   h = ln(x); x = x + attn(h) + gelu_mlp(h)          (phi-1, phi-1.5, phi-2)
+q, k and v are always one fused projection, and so are gate and up (separate HF tensors are fused on
+load, split on save) because one matmul per layer is what makes batch-1 decode fast. Internal names are
+our own; hf.py maps them.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        bias = cfg.arch == "phi"
+        bias = cfg.attention_bias
         self.nh, self.nkv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.layer = layer
-        self.qkv = nn.Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=bias)
+        self.qkv = nn.Linear(cfg.hidden_size, cfg.q_dim + 2 * cfg.kv_dim, bias=bias)
         self.out = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=bias)
         self.dropout = cfg.dropout
 
@@ -92,22 +93,27 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.swiglu = cfg.arch == "phi3"
+        self.swiglu = cfg.gated_mlp
         if cfg.hidden_act not in ("silu", "gelu_new", "gelu_pytorch_tanh", "gelu"):
             raise ValueError(f"unsupported hidden_act {cfg.hidden_act!r}")
         self.act = cfg.hidden_act
         up = 2 * cfg.intermediate_size if self.swiglu else cfg.intermediate_size
-        self.up = nn.Linear(cfg.hidden_size, up, bias=not self.swiglu)  # phi3: fused gate|up
-        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=not self.swiglu)
+        self.up = nn.Linear(cfg.hidden_size, up, bias=cfg.mlp_bias)  # gated: fused gate|up
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
         h = self.up(x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
-            return self.down(up * F.silu(gate))
+            return self.down(up * self._act(gate))
+        return self.down(self._act(h))
+
+    def _act(self, h):
+        if self.act == "silu":
+            return F.silu(h)
         if self.act == "gelu":
-            return self.down(F.gelu(h))
-        return self.down(F.gelu(h, approximate="tanh"))  # gelu_new == tanh approximation
+            return F.gelu(h)
+        return F.gelu(h, approximate="tanh")  # gelu_new == gelu_pytorch_tanh == tanh approximation
 
 
 class RMSNorm(nn.Module):
@@ -125,7 +131,7 @@ class RMSNorm(nn.Module):
 
 
 def norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.arch == "phi3":
+    if cfg.norm_kind == "rms":
         return RMSNorm(cfg.hidden_size, cfg.norm_eps)
     return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
 
@@ -133,7 +139,7 @@ def norm(cfg: ModelConfig) -> nn.Module:
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.parallel = cfg.arch == "phi"
+        self.parallel = cfg.parallel_block
         self.norm1 = norm(cfg)
         self.attn = Attention(cfg, layer)
         if not self.parallel:
@@ -157,7 +163,7 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = norm(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=cfg.arch == "phi")
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
         self.rope = RopeTables(cfg)

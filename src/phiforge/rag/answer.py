@@ -74,8 +74,8 @@ def build_prompt(
     ctx = engine.cfg.max_position_embeddings
     budget = min(budget or ctx, ctx) - max_new_tokens
     hits = index.search(query or question, k=k) if index is not None else []
-    messages, used, n = fit(engine.tok, question, hits, budget)
-    return engine.tok.render_chat(messages, add_generation_prompt=True), used, n
+    messages, used, n = fit(engine.tokenizer, question, hits, budget)
+    return engine.tokenizer.render_chat(messages, add_generation_prompt=True), used, n
 
 
 def answer(engine, index: Index, question: str, k: int = 8, params=None, budget: int | None = None) -> Answer:
@@ -86,6 +86,6 @@ def answer(engine, index: Index, question: str, k: int = 8, params=None, budget:
         raise RagError("the question is empty")
     params = params or SamplingParams(max_new_tokens=256, temperature=0.0)
     prompt, used, n = build_prompt(engine, index, question, k, params.max_new_tokens, budget)
-    res = engine.generate([engine.tok.encode(prompt)], params)[0]
+    res = engine.generate([engine.tokenizer.encode(prompt)], params)[0]
     sources = [{"n": i, "title": h.title, "doc_id": h.doc_id, "text": h.text} for i, h in enumerate(used, 1)]
     return Answer(res.text.strip(), sources, n)

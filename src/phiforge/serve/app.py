@@ -88,7 +88,7 @@ class Server:
     """What the routes share: the engine, its batcher, the served model name and the API key."""
 
     def __init__(self, engine: Engine, model_name: str, api_key: str | None, max_batch: int):
-        self.engine, self.tok, self.name, self.api_key = engine, engine._tok(), model_name, api_key
+        self.engine, self.tok, self.name, self.api_key = engine, engine.tokenizer, model_name, api_key
         self.ctx = engine.cfg.max_position_embeddings
         self.batcher = Batcher(engine, max_batch=max_batch)
 

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..infer import kernels
-from ..infer.engine import Engine, _Row
+from ..infer.engine import Engine, Row, token_logprobs
 from ..infer.sampling import SamplingParams, sample
 from ..model import KVCache
-from ..tokenizer import StreamDecoder
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,8 @@ class Request:
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     cancelled: bool = False
     steps: int = 0  # decode steps this row took part in (tests: a cancelled row stops growing)
+    logprobs: list[float] | None = None  # with params.logprobs, as engine.Result
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
     def cancel(self) -> None:
         self.cancelled = True  # read by the scheduler thread between steps
@@ -56,12 +57,11 @@ class Request:
 @dataclass
 class _Live:
     req: Request
-    row: _Row
+    row: Row
     pad: int  # first cache slot holding this row's prompt
     next_id: int  # the token fed at the next step
     limit: int  # max new tokens after clamping to the context
     gen: torch.Generator | None
-    stops: set[int]  # stop token ids
 
 
 class _CacheView:
@@ -150,8 +150,8 @@ class Batcher:
                         r.sink("error", f"generation failed: {e}")
                 self.live = []
 
-    def _new_row(self, req: Request) -> tuple[_Row, int, torch.Generator | None]:
-        row = _Row(prompt_len=len(req.prompt), decoder=StreamDecoder(self.engine.tok))
+    def _new_row(self, req: Request) -> tuple[Row, int, torch.Generator | None]:
+        row = self.engine.new_row(len(req.prompt), req.params)
         # as Engine.generate: the cache holds ctx tokens, and the token sampled last is never fed back
         limit = min(req.params.max_new_tokens, self.ctx - len(req.prompt) + 1)
         seed = req.params.seed
@@ -168,9 +168,9 @@ class Batcher:
         i, S = len(self.live), self.S
         self.k[:, i, :, S - n : S] = tmp.k[:, 0]
         self.v[:, i, :, S - n : S] = tmp.v[:, 0]
-        live = _Live(req, row, S - n, -1, limit, gen, self.engine.stop_ids(req.params))
+        live = _Live(req, row, S - n, -1, limit, gen)
         self.live.append(live)
-        self._accept(live, self._sample(live, logits))
+        self._accept(live, logits)
 
     def _step(self) -> None:
         self._make_room(0)
@@ -190,7 +190,7 @@ class Batcher:
         self.peak_batch = max(self.peak_batch, nb)
         for i, r in enumerate(self.live):
             r.req.steps += 1
-            self._accept(r, self._sample(r, logits[i : i + 1]))
+            self._accept(r, logits[i : i + 1])
 
     def _step_native(self) -> None:
         """One row alone: Engine's native whole-layer decode (infer/kernels.c), as in Engine.generate.
@@ -206,27 +206,28 @@ class Batcher:
         self.steps += 1
         self.peak_batch = max(self.peak_batch, 1)
         r.req.steps += 1
-        self._accept(r, self._sample(r, logits))
+        self._accept(r, logits)
 
-    def _sample(self, r: _Live, logits: torch.Tensor) -> int:
-        return int(sample(logits, r.req.params, r.gen)[0])
-
-    def _accept(self, r: _Live, tid: int) -> None:
+    def _accept(self, r: _Live, logits: torch.Tensor) -> None:
+        """Sample from one row's logits (1, V) and hand the id to its Row (stop ids/strings, streaming)."""
         req = r.req
-        params = req.params
-        eng = self.engine
+        nxt = sample(logits, req.params, r.gen)
+        k = req.params.logprobs
+        lp = token_logprobs(logits, nxt, k)[0] if k is not None else None
+        tid = int(nxt[0])
 
-        def on_token(_i, _tid, text):
+        def on_text(_tid, text):
             if text:
                 req.text += text
                 req.sink("text", text)
 
-        eng._accept(0, r.row, tid, r.stops, params, on_token)
+        r.row.accept(tid, on_text, lp)
         if not r.row.done and len(r.row.tokens) >= r.limit:  # the context is full
-            eng._finish(0, r.row, "length", on_token)
+            r.row.finish("length", on_text)
         r.next_id = tid
         if r.row.done:
-            req.tokens, req.finish_reason = list(r.row.tokens), r.row.finish
+            req.tokens, req.finish_reason = list(r.row.tokens), r.row.finish_reason
+            req.logprobs, req.top_logprobs = r.row.logprobs, r.row.top_logprobs
             req.sink("done", req)
 
     def _retire(self) -> None:
@@ -295,4 +296,5 @@ class Batcher:
             self.n_cancelled += 1
             return
         req.tokens, req.finish_reason = res.tokens, res.finish_reason
+        req.logprobs, req.top_logprobs = res.logprobs, res.top_logprobs
         req.sink("done", req)

@@ -1,8 +1,9 @@
 """Checkpoints: HF layout (config.json, model.safetensors, tokenizer.json) + `trainer_state.pt` beside it.
 
-`run/ckpt/step_000120/` is written as `.step_000120.tmp/` and renamed when complete, so a kill at any
-moment leaves either the old set of checkpoints or the new one, never a half-written directory. The
-trainer state holds everything exact resume needs: optimizer, step, phase, RNG states, the recipe.
+`run/ckpt/step_000120/` is written as `.step_000120.<pid>.<random>.tmp/` and renamed when complete
+(phiforge.io.atomic_path), so a kill at any moment leaves either the old set of checkpoints or the new
+one, never a half-written directory. The trainer state holds everything exact resume needs: optimizer,
+step, phase, RNG states, the recipe.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_path
 from ..model import save_model
 
 STATE = "trainer_state.pt"
@@ -59,15 +61,14 @@ def save(root: str | Path, step: int, model, tokenizer, state: dict, keep_last: 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
-    tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    if tokenizer is not None:
-        tokenizer.save(tmp)
-    torch.save(state, tmp / STATE)
-    if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    for stale in root.glob(f".{final.name}.*.tmp"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    # re-saving the same step (e.g. a signal right after a periodic save) replaces it
+    with atomic_path(final) as tmp:
+        save_model(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        torch.save(state, tmp / STATE)
     _fsync_dir(root)
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

@@ -4,13 +4,16 @@ A step is: the global batch of this step (a pure function of the step, see mixtu
 rank's micro-batches -> forward/backward with the summed loss scaled by world/targets so DDP's and FSDP's
 gradient averaging yields the exact global mean -> clip -> AdamW -> lr for the next step. Everything exact
 resume needs lives in the checkpoint; a resumed run replays the same steps bit for bit.
+
+The loop knows no loss: each phase brings a collator (its `batch`) and an `Objective` (the loss and the
+units it is summed over). Pretraining and SFT share `LM` (SFT's assistant-only mask is in its labels); a
+preference loss such as DPO is another Objective plus a collator, not another loop.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import progress_bar, read_metrics, write_jsonl
 from ..model import Transformer, build
 from . import checkpoint as ckpt
 from .config import TrainConfig, to_dict
@@ -34,15 +38,40 @@ class TrainingInterrupted(RuntimeError):
     """SIGTERM/SIGINT: a checkpoint was saved; `--resume` continues."""
 
 
-Batch = tuple  # (x, y, positions | None, mask | None)
+Batch = tuple  # LM: (x, y, positions | None, mask | None); other objectives define their own tuples
+
+
+def lm_loss(net, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token cross-entropy summed over the targets != -100 (no extra metrics)."""
+    x, y, pos, mask = b
+    return net(x, positions=pos, mask=mask, targets=y, reduction="sum"), {}
+
+
+def target_tokens(b: Batch) -> int:
+    return int((b[1] != -100).sum())
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a phase minimises. `loss(model, batch)` returns the loss *summed* over the batch's units and a
+    dict of metrics summed the same way; `units(batch)` counts those units (target tokens, preference
+    pairs). The loop divides loss and metrics by the global batch's units (PhaseData.targets), so both are
+    exact means over the global batch whatever the micro-batching (DPO's rewards are means over pairs)."""
+
+    loss: Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+    units: Callable[[Batch], int]
+
+
+LM = Objective(lm_loss, target_tokens)
 
 
 @dataclass
 class PhaseData:
     name: str
     steps: int
-    batch: Callable[[int, int, int], Batch]  # (step, lo, hi) -> rows lo..hi of the global batch
-    targets: Callable[[int], int]  # step -> number of target tokens (label != -100) in the global batch
+    batch: Callable[[int, int, int], Batch]  # the collator: (step, lo, hi) -> rows lo..hi of the global batch
+    targets: Callable[[int], int]  # step -> objective units in the global batch (LM: labels != -100)
+    objective: Objective = LM
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -136,11 +165,8 @@ class Metrics:
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = path.read_text().splitlines() if path.exists() and resume_step else []
-        keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
+        rows = read_metrics(path) if resume_step else []
+        write_jsonl(path, [r for r in rows if r.get("step", 0) <= resume_step])
         self.f = path.open("a")
         if tensorboard:
             try:
@@ -170,22 +196,24 @@ class Metrics:
                 self.tb.close()
 
 
-def _forward_loss(net, b: Batch, device, autocast) -> torch.Tensor:
-    x, y, pos, mask = (t.to(device) if t is not None else None for t in b)
+def _forward_loss(net, b: Batch, device, autocast, objective: Objective = LM):
+    b = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in b)
     with autocast:
-        return net(x, positions=pos, mask=mask, targets=y, reduction="sum")
+        return objective.loss(net, b)
 
 
 @torch.no_grad()
-def evaluate(net, evals: dict[str, list[Batch]], device, autocast) -> dict[str, float]:
+def evaluate(
+    net, evals: dict[str, list[Batch]], device, autocast, objective: Objective = LM
+) -> dict[str, float]:
     was = net.training
     net.eval()
     out = {}
     for name, batches in evals.items():
         total, n = 0.0, 0
         for b in batches:
-            total += float(_forward_loss(net, b, device, autocast))
-            n += int((b[1] != -100).sum())
+            total += float(_forward_loss(net, b, device, autocast, objective)[0])
+            n += objective.units(b)
         out[name] = total / max(n, 1)
     net.train(was)
     return out
@@ -274,15 +302,20 @@ def train(
                 t0 = time.perf_counter()
                 n_tgt = phase.targets(step)
                 scale = d.world / max(n_tgt, 1)
-                loss_sum = 0.0
+                loss_sum, extra = 0.0, {}
                 base = d.rank * mb * ga
                 for k in range(ga):
                     b = phase.batch(step, base + k * mb, base + (k + 1) * mb)
                     with sync_context(net, k == ga - 1):
-                        loss = _forward_loss(net, b, d.device, autocast)
+                        loss, m = _forward_loss(net, b, d.device, autocast, phase.objective)
                         (loss * scale).backward()
                     loss_sum += float(loss.detach())
+                    for key, v in m.items():
+                        extra[key] = extra.get(key, 0.0) + float(v)
                 loss_val = float(all_sum(loss_sum, d)) / max(n_tgt, 1)
+                if extra:  # the objective's metrics, global means (every rank has the same keys)
+                    sums = all_sum(torch.tensor(list(extra.values()), dtype=torch.float64), d)
+                    extra = {key: float(v) / max(n_tgt, 1) for key, v in zip(extra, sums, strict=True)}
                 if not math.isfinite(loss_val):
                     kept = f"last good checkpoint: {last_path}" if last_path else "no checkpoint saved yet"
                     raise TrainingError(
@@ -300,12 +333,12 @@ def train(
                 row = {
                     "type": "train", "step": done, "phase": phase.name, "loss": loss_val, "lr": lr,
                     "grad_norm": gn, "tokens": done * n_global * cfg.seq_len, "tokens_per_s": tps,
-                    "mfu": fpt * tps / (peak * d.world), "time": time.perf_counter() - t_run,
+                    "mfu": fpt * tps / (peak * d.world), "time": time.perf_counter() - t_run, **extra,
                 }  # fmt: skip
                 metrics.log(row)
                 end_of_phase = done == bounds[pi]
                 if (cfg.eval_every and done % cfg.eval_every == 0) or end_of_phase:
-                    ev = evaluate(net, evals, d.device, autocast)
+                    ev = evaluate(net, evals, d.device, autocast, phase.objective)
                     if ev:
                         metrics.log({"type": "eval", "step": done, "phase": phase.name, "val_loss": ev})
                         if console is not None and d.main:
@@ -329,17 +362,4 @@ def train(
 def _progress(cfg: TrainConfig, d: Dist, console, total: int, start: int):
     if not (cfg.progress and d.main and console is not None):
         return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    cols = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-    )  # fmt: skip
-    return Progress(*cols, console=console)
+    return progress_bar(console)

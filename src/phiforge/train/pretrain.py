@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from ..tokenizer import Tokenizer
 from . import checkpoint as ckpt
 from .config import RecipeError, TrainConfig, load_recipe
 from .dist import Dist, setup, teardown
-from .loop import PhaseData, measure_peak_flops, train, train_flops_per_token
+from .loop import LM, PhaseData, make_optimizer, measure_peak_flops, train, train_flops_per_token
 from .mixture import Mixture, TrainDataError, val_batches
 from .sft import build_sft_data, sft_inputs
 
@@ -156,15 +157,20 @@ def pretrain(
         _check_shards_vs_tokenizer(cfg, tok)
         steps = cfg.phase_steps(d.world)
         n_global = cfg.micro_batch * cfg.grad_accum * d.world
+        start = _resume_point(cfg, resume)
+        model0 = _init_model(cfg, mc, None) if any(p.kind == "dpo" for p in cfg.phases) else None
         phases = []
         for i, (p, n) in enumerate(zip(cfg.phases, steps, strict=True)):
+            if p.kind == "dpo":
+                phases.append(_dpo_phase(cfg, p, tok, mc, model0, d, con))
+                continue
             mix = Mixture(p.datasets, cfg.seq_len, mc.vocab_size, cfg.seed, i)
 
             def batch(step, lo, hi, mix=mix):
                 x = mix.batch(step, n_global, lo, hi)
                 return x[:, :-1], x[:, 1:], None, None
 
-            phases.append(PhaseData(p.name, n, batch, lambda step: n_global * cfg.seq_len))
+            phases.append(PhaseData(p.name, n, batch, lambda step: n_global * cfg.seq_len, LM))
         evals = {}
         for p in cfg.phases:
             for ds in p.datasets:
@@ -173,15 +179,41 @@ def pretrain(
                     evals[ds.label()] = [(b[:, :-1], b[:, 1:], None, None) for b in vb]
                 elif con:
                     con.print(f"note: {ds.path} has no usable val split; no validation loss for it")
-        start = _resume_point(cfg, resume)
         if resume and start is None and con:
             con.print(f"note: --resume: no checkpoint in {Path(cfg.out) / 'ckpt'} yet, starting from step 0")
-        model = _init_model(cfg, mc, start)
+        model = model0 if model0 is not None and start is None else _init_model(cfg, mc, start)
+        del model0  # DPO's reference lives on disk as log-probs: one model in memory while training
         if con:
-            _announce(con, cfg, model, steps, d, start)
+            _announce(con, cfg, model, [p.steps for p in phases], d, start)
         return train(cfg, model, tok, phases, evals, d, start, con)
     finally:
         teardown(d)
+
+
+def _dpo_phase(
+    cfg: TrainConfig, p, tok: Tokenizer | None, mc, model0: Transformer, d: Dist, con
+) -> PhaseData:
+    """Pairs of a dpo phase with reference log-probs of the run's starting model (cached beside the data)."""
+    from .dpo import dpo_phase, load_pairs
+    from .dpo_ref import attach
+
+    if tok is None:
+        raise TrainDataError(
+            f"{p.data}: a dpo phase needs the model's tokenizer (set `tokenizer` or init_from)"
+        )
+    pairs = load_pairs(tok, p.data, cfg.seq_len + 1, mc.vocab_size)
+    pad = tok.token_to_id(tok.pad_token) if tok.pad_token else tok.eos_id
+    pad = pad if pad is not None else 0
+    path, computed = attach(pairs, p.data, model0, cfg.micro_batch, pad, d, cfg.dtype)
+    n_global = cfg.micro_batch * cfg.grad_accum * d.world
+    phase = dpo_phase(p.name, pairs, p, n_global, cfg.seed, pad)
+    if con:
+        how = f"computed for {computed}" if computed else "all reused"
+        con.print(
+            f"[bold]dpo[/] {p.name}: {len(pairs)} pairs ({pairs.dropped} dropped: prompt >= seq_len), "
+            f"{p.loss_type} beta {p.beta}, sft weight {p.sft_weight}; reference log-probs {how} ({path.name})"
+        )
+    return phase
 
 
 def sft(
@@ -235,10 +267,27 @@ def sft(
                 f"[bold]sft[/]: {len(packed)} packed rows of {cfg.seq_len + 1} tokens "
                 f"({packed.truncated} conversations truncated), {steps} steps of {n_global} rows"
             )
-        phase = PhaseData("sft", steps, batch, targets)
+        phase = PhaseData("sft", steps, batch, targets, LM)  # the mask is in the labels: plain LM loss
         return train(cfg, model, tok, [phase], evals, d, start, con)
     finally:
         teardown(d)
+
+
+def measure_throughput(cfg: TrainConfig, steps: int = 12) -> float:
+    """Training tokens/s of this recipe's model on this machine (one process, one micro-batch of random
+    tokens): the median of the steps after the first 4, which warm up allocators and thread pools."""
+    model = build(model_config(cfg, load_tokenizer(cfg)), seed=cfg.seed).train()
+    opt = make_optimizer(model, cfg, fsdp=False)
+    x = torch.randint(0, model.cfg.vocab_size, (cfg.micro_batch, cfg.seq_len + 1))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        model(x[:, :-1], targets=x[:, 1:]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    warm = sorted(times[4:])
+    return cfg.micro_batch * cfg.seq_len / warm[len(warm) // 2]
 
 
 def _announce(con, cfg: TrainConfig, model: Transformer, steps: list[int], d: Dist, start) -> None:

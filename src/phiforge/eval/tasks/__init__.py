@@ -8,10 +8,11 @@ where it states them, and `setting` says in words what a report prints.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ... import io
 
 
 @dataclass
@@ -59,15 +60,10 @@ def need(path: Path, what: str) -> Path:
 
 def read_jsonl(path: Path, what: str) -> list[dict]:
     need(path, what)
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{what} file {path} line {n}: invalid JSON ({e.msg})") from None
-    return rows
+    try:
+        return list(io.read_jsonl(path))
+    except (OSError, UnicodeDecodeError, io.JsonlError) as e:
+        raise DataError(f"{what} file {e}") from None
 
 
 def field_of(row: dict, key: str, path: Path, n: int):
@@ -89,10 +85,10 @@ def other_shots(items: list, i: int, k: int) -> list:
 
 
 def registry() -> dict[str, Task]:
-    from . import bbh, code, gsm8k, mc, rag_qa, sanity
+    from . import arith, bbh, code, gsm8k, mc, rag_qa, sanity
 
     tasks: dict[str, Task] = {}
-    for mod in (code, gsm8k, mc, bbh, sanity, rag_qa):
+    for mod in (code, gsm8k, arith, mc, bbh, sanity, rag_qa):
         for t in mod.tasks():
             tasks[t.name] = t
     return tasks

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 from . import DataError, GenItem, Task, data_path, field_of, read_jsonl
@@ -24,12 +22,7 @@ def humaneval_file(data_dir: Path | None) -> Path:
 
 def load_humaneval(data_dir, limit, shots) -> list[GenItem]:
     path = humaneval_file(data_dir)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"HumanEval file {path}: cannot read ({e})") from None
+    rows = read_jsonl(path, "HumanEval")
     items = []
     for n, r in enumerate(rows[:limit] if limit else rows, 1):
         prompt = field_of(r, "prompt", path, n)
@@ -47,6 +40,11 @@ def load_humaneval(data_dir, limit, shots) -> list[GenItem]:
             )
         )
     return items
+
+
+def humaneval_solutions() -> list[str]:
+    """prompt + canonical_solution of the 164 HumanEval problems (the speedrun's bits-per-byte text)."""
+    return [it.prompt + it.meta["canonical_solution"] for it in load_humaneval(None, None, 0)]
 
 
 def humaneval_program(item: GenItem, completion: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ..sandbox import Limits, run_program
+from ...sandbox import Limits, run_program
 from . import GenItem, Task
 
 # (id, question, must match, must not match): the first number / word of the first answer line decides

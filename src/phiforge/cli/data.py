@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(
+data_app = typer.Typer(
     help="Textbook-quality data: harvest, annotate, classify, filter, dedup, decontaminate, tokenize.",
     no_args_is_help=True,
 )
@@ -19,12 +19,12 @@ app = typer.Typer(
 _verbose = {"on": False}
 
 
-@app.callback()
+@data_app.callback()
 def _group(verbose: bool = typer.Option(False, "--verbose", help="Show datatrove's own logs on stderr.")):
     """Textbook-quality data: harvest, annotate, classify, filter, dedup, decontaminate, tokenize."""
     _verbose["on"] = verbose
     if not verbose:  # per-task logs still land under each stage's logs/ folder
-        from .data.stage import quiet_logs
+        from ..data.stage import quiet_logs
 
         quiet_logs().__enter__()  # for the rest of this process: one command per process
 
@@ -42,7 +42,7 @@ _CONCURRENCY = typer.Option(8, help="Teacher requests in flight at once.")
 
 
 def _teacher(url, model, key_env, concurrency, cache=None):
-    from .data.annotate import TeacherConfig
+    from ..data.annotate import TeacherConfig
 
     return TeacherConfig(
         url=url,
@@ -59,7 +59,7 @@ def _show(stats: dict) -> None:
     print(json.dumps({k: v for k, v in stats.items() if k != "steps"}, indent=1, default=str))
 
 
-@app.command()
+@data_app.command()
 def run(
     out: Path = typer.Option(Path("runs/data"), help="Run directory (data/, tokenizer/, shards/, report/)."),
     source: str = typer.Option(
@@ -84,8 +84,8 @@ def run(
     workers: int = _WORKERS,
 ):
     """Every stage from raw corpus to token shards and a data card. Re-runs skip finished stages."""
-    from .data.pipeline import DataConfig
-    from .data.pipeline import run as run_pipeline
+    from ..data.pipeline import DataConfig
+    from ..data.pipeline import run as run_pipeline
 
     cfg = DataConfig(
         source=source, max_bytes=int(max_mb * 1e6), teacher=_teacher(teacher_url, teacher_model,
@@ -96,7 +96,7 @@ def run(
     run_pipeline(cfg, out, quiet=not _verbose["on"])
 
 
-@app.command()
+@data_app.command()
 def harvest(
     out: Path = typer.Argument(..., help="Output folder of jsonl.gz documents."),
     source: str = typer.Option("local-python", help="See `data run --help`."),
@@ -105,12 +105,12 @@ def harvest(
     workers: int = _WORKERS,
 ):
     """Read a source into documents (local Python code is split per function/class)."""
-    from .data.pipeline import harvest as f
+    from ..data.pipeline import harvest as f
 
     _show(f(source, out, int(max_mb * 1e6), tasks=tasks, workers=workers))
 
 
-@app.command()
+@data_app.command()
 def annotate(
     src: Path = typer.Argument(..., help="Folder of documents."),
     out: Path = typer.Argument(..., help="Output folder: the sample, with metadata.teacher_score."),
@@ -124,26 +124,26 @@ def annotate(
     workers: int = _WORKERS,
 ):
     """Educational-value scores 0-5 from a teacher LLM (or the heuristic) for a sample of documents."""
-    from .data.pipeline import annotate as f
+    from ..data.pipeline import annotate as f
 
     cache = cache or (out.parent / "teacher_cache.sqlite" if teacher_url else None)
     teacher = _teacher(teacher_url, teacher_model, teacher_key_env, concurrency, cache)
     _show(f(src, out, teacher, sample or None, tasks=tasks, workers=workers))
 
 
-@app.command("train-classifier")
+@data_app.command("train-classifier")
 def train_classifier(
     src: Path = typer.Argument(..., help="Annotated documents (from `data annotate`)."),
     out: Path = typer.Argument(..., help="Classifier directory."),
     kind: str = typer.Option("hashed", help="'hashed' or 'embedding'."),
 ):
     """Fit the quality classifier on teacher labels; print held-out Spearman and F1 at 3."""
-    from .data.pipeline import fit_classifier
+    from ..data.pipeline import fit_classifier
 
     _show(fit_classifier(src, out, kind))
 
 
-@app.command()
+@data_app.command()
 def score(
     src: Path = typer.Argument(..., help="Folder of documents."),
     out: Path = typer.Argument(..., help="Output folder: documents with metadata.quality."),
@@ -152,12 +152,12 @@ def score(
     workers: int = _WORKERS,
 ):
     """Add metadata.quality (classifier score, 0-5) to every document."""
-    from .data.pipeline import score_filter
+    from ..data.pipeline import score_filter
 
     _show(score_filter(src, out, classifier=classifier, tasks=tasks, workers=workers))
 
 
-@app.command("filter")
+@data_app.command("filter")
 def filter_(
     src: Path = typer.Argument(..., help="Scored documents (from `data score`)."),
     out: Path = typer.Argument(..., help="Output folder."),
@@ -166,12 +166,12 @@ def filter_(
     workers: int = _WORKERS,
 ):
     """Keep documents scoring at or above --min-score."""
-    from .data.pipeline import score_filter
+    from ..data.pipeline import score_filter
 
     _show(score_filter(src, out, min_score=min_score, tasks=tasks, workers=workers))
 
 
-@app.command()
+@data_app.command()
 def dedup(
     src: Path = typer.Argument(..., help="Folder of documents."),
     out: Path = typer.Argument(..., help="Output folder."),
@@ -181,13 +181,13 @@ def dedup(
     workers: int = _WORKERS,
 ):
     """Exact and MinHash near-duplicate removal (datatrove stages); prints the duplicate rate."""
-    from .data.dedup import DedupConfig, run_dedup
+    from ..data.dedup import DedupConfig, run_dedup
 
     work = work or out.with_name(out.name + ".work")
     _show(run_dedup(src, out, work, DedupConfig(minhash=not no_minhash), tasks, workers))
 
 
-@app.command()
+@data_app.command()
 def decontam(
     src: Path = typer.Argument(..., help="Folder of documents."),
     out: Path = typer.Argument(..., help="Output folder."),
@@ -199,14 +199,14 @@ def decontam(
     workers: int = _WORKERS,
 ):
     """Remove documents sharing an n-gram with an eval item; report each one with the item it matched."""
-    from .data.decontam import run_decontam
+    from ..data.decontam import run_decontam
 
     report = report or out.with_name(out.name + ".report")
     _show(run_decontam(src, out, report, n=ngram, humaneval=not no_humaneval,
                        paths=tuple(str(b) for b in benchmark or []), tasks=tasks, workers=workers))  # fmt: skip
 
 
-@app.command("train-tokenizer")
+@data_app.command("train-tokenizer")
 def train_tokenizer(
     src: Path = typer.Argument(..., help="Folder of documents."),
     out: Path = typer.Argument(..., help="Tokenizer directory (tokenizer.json + tokenizer_config.json)."),
@@ -214,12 +214,12 @@ def train_tokenizer(
     max_mb: float = typer.Option(20.0, help="Train on at most this many MB of text."),
 ):
     """Byte-level BPE that transformers' PreTrainedTokenizerFast and phiforge load."""
-    from .data.pipeline import train_tokenizer as f
+    from ..data.pipeline import train_tokenizer as f
 
     _show(f(src, out, vocab, int(max_mb * 1e6)))
 
 
-@app.command()
+@data_app.command()
 def tokenize(
     src: Path = typer.Argument(..., help="Folder of documents."),
     out: Path = typer.Argument(..., help="Shard folder ({train,val}_*.bin + index.json)."),
@@ -229,6 +229,10 @@ def tokenize(
     workers: int = _WORKERS,
 ):
     """Token shards: flat uint16/uint32 arrays, EOS between documents, train/val split by document id."""
-    from .data.pipeline import tokenize as f
+    from ..data.pipeline import tokenize as f
 
     _show(f(src, out, tokenizer, val_fraction, tasks=tasks, workers=workers))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")

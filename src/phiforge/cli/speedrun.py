@@ -32,7 +32,7 @@ def speedrun(
     seed: int = typer.Option(0, help="Seed for sampling, initialisation and data order."),
 ):
     """Corpus -> quality data -> tokenizer -> 2-phase pretraining -> SFT -> eval -> int4 -> HF + GGUF -> report."""
-    from .speedrun import config_from, run
+    from ..speedrun import config_from, run
 
     cfg = config_from(out=str(out), budget=budget, teacher_url=teacher_url, teacher_model=teacher_model,
                       ablate_quality=ablate_quality, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip

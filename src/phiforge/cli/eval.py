@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-ALL = "humaneval,mbpp,gsm8k,mmlu,arc_easy,arc_challenge,hellaswag,truthfulqa_mc1,truthfulqa_mc2,bbh,piqa,winogrande,sanity"
+from ..eval.tasks import registry
+
+ALL = ",".join(registry())  # the task registry is the only task list
 
 
 def _shots(values: list[str] | None) -> dict[str, int]:
@@ -46,7 +48,7 @@ def eval_cmd(
     ),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
-    from .eval.harness import markdown, run, settings_table
+    from ..eval.harness import markdown, run, settings_table
 
     names = ALL if tasks == "all" else tasks
     print(settings_table(names))
@@ -71,7 +73,7 @@ def eval_cmd(
 
 def lm_eval_cmd(ctx: typer.Context):
     """lm-evaluation-harness with --model phiforge available; all arguments go to lm_eval."""
-    from .eval.lm_eval_adapter import main
+    from ..eval.lm_eval_adapter import main
 
     main(list(ctx.args))
 

@@ -22,7 +22,7 @@ def index_cmd(
     overlap: int = typer.Option(32, help="Tokens shared by neighbouring chunks (new index only)."),
 ):  # fmt: skip
     """Chunk, embed and index documents; rerun with another --source to extend the index without a rebuild."""
-    from .rag import Index, read_documents
+    from ..rag import Index, read_documents
 
     idx = Index.open_or_create(out, embedder, chunk_tokens=chunk_tokens, overlap=overlap)
     docs, skipped = read_documents(source, max_bytes)
@@ -45,9 +45,9 @@ def ask_cmd(
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
 ):  # fmt: skip
     """Answer a question from the index, citing its sources as [1], [2]."""
-    from .infer.engine import Engine
-    from .infer.sampling import SamplingParams
-    from .rag import Index, answer
+    from ..infer.engine import Engine
+    from ..infer.sampling import SamplingParams
+    from ..rag import Index, answer
 
     idx = Index.load(index)
     if not len(idx):
@@ -73,8 +73,8 @@ def recall_cmd(
     limit: int = typer.Option(None, help="First N questions of the rag_qa set."),
 ):  # fmt: skip
     """Retriever recall@k on the rag_qa questions: BM25, dense (MiniLM) and the two fused."""
-    from .eval.tasks import rag_qa
-    from .rag import Index
+    from ..eval.tasks import rag_qa
+    from ..rag import Index
 
     idx = Index.load(index)
     items = rag_qa.build()[:limit]

@@ -24,11 +24,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .. import stages as markers
+from ..io import read_metrics
+
 console = Console(stderr=True)
 VAL_FRACTION = 0.1  # of documents, by id hash: val shards + the held-out SFT conversations
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Budget:
     max_bytes: int  # local Python code harvested (file bytes)
     annotate_docs: int  # teacher-labelled sample
@@ -48,11 +51,23 @@ class Budget:
 
 BUDGETS = {
     # CI: every stage runs for real, on a small slice, in about 2-3 minutes on 2 quiet cores
-    "smoke": Budget(3_000_000, 600, 2048, "tiny", 256, 8, 3e-3, 180_000, None, 0.65, 1.0, 12, 96, 16_384),
+    "smoke": Budget(
+        max_bytes=3_000_000, annotate_docs=600, vocab_size=2048, preset="tiny", seq_len=256, micro_batch=8,
+        lr=3e-3, pretrain_tokens=180_000, pretrain_seconds=None, phase1_share=0.65, sft_epochs=1.0,
+        humaneval_limit=12, max_new_tokens=96, eval_tokens=16_384,
+    ),
     # `make run`: <= 30 minutes on 2 cores; pretraining gets 12 of them, whatever this machine's speed
-    "default": Budget(40_000_000, 3000, 8192, "tiny", 256, 16, 3e-3, 0, 720, 0.6, 2.0, None, 192, 65_536),
+    "default": Budget(
+        max_bytes=40_000_000, annotate_docs=3000, vocab_size=8192, preset="tiny", seq_len=256, micro_batch=16,
+        lr=3e-3, pretrain_tokens=0, pretrain_seconds=720, phase1_share=0.6, sft_epochs=2.0,
+        humaneval_limit=None, max_new_tokens=192, eval_tokens=65_536,
+    ),
     # an evening: a 10M model
-    "long": Budget(40_000_000, 3000, 8192, "tiny-10m", 512, 16, 2e-3, 0, 4 * 3600, 0.6, 2.0, None, 384, 131_072),
+    "long": Budget(
+        max_bytes=40_000_000, annotate_docs=3000, vocab_size=8192, preset="tiny-10m", seq_len=512,
+        micro_batch=16, lr=2e-3, pretrain_tokens=0, pretrain_seconds=4 * 3600, phase1_share=0.6,
+        sft_epochs=2.0, humaneval_limit=None, max_new_tokens=384, eval_tokens=131_072,
+    ),
 }  # fmt: skip
 
 
@@ -71,28 +86,22 @@ class Stages:
     """Run a stage unless `stages/<name>.json` says it finished with the same settings."""
 
     def __init__(self, run_dir: Path):
-        self.dir = run_dir / "stages"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.markers = markers.Stages(run_dir / "stages")
         self.rows: list[dict] = []
         self.t0 = time.time()
 
     def __call__(self, name: str, settings: dict, fn, summary=lambda r: "") -> dict:
-        marker = self.dir / f"{name}.json"
-        settings = json.loads(json.dumps(settings, default=str))
-        if marker.is_file():
-            rec = json.loads(marker.read_text())
-            if rec.get("settings") == settings:
-                console.print(f"[bold]{name}[/]: done already, skipped")
-                self.rows.append({"stage": name, "seconds": rec["seconds"], "result": summary(rec["result"])})
-                return rec["result"]
+        rec = self.markers.done(name, settings)
+        if rec is not None:
+            console.print(f"[bold]{name}[/]: done already, skipped")
+            self.rows.append({"stage": name, "seconds": rec["seconds"], "result": summary(rec["result"])})
+            return rec["result"]
         console.rule(f"[bold]{name}[/] ({time.time() - self.t0:.0f}s)")
         t = time.time()
         result = fn()
-        rec = {"settings": settings, "result": result, "seconds": round(time.time() - t, 1)}
-        tmp = marker.with_name(marker.name + ".tmp")
-        tmp.write_text(json.dumps(rec, indent=1, default=str) + "\n")
-        os.replace(tmp, marker)
-        self.rows.append({"stage": name, "seconds": rec["seconds"], "result": summary(result)})
+        seconds = round(time.time() - t, 1)
+        self.markers.mark(name, settings, result, seconds)
+        self.rows.append({"stage": name, "seconds": seconds, "result": summary(result)})
         console.print(f"  {summary(result)}")
         return result
 
@@ -101,9 +110,9 @@ class Stages:
 
 
 def data_stage(run_dir: Path, b: Budget, cfg: SpeedrunConfig) -> dict:
-    from .data.annotate import TeacherConfig
-    from .data.pipeline import DataConfig
-    from .data.pipeline import run as data_run
+    from ..data.annotate import TeacherConfig
+    from ..data.pipeline import DataConfig
+    from ..data.pipeline import run as data_run
 
     teacher = TeacherConfig(url=cfg.teacher_url, model=cfg.teacher_model)
     dc = DataConfig(
@@ -127,10 +136,10 @@ def data_stage(run_dir: Path, b: Budget, cfg: SpeedrunConfig) -> dict:
 
 def allcode_stage(run_dir: Path) -> dict:
     """The unfiltered corpus, deduplicated and decontaminated like the filtered one, in the same tokens."""
-    from .data.decontam import run_decontam
-    from .data.dedup import run_dedup
-    from .data.pipeline import tokenize
-    from .data.stage import quiet_logs
+    from ..data.decontam import run_decontam
+    from ..data.dedup import run_dedup
+    from ..data.pipeline import tokenize
+    from ..data.stage import quiet_logs
 
     d = run_dir / "data"
     with quiet_logs():
@@ -143,10 +152,10 @@ def allcode_stage(run_dir: Path) -> dict:
 
 
 def instruct_stage(run_dir: Path) -> dict:
-    from .data import instruct
-    from .data.pipeline import tokenize
-    from .data.stage import quiet_logs
-    from .tokenizer import Tokenizer
+    from ..data import instruct
+    from ..data.pipeline import tokenize
+    from ..data.stage import quiet_logs
+    from ..tokenizer import Tokenizer
 
     d = run_dir / "data"
     tok = Tokenizer.from_file(run_dir / "tokenizer")
@@ -158,7 +167,7 @@ def instruct_stage(run_dir: Path) -> dict:
 
 
 def train_config(run_dir: Path, out: Path, b: Budget, phases: list, seed: int):
-    from .train import TrainConfig
+    from ..train import TrainConfig
 
     return TrainConfig(
         name=out.name,
@@ -180,32 +189,17 @@ def train_config(run_dir: Path, out: Path, b: Budget, phases: list, seed: int):
 
 def calibrate_stage(run_dir: Path, b: Budget, seed: int) -> dict:
     """Size the pretraining token budget: time a few real training steps of this model on this machine."""
-    import torch
-
-    from .model import build
-    from .train.loop import make_optimizer
-    from .train.pretrain import load_tokenizer, model_config
+    from ..train.pretrain import measure_throughput
 
     if b.pretrain_seconds is None:
         return {"tokens": b.pretrain_tokens, "tokens_per_s": None}
-    cfg = train_config(run_dir, run_dir / "calibrate", b, [], seed)
-    model = build(model_config(cfg, load_tokenizer(cfg)), seed=seed).train()
-    opt = make_optimizer(model, cfg, fsdp=False)
-    x = torch.randint(0, model.cfg.vocab_size, (b.micro_batch, b.seq_len + 1))
-    times = []
-    for _ in range(12):  # the first steps warm up allocators and thread pools: keep the best of the rest
-        t = time.perf_counter()
-        model(x[:, :-1], targets=x[:, 1:]).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
-    tps = b.micro_batch * b.seq_len / sorted(times[4:])[len(times[4:]) // 2]
+    tps = measure_throughput(train_config(run_dir, run_dir / "calibrate", b, [], seed))
     tokens = int(tps * b.pretrain_seconds)
     return {"tokens": tokens, "tokens_per_s": round(tps, 1), "seconds": b.pretrain_seconds}
 
 
 def pretrain_stage(run_dir: Path, b: Budget, seed: int, tokens: int) -> dict:
-    from .train import Dataset, Phase, pretrain
+    from ..train import Dataset, Phase, pretrain
 
     t1 = int(tokens * b.phase1_share)
     phases = [
@@ -225,8 +219,6 @@ def pretrain_stage(run_dir: Path, b: Budget, seed: int, tokens: int) -> dict:
 
 
 def _last_eval(metrics: Path) -> dict:
-    from .report import read_metrics
-
     rows = read_metrics(metrics)
     train = [r for r in rows if r.get("type") == "train"]
     evals = [r for r in rows if r.get("type") == "eval"]
@@ -240,7 +232,7 @@ def _last_eval(metrics: Path) -> dict:
 
 
 def sft_stage(run_dir: Path, b: Budget, seed: int, base: str) -> dict:
-    from .train import sft
+    from ..train import sft
 
     cfg = train_config(run_dir, run_dir / "sft", b, [], seed)
     cfg.lr, cfg.warmup_steps, cfg.sft_epochs = b.lr / 3, 10, b.sft_epochs
@@ -248,28 +240,29 @@ def sft_stage(run_dir: Path, b: Budget, seed: int, base: str) -> dict:
     return {"ckpt": str(ckpt), **_last_eval(run_dir / "sft" / "metrics.jsonl")}
 
 
-def val_loss(engine, shard_dir: Path, seq_len: int, max_tokens: int) -> float:
-    """Mean next-token loss (nats) over the first max_tokens of a shard folder's val split."""
-    import numpy as np
+def val_loss(engine, shard_dir: Path, b: Budget) -> float:
+    """Validation loss as the training curve measures it: the same windows of the val split
+    (train.mixture.val_batches), the same token mean (infer.score.heldout_loss)."""
     import torch
 
-    from .data.shards import TokenShards
+    from ..infer.score import heldout_loss
+    from ..train import Dataset
+    from ..train.mixture import val_batches
 
-    val = TokenShards(shard_dir, "val")
-    n = min(len(val), max_tokens) // (seq_len + 1)
-    if n == 0:
-        raise ValueError(f"{shard_dir}: val split has fewer than {seq_len + 1} tokens")
-    x = torch.from_numpy(val.read(0, n * (seq_len + 1)).astype(np.int64)).view(n, seq_len + 1)
-    with torch.inference_mode():
-        losses = [float(engine.model(c[:, :-1], targets=c[:, 1:])) for c in x.split(8)]
-    sizes = [len(c) for c in x.split(8)]
-    return sum(v * k for v, k in zip(losses, sizes, strict=True)) / n
+    windows = val_batches(
+        Dataset(str(shard_dir)), b.seq_len, engine.cfg.vocab_size, b.eval_tokens, b.micro_batch
+    )
+    if not windows:
+        raise ValueError(f"{shard_dir}: val split has fewer than {b.seq_len + 1} tokens")
+    return heldout_loss(engine, torch.cat(windows), batch_size=b.micro_batch)
 
 
 def eval_stage(model_dir: Path, out: Path, run_dir: Path, b: Budget, tasks=("humaneval", "sanity")) -> dict:
     """HumanEval pass@1 (+ sanity), bits-per-byte of HumanEval's canonical solutions, val loss on quality code."""
-    from . import eval as ev
-    from .infer.engine import Engine
+    from .. import eval as ev
+    from ..eval.tasks.code import humaneval_solutions
+    from ..infer.engine import Engine
+    from ..infer.score import bits_per_byte
 
     engine = Engine.load(model_dir)
     # batch 1: the engine's native decode (fp32 and int4) beats padded batches of a tiny model several times
@@ -279,8 +272,8 @@ def eval_stage(model_dir: Path, out: Path, run_dir: Path, b: Budget, tasks=("hum
     for t, r in rep["tasks"].items():  # pass@1 for HumanEval, exact match for sanity
         name, m = next(iter(r["metrics"].items()))
         res[f"{t}_{name}"], res[f"{t}_n"] = m["value"], r["n"]
-    res["humaneval_bpb"] = ev.bits_per_byte(engine, ev.humaneval_solutions())
-    res["val_loss_quality"] = val_loss(engine, run_dir / "shards", b.seq_len, b.eval_tokens)
+    res["humaneval_bpb"] = bits_per_byte(engine, humaneval_solutions())
+    res["val_loss_quality"] = val_loss(engine, run_dir / "shards", b)
     res["weights_mb"] = _dir_mb(model_dir)
     return res
 
@@ -291,7 +284,7 @@ def _dir_mb(d: Path) -> float:
 
 def quant_stage(run_dir: Path, b: Budget, model_dir: Path) -> dict:
     """int4 (group 128) weights of the final model, measured again the same way as fp32."""
-    from .infer.quant import quantize_checkpoint
+    from ..infer.quant import quantize_checkpoint
 
     out = run_dir / "model-int4"
     quantize_checkpoint(model_dir, out, bits=4, group_size=128)
@@ -300,7 +293,7 @@ def quant_stage(run_dir: Path, b: Budget, model_dir: Path) -> dict:
 
 def export_stage(run_dir: Path, model_dir: Path) -> dict:
     """HF layout (transformers, vLLM, llama.cpp's converter) and GGUF (llama.cpp, on device)."""
-    from .infer.gguf_export import export_gguf
+    from ..infer.gguf_export import export_gguf
 
     hf = run_dir / "model"
     if hf.exists():
@@ -320,7 +313,7 @@ def _size_mb(p: Path) -> float:
 
 def ablation_stage(run_dir: Path, b: Budget, seed: int, tokens: int) -> dict:
     """Same model, same seed, same number of tokens: the quality-filtered corpus vs all of it."""
-    from .train import Dataset, Phase, pretrain
+    from ..train import Dataset, Phase, pretrain
 
     res = {}
     for arm, shards in (("quality", "shards"), ("unfiltered", "shards_all")):
@@ -419,8 +412,8 @@ def _ablation_summary(r: dict) -> str:
 
 def _sample(model_dir: Path) -> str:
     """The SFT model answering a request in the format it was fine-tuned on (instruction reversal)."""
-    from .infer.engine import Engine
-    from .infer.sampling import SamplingParams
+    from ..infer.engine import Engine
+    from ..infer.sampling import SamplingParams
 
     engine = Engine.load(model_dir)
     # a small model loops under greedy decoding; light sampling shows better what it learned
@@ -468,8 +461,8 @@ def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, 
 
     b = BUDGETS[cfg.budget]
     training = {
-        "pretrain": report.read_metrics(run_dir / "train" / "metrics.jsonl"),
-        "sft": report.read_metrics(run_dir / "sft" / "metrics.jsonl"),
+        "pretrain": read_metrics(run_dir / "train" / "metrics.jsonl"),
+        "sft": read_metrics(run_dir / "sft" / "metrics.jsonl"),
     }
     m = run_dir / "model"
     bpb_change = int4["humaneval_bpb"] / fp32["humaneval_bpb"] - 1
@@ -532,7 +525,7 @@ def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, 
             for name, r in (("quality", q), ("unfiltered", u))
         }
         training.update(
-            {f"ablation-{k}": report.read_metrics(run_dir / "ablation" / k / "metrics.jsonl") for k in abl}
+            {f"ablation-{k}": read_metrics(run_dir / "ablation" / k / "metrics.jsonl") for k in abl}
         )
     return report.write(run_dir / "report", s, training, run_dir / "report" / "data_card.png")
 

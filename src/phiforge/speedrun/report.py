@@ -10,86 +10,15 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import json
-import os
 from pathlib import Path
 
-import numpy as np
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.replace(tmp, path)
-
-
-# ---- plots ------------------------------------------------------------------------------------------
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=90)
-    _plt().close(fig)
-    os.replace(tmp, path)
-
-
-def plot_training(runs: dict[str, list[dict]], path: Path) -> None:
-    """Train loss (smoothed) and val loss against tokens, one colour per training run, one style per phase."""
-    plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
-    for i, (name, rows) in enumerate(runs.items()):
-        color = f"C{i}"
-        train = [r for r in rows if r.get("type") == "train"]
-        if not train:
-            continue
-        offset = 0
-        for j, phase in enumerate(dict.fromkeys(r["phase"] for r in train)):
-            pr = [r for r in train if r["phase"] == phase]
-            x = np.array([r["tokens"] for r in pr], dtype=float) + offset
-            y = np.array([r["loss"] for r in pr])
-            k = max(1, len(y) // 30)
-            ys = np.convolve(y, np.ones(k) / k, mode="valid") if len(y) > k else y
-            ax.plot(
-                x[len(x) - len(ys) :], ys, color=color, ls=("-", "--", ":")[j % 3], label=f"{name}: {phase}"
-            )
-        ax2.plot([r["tokens"] for r in train], [r["lr"] for r in train], color=color, label=name)
-        steps = {r["step"]: r["tokens"] for r in train}
-        evals = [r for r in rows if r.get("type") == "eval"]
-        for ds in dict.fromkeys(k for r in evals for k in r["val_loss"]):
-            pts = [(steps.get(r["step"]), r["val_loss"][ds]) for r in evals if ds in r["val_loss"]]
-            pts = [p for p in pts if p[0] is not None]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), "o", color=color, ms=4, alpha=0.7)
-    ax.set_xlabel("tokens (within the run)")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title("training loss (lines) and validation loss (dots)")
-    ax.legend(fontsize=8)
-    ax2.set_xlabel("tokens")
-    ax2.set_title("learning rate")
-    ax2.legend(fontsize=8)
-    _save(fig, path)
+from ..io import atomic_write, pyplot, save_png
+from ..train.plot import plot_training
 
 
 def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str) -> None:
     """Side-by-side bars: one panel per metric, one bar per group (fp32 vs int4, quality vs unfiltered)."""
-    plt = _plt()
+    plt = pyplot()
     metrics = list(dict.fromkeys(m for g in groups.values() for m in g))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics, strict=True):
@@ -100,7 +29,7 @@ def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str) -> No
             ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=9)
         ax.set_title(m, fontsize=10)
     fig.suptitle(title)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # ---- markdown / html --------------------------------------------------------------------------------
@@ -206,7 +135,7 @@ def write(out_dir: str | Path, s: dict, training: dict[str, list[dict]], data_pn
     out.mkdir(parents=True, exist_ok=True)
     images: dict[str, str] = {}
     if data_png is not None and Path(data_png).is_file():
-        _atomic_write(out / "data_card.png", Path(data_png).read_bytes())
+        atomic_write(out / "data_card.png", Path(data_png).read_bytes())
         images["data"] = "data_card.png"
     if any(training.values()):
         plot_training(training, out / "training.png")
@@ -222,7 +151,7 @@ def write(out_dir: str | Path, s: dict, training: dict[str, list[dict]], data_pn
         )
         images["ablation"] = "ablation.png"
     md = markdown(s, images)
-    _atomic_write(out / "report.md", md)
+    atomic_write(out / "report.md", md)
     files = {name: out / name for name in images.values()}
-    _atomic_write(out / "report.html", to_html(md, files, f"phiforge speedrun: {s['name']}"))
+    atomic_write(out / "report.html", to_html(md, files, f"phiforge speedrun: {s['name']}"))
     return out / "report.md"

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from phiforge.eval.sandbox import Limits, network_isolated, run_many, run_program
 from phiforge.eval.tasks.code import humaneval_program, load_humaneval
+from phiforge.sandbox import Limits, network_isolated, run_many, run_program
 
 FAST = Limits(timeout=3, cpu_seconds=3, memory_mb=512)
 

@@ -17,7 +17,7 @@ def serve_cmd(
 ):  # fmt: skip
     """Serve a model over OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions, streaming
     included) with continuous batching, plus a chat page at http://HOST:PORT/."""
-    from .serve.app import serve
+    from ..serve.app import serve
 
     if not (model / "config.json").is_file():
         raise FileNotFoundError(f"no model at {model} (config.json not found)")

@@ -3,9 +3,8 @@
 import json
 from pathlib import Path
 
-from train_helpers import recipe, run
-
 from phiforge.train import dry_run, from_dict, load_recipe, pretrain
+from train_helpers import recipe, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,8 +28,8 @@ def test_tiny_cpu_recipe_parses():
     assert [p.name for p in cfg.phases] == ["general", "mixture"] and cfg.schedule == "wsd"
 
 
-def test_sft_and_plot_cli(data, tmp_path):
-    base = pretrain(from_dict(recipe(data, tmp_path / "pre", eval_every=0, save_every=0)))
+def test_sft_and_plot_cli(train_data, tmp_path):
+    base = pretrain(from_dict(recipe(train_data, tmp_path / "pre", eval_every=0, save_every=0)))
     conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
     (tmp_path / "c.jsonl").write_text((json.dumps(conv) + "\n") * 20)
     sets = ["--set", "seq_len=32", "--set", "micro_batch=4", "--set", "peak_flops=1e11"]

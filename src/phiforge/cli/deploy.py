@@ -38,7 +38,7 @@ def quantize_cmd(
 ):
     """Weight-only int8/int4 quantization (group-wise, asymmetric); the result loads in generate, chat
     and serve like any model directory. Embeddings are int8, norms fp32."""
-    from .infer.quant import quantize_checkpoint
+    from ..infer.quant import quantize_checkpoint
 
     with _bar(f"quantizing to int{bits} g{group_size}") as progress:
         quantize_checkpoint(model, out, bits, group_size, progress)
@@ -54,7 +54,7 @@ def gguf_cmd(
     ),
 ):
     """GGUF for llama.cpp / llama-cpp-python / ollama (Phi-3 architecture, tokenizer and chat template included)."""
-    from .infer.gguf_export import export_gguf
+    from ..infer.gguf_export import export_gguf
 
     with _bar(f"writing {type_} GGUF") as progress:
         export_gguf(model, out, type_.lower(), progress)

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 VOCAB = 512
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def env() -> dict:
