@@ -55,6 +55,9 @@ def eval_cmd(
         None,
         help="float32: dequantize a GGUF's int4/int8 weights (faster scoring on CPU). Default: as stored.",
     ),
+    rag_index: Path = typer.Option(
+        None, help="rag_qa_retrieval: the index to retrieve from (phiforge rag index)."
+    ),
 ):
     """Evaluate a model on the Phi benchmarks; print the table; write JSON, markdown and samples to OUT/eval/."""
     from ..eval.harness import markdown, run, settings_table
@@ -74,6 +77,7 @@ def eval_cmd(
         judge_url=judge_url,
         judge_model=judge_model,
         dtype=dtype,
+        rag_index=str(rag_index) if rag_index else None,
     )
     if workers:
         kw["workers"] = workers

@@ -51,6 +51,7 @@ class EvalSettings:
     # "float32" dequantizes a GGUF's Q4/Q8 weights: scoring runs many short forwards, and the int4 path
     # dequantizes every weight on each one (0-shot ARC, 150 items: int4 unfinished after 10 CPU-minutes)
     dtype: str | None = None
+    rag_index: str | None = None  # rag_qa_retrieval: the index (phiforge rag index) to retrieve from
 
 
 def resolve_tasks(names) -> list[Task]:
@@ -320,6 +321,8 @@ def run(
             total *= 2 if task.kind == "mt_bench" else 1  # two turns
             bar = prog.add_task(f"{task.name} ({shots}-shot)", total=total) if prog else None
             adv = (lambda k, bar=bar: prog.advance(bar, k)) if prog else None
+            if task.prepare:
+                items = task.prepare(engine, items, s)
             if task.kind == "judged":
                 res, per = run_judged(engine, task, items, s, judge, adv)
             elif task.kind == "mt_bench":

@@ -47,6 +47,8 @@ class Task:
     program: Callable | None = None
     # judged: judge(judge, items, texts) -> one dict per item with at least {"defect": bool}
     judge: Callable | None = None
+    # prepare(engine, items, settings) -> items, once the model is loaded (chat template, retrieval: rag_qa)
+    prepare: Callable | None = None
 
 
 class DataError(ValueError):
@@ -86,10 +88,10 @@ def other_shots(items: list, i: int, k: int) -> list:
 
 
 def registry() -> dict[str, Task]:
-    from . import arith, bbh, code, gsm8k, mc, mt_bench, safety, sanity
+    from . import arith, bbh, code, gsm8k, mc, mt_bench, rag_qa, safety, sanity
 
     tasks: dict[str, Task] = {}
-    for mod in (code, gsm8k, arith, mc, bbh, sanity, safety, mt_bench):
+    for mod in (code, gsm8k, arith, mc, bbh, sanity, safety, mt_bench, rag_qa):
         for t in mod.tasks():
             tasks[t.name] = t
     return tasks
