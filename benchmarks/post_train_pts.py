@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from phiforge.eval.tasks.arith import Knobs
 from phiforge.infer.engine import Engine
 from phiforge.io import pyplot, read_jsonl, save_png, write_json
@@ -63,13 +65,21 @@ def main() -> None:
     ap.add_argument("--size", choices=SIZES, default="default")
     ap.add_argument("--out", type=Path, default=Path("runs/post_train_pts"))
     ap.add_argument("--seed", type=int, default=0, help="PTS sampling and DPO data-order seed.")
-    ap.add_argument("--steps", type=int, default=2, help="arith: operations per problem.")
-    ap.add_argument("--max-operand", type=int, default=30)
-    ap.add_argument("--ops", default="+-")
+    # arith knobs where the base model solves a fair share (RESULTS.md 2026-12-01: 2 steps, +-, <= 30: 1/16)
+    ap.add_argument("--steps", type=int, default=1, help="arith: operations per problem.")
+    ap.add_argument("--max-operand", type=int, default=20)
+    ap.add_argument("--ops", default="+")
     ap.add_argument("--lr", type=float, default=3e-6)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--batch", type=int, default=48, help="Rows per engine call.")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads here and in the phiforge subprocesses (OMP_NUM_THREADS). On the shared "
+                         "2-core VM at load ~14, 1 thread decoded 14x faster than 2 (threads waiting on a "
+                         "descheduled peer).")  # fmt: skip
     a = ap.parse_args()
+    if a.threads:
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)  # inherited by the phiforge subprocesses
+        torch.set_num_threads(a.threads)
     size, out, t0 = SIZES[a.size], a.out / f"{a.size}-seed{a.seed}", time.perf_counter()
     knobs = Knobs(a.steps, a.max_operand, a.ops)
     base = base_model(a.out)
