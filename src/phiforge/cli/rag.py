@@ -37,7 +37,9 @@ def index_cmd(
 @rag_app.command("ask")
 def ask_cmd(
     question: str = typer.Argument(..., help="The question."),
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory (HF layout + tokenizer.json)."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Model: HF-layout directory, .gguf file or short name (smollm2-135m-instruct)."
+    ),
     index: Path = typer.Option(..., "--index", help="Index directory (phiforge rag index)."),
     k: int = typer.Option(8, help="Chunks retrieved; the best that fit the context go into the prompt."),
     max_new_tokens: int = typer.Option(256, help="Answer length budget."),

@@ -16,8 +16,11 @@ def pairs_cmd(
     out: Path = typer.Option(
         ..., "--out", help="Folder for pairs.jsonl, pairs.meta.jsonl, split.json, summary.json."
     ),
-    model: Path = typer.Option(
-        ..., "--model", "-m", help="Model whose sampled answers become chosen/rejected."
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Model (directory, .gguf or short name) whose sampled answers become chosen/rejected.",
     ),
     data: Path = typer.Option(..., "--data", help="Benchmarks folder with safety/ (as shared/benchmarks)."),
     samples: int = typer.Option(4, help="Answers sampled per prompt."),
