@@ -147,7 +147,8 @@ def one_line_error():
 
 class FakeTeacher:
     """POST /v1/chat/completions and /v1/completions. The answer is read from the prompt: a document containing
-    SCORE=<n> gets "Score: <n>", one containing MALFORMED gets chatter with no score, anything else 3.
+    SCORE=<n> gets "Score: <n>", one containing MALFORMED gets chatter with no score, one containing RATING=<n>
+    gets "Rating: [[<n>]]" for the last such n (MT-bench), anything else 3.
 
     Logprobs: a prompt containing P={"tok": prob, ...} makes the first answer token the likeliest of those,
     with all of them as its top_logprobs (the G-Eval / Ask-LLM position); without one the first token is
@@ -211,6 +212,8 @@ class FakeTeacher:
 def answer_for(prompt: str) -> str:
     if "MALFORMED" in prompt:
         return "What a lovely piece of work, I enjoyed reading it!"
+    if ratings := re.findall(r"RATING=(\d+)", prompt):  # MT-bench's judge: the last answer's script
+        return f"The answer is scripted.\nRating: [[{ratings[-1]}]]"
     m = re.search(r"SCORE=(\d)", prompt)
     return f"Score: {m.group(1) if m else 3}\nReason: scripted answer"
 

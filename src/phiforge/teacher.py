@@ -7,7 +7,7 @@ Annotation, synthetic data, judging and preference labelling all call this. Two 
   or completion mode, up to `concurrency` requests in flight (a vLLM server needs hundreds to be busy),
   retries with backoff on 429/5xx/timeouts.
 - `LocalClient`: an engine object in this process (a local model is the teacher without a server); logprobs
-  come from a teacher-forced forward pass over prompt + answer.
+  are the engine's own, recorded while it decodes (no second forward pass).
 
 Both keep every answer in a sqlite cache keyed by endpoint + model + prompt + parameters, written the moment
 it arrives, so a re-run pays nothing for what it has and a killed job resumes. A request that fails for
@@ -399,10 +399,10 @@ def _logprobs_of(choice, chat: bool) -> list[TokenLogprob]:
 class LocalClient(_Backend):
     """The same interface over an in-process engine: a local model is the teacher, no server needed.
 
-    Duck-typed on phiforge's `Engine`: `.tok` (encode, decode, apply_chat_template), `.model` (a module
-    returning logits (B, T, V)), `.device`, and `generate(list of id lists, SamplingParams) -> results`
-    with `.tokens`, `.text`. Requests with the same sampling settings are batched, `batch_size` rows at a
-    time (n answers to one prompt are n rows).
+    Duck-typed on phiforge's `Engine`: `.tok` (encode, decode, apply_chat_template) and
+    `generate(list of id lists, SamplingParams) -> results` with `.tokens`, `.text` and, when
+    SamplingParams.logprobs is set, `.logprobs` / `.top_logprobs` (ids). Requests with the same sampling
+    settings are batched, `batch_size` rows at a time (n answers to one prompt are n rows).
     """
 
     def __init__(self, engine, model: str = "local", cache_path=None, batch_size: int = 8):
@@ -420,7 +420,8 @@ class LocalClient(_Backend):
     def _answer(self, todo: dict[str, Request]) -> Iterator[tuple[str, Answer]]:
         groups: dict[tuple, list[tuple[str, Request]]] = {}
         for k, r in todo.items():
-            groups.setdefault((r.max_tokens, r.temperature, r.stop, r.seed), []).append((k, r))
+            top = r.top_logprobs if r.logprobs else None
+            groups.setdefault((r.max_tokens, r.temperature, r.stop, r.seed, top), []).append((k, r))
         for items in groups.values():
             per = max(1, self.batch_size // items[0][1].n)
             for i in range(0, len(items), per):
@@ -429,8 +430,9 @@ class LocalClient(_Backend):
     def _batch(self, items: list[tuple[str, Request]]) -> list[tuple[str, Answer]]:
         r0 = items[0][1]
         params = self._params(
-            max_new_tokens=r0.max_tokens, temperature=r0.temperature, stop=list(r0.stop), seed=r0.seed
-        )
+            max_new_tokens=r0.max_tokens, temperature=r0.temperature, stop=list(r0.stop), seed=r0.seed,
+            logprobs=r0.top_logprobs if r0.logprobs else None,
+        )  # fmt: skip
         try:
             prompts = [self._ids(r) for _, r in items]
             rows = [p for p, (_, r) in zip(prompts, items, strict=True) for _ in range(r.n)]
@@ -442,10 +444,10 @@ class LocalClient(_Backend):
             return [(items[0][0], Answer(error=f"teacher in-process ({self.model}): {_one_line(e, 200)}"))]
         self._count("asked", len(items))
         out, row = [], 0
-        for ids, (k, r) in zip(prompts, items, strict=True):
+        for k, r in items:
             res = results[row : row + r.n]
             row += r.n
-            lps = [self._logprobs(ids, x.tokens, r.top_logprobs) for x in res] if r.logprobs else None
+            lps = [self._logprobs(x) for x in res] if r.logprobs else None
             out.append((k, Answer([x.text for x in res], lps)))
         self._count("answered", len(items))
         return out
@@ -459,22 +461,10 @@ class LocalClient(_Backend):
         ids = tok.apply_chat_template(messages, add_generation_prompt=True)
         return ids + tok.encode(r.prefill) if r.prefill else ids
 
-    def _logprobs(self, prompt: list[int], answer: list[int], k: int) -> list[TokenLogprob]:
-        """Teacher-forced: one forward pass over prompt + answer; the distribution before each answer token."""
-        import torch
-
-        if not answer:
-            return []
-        tok = self.engine.tok
-        ids = torch.tensor([prompt + answer], device=self.engine.device)
-        with torch.inference_mode():
-            logits = self.engine.model(ids)[0, len(prompt) - 1 : -1].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        chosen = logp.gather(1, ids[0, len(prompt) :, None])[:, 0].tolist()
-        top_p, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+    def _logprobs(self, res) -> list[TokenLogprob]:
+        """The engine's per-token logprobs (ids) as text: the distribution before each answer token."""
+        dec = self.engine.tok.decode
         return [
-            TokenLogprob(
-                tok.decode([t]), lp, tuple((tok.decode([i]), p) for i, p in zip(ti, tp, strict=True))
-            )
-            for t, lp, ti, tp in zip(answer, chosen, top_i.tolist(), top_p.tolist(), strict=True)
+            TokenLogprob(dec([t]), lp, tuple((dec([i]), p) for i, p in top))
+            for t, lp, top in zip(res.tokens, res.logprobs, res.top_logprobs, strict=True)
         ]

@@ -61,5 +61,5 @@ def test_bad_inputs(random_model_dir, tmp_path, phiforge, one_line_error):
     )
     one_line_error(
         phiforge("export", "gguf", "-m", str(tmp_path / "nope"), "--out", str(tmp_path / "x.gguf")),
-        "config.json",
+        "nope: no such model directory",
     )

@@ -46,7 +46,9 @@ def test_chat_multi_turn_reset_and_exit(random_model_dir, phiforge):
 
 
 def test_missing_random_model_dir(tmp_path, phiforge, one_line_error):
-    one_line_error(phiforge("generate", "-m", str(tmp_path / "nope"), "-p", "x"), "config.json", "not found")
+    one_line_error(
+        phiforge("generate", "-m", str(tmp_path / "nope"), "-p", "x"), "nope", "no such model directory"
+    )
 
 
 def test_corrupt_safetensors(random_model_dir, tmp_path, phiforge, one_line_error):

@@ -156,7 +156,7 @@ def error(r: httpx.Response, status: int, param=None, code=None) -> dict:
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.[0].role"),
         ({"messages": [{"role": "user", "content": 3}]}, "messages.[0].content"),
         ({"model": None}, "model"),
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": 3}, "logprobs"),  # chat: a boolean (the count is top_logprobs)
     ],
 )
 def test_invalid_chat_requests_get_400(server, body, param):

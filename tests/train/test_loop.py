@@ -78,7 +78,8 @@ def test_bf16_autocast_runs_close_to_fp32(train_data, tmp_path):
 
 def test_the_phase_brings_its_loss(train_data, tmp_path):
     """The loop trains and validates whatever Objective a phase carries: a loss that is twice the LM loss
-    (plus a metric) logs twice the LM numbers at step 1 and in validation, with no change to the loop."""
+    (plus a metric, summed like the loss) logs twice the LM numbers at step 1 and in validation, and the
+    metric as a mean over the global batch's units, with no change to the loop."""
     from phiforge.model import build, get_preset
     from phiforge.train.dist import setup
     from phiforge.train.loop import LM, Objective, PhaseData, lm_loss, target_tokens, train
@@ -92,7 +93,7 @@ def test_the_phase_brings_its_loss(train_data, tmp_path):
 
     def doubled(net, b):
         loss, _ = lm_loss(net, b)
-        return 2 * loss, {"units": float(target_tokens(b))}
+        return 2 * loss, {"lm": float(loss.detach())}
 
     def run(name, objective):
         cfg = from_dict(recipe(train_data, tmp_path / name, seq_len=32, eval_every=0, save_every=0))
@@ -103,7 +104,7 @@ def test_the_phase_brings_its_loss(train_data, tmp_path):
 
     plain, twice = run("lm", LM), run("twice", Objective(doubled, target_tokens))
     assert twice[0]["loss"] == pytest.approx(2 * plain[0]["loss"], rel=1e-6)
-    assert twice[0]["units"] == 4 * 32 and "units" not in plain[0]
+    assert twice[0]["lm"] == pytest.approx(plain[0]["loss"], rel=1e-6) and "lm" not in plain[0]
     # AdamW is invariant to the loss scale, so both runs reach (nearly) the same weights
     assert twice[-1]["type"] == "eval"
     assert twice[-1]["val_loss"]["val"] == pytest.approx(2 * plain[-1]["val_loss"]["val"], rel=1e-3)

@@ -36,20 +36,38 @@ _TEACHER_URL = typer.Option(
     help="OpenAI-compatible base URL of the teacher LLM (e.g. http://127.0.0.1:8000/v1). "
     "Unset: the offline heuristic annotator.",
 )
+_TEACHER = typer.Option(
+    None,
+    "--teacher",
+    help="A model run in this process as the teacher: a short name (smollm2-135m-instruct), a model "
+    "directory or a .gguf file. Instead of --teacher-url.",
+)
+_TEACHER_METHOD = typer.Option(
+    "text",
+    help="How the teacher's answer becomes a score: text (parse 'Score: n'), geval (probability-weighted "
+    "digit after 'Score:') or askllm (P(yes) to 'good for teaching?'). Small models: geval or askllm.",
+)
 _TEACHER_MODEL = typer.Option("gpt-4o-mini", help="Teacher model name sent to the endpoint.")
 _TEACHER_KEY = typer.Option("PHIFORGE_TEACHER_KEY", help="Environment variable holding the API key.")
 _CONCURRENCY = typer.Option(8, help="Teacher requests in flight at once.")
 
 
-def _teacher(url, model, key_env, concurrency, cache=None):
+def _teacher(url, model, key_env, concurrency, cache=None, local=None, method="text"):
     from ..data.annotate import TeacherConfig
+    from ..infer.load import resolve
 
+    if url and local:
+        raise ValueError("--teacher (in-process) and --teacher-url (endpoint): give one, not both")
+    if local:
+        resolve(local)  # a short name that is not installed, or a missing file: fail before any stage runs
     return TeacherConfig(
         url=url,
         model=model,
         api_key_env=key_env,
         concurrency=concurrency,
         cache_path=str(cache) if cache else None,
+        method=method,
+        local=local,
     )
 
 
@@ -67,6 +85,8 @@ def run(
         help="'local-python', a jsonl/parquet file or folder, a text folder, or 'hf:<dataset>[:<split>]'.",
     ),
     max_mb: float = typer.Option(40.0, help="Cap on the local-python corpus, MB of source files."),
+    teacher: str = _TEACHER,
+    teacher_method: str = _TEACHER_METHOD,
     teacher_url: str = _TEACHER_URL,
     teacher_model: str = _TEACHER_MODEL,
     teacher_key_env: str = _TEACHER_KEY,
@@ -89,7 +109,7 @@ def run(
 
     cfg = DataConfig(
         source=source, max_bytes=int(max_mb * 1e6), teacher=_teacher(teacher_url, teacher_model,
-        teacher_key_env, concurrency), annotate_docs=annotate, classifier=classifier, min_score=min_score,
+        teacher_key_env, concurrency, local=teacher, method=teacher_method), annotate_docs=annotate, classifier=classifier, min_score=min_score,
         decontam_n=ngram, benchmarks=[str(b) for b in benchmark or []], vocab_size=vocab,
         val_fraction=val_fraction, tasks=tasks, workers=workers,
     )  # fmt: skip
@@ -115,6 +135,8 @@ def annotate(
     src: Path = typer.Argument(..., help="Folder of documents."),
     out: Path = typer.Argument(..., help="Output folder: the sample, with metadata.teacher_score."),
     sample: int = typer.Option(3000, help="About this many documents are labelled (0 = all)."),
+    teacher: str = _TEACHER,
+    teacher_method: str = _TEACHER_METHOD,
     teacher_url: str = _TEACHER_URL,
     teacher_model: str = _TEACHER_MODEL,
     teacher_key_env: str = _TEACHER_KEY,
@@ -126,9 +148,9 @@ def annotate(
     """Educational-value scores 0-5 from a teacher LLM (or the heuristic) for a sample of documents."""
     from ..data.pipeline import annotate as f
 
-    cache = cache or (out.parent / "teacher_cache.sqlite" if teacher_url else None)
-    teacher = _teacher(teacher_url, teacher_model, teacher_key_env, concurrency, cache)
-    _show(f(src, out, teacher, sample or None, tasks=tasks, workers=workers))
+    cache = cache or (out.parent / "teacher_cache.sqlite" if teacher_url or teacher else None)
+    cfg = _teacher(teacher_url, teacher_model, teacher_key_env, concurrency, cache, teacher, teacher_method)
+    _show(f(src, out, cfg, sample or None, tasks=tasks, workers=workers))
 
 
 @data_app.command("train-classifier")

@@ -28,7 +28,12 @@ def _size(path: Path) -> str:
 
 
 def quantize_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="fp32/bf16 model directory (Hugging Face layout)."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="fp32/bf16 model: a directory, a .gguf file (dequantized first) or a short name.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory for the quantized checkpoint."),
     bits: int = typer.Option(4, help="4 or 8: weight bits of every linear layer (lm_head included)."),
     group_size: int = typer.Option(
@@ -42,7 +47,10 @@ def quantize_cmd(
 
     with _bar(f"quantizing to int{bits} g{group_size}") as progress:
         quantize_checkpoint(model, out, bits, group_size, progress)
-    print(f"wrote {out} ({_size(out / 'model.safetensors')} weights; source {_size(model)})", file=sys.stderr)
+    from ..infer.load import resolve
+
+    src = _size(resolve(model))
+    print(f"wrote {out} ({_size(out / 'model.safetensors')} weights; source {src})", file=sys.stderr)
 
 
 @export_app.command("gguf")
@@ -61,6 +69,23 @@ def gguf_cmd(
     print(f"wrote {out} ({_size(out)})", file=sys.stderr)
 
 
+def convert_cmd(
+    gguf_file: Path = typer.Argument(..., help="A .gguf file (llama.cpp; architectures llama and phi3)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (Hugging Face layout)."),
+):
+    """GGUF -> Hugging Face layout: fp32 safetensors (quantized blocks dequantized), config.json, tokenizer.json
+    (rebuilt from the GGUF vocabulary, chat template included); transformers and every phiforge command load it."""
+    from ..infer.gguf_import import convert_gguf
+    from ..infer.load import resolve
+
+    path = resolve(gguf_file)
+    if not path.is_file() or path.suffix != ".gguf":
+        raise ValueError(f"{gguf_file}: not a .gguf file")
+    convert_gguf(path, out)
+    print(f"wrote {out} ({_size(out)})", file=sys.stderr)
+
+
 def register(app: typer.Typer) -> None:
     app.command("quantize")(quantize_cmd)
+    app.command("convert")(convert_cmd)
     app.add_typer(export_app, name="export")

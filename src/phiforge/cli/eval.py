@@ -8,8 +8,11 @@ from pathlib import Path
 import typer
 
 from ..eval.tasks import registry
+from .infer import MODEL_HELP
 
-ALL = ",".join(registry())  # the task registry is the only task list
+# the task registry is the only task list; 'all' is the benchmark table, while the judged tasks (safety_refusal,
+# xstest, toxicity, mt_bench: long, and graded by a judge, see --judge-url) run when named
+ALL = ",".join(n for n, t in registry().items() if t.kind not in ("judged", "mt_bench"))
 
 
 def _shots(values: list[str] | None) -> dict[str, int]:
@@ -23,7 +26,7 @@ def _shots(values: list[str] | None) -> dict[str, int]:
 
 
 def eval_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory (HF layout + tokenizer.json)."),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     tasks: str = typer.Option("sanity", help=f"Comma-separated tasks, or 'all' ({ALL})."),
     data: Path = typer.Option(
         None, "--data", help="Benchmarks folder (humaneval/, gsm8k/, mmlu/, ... as in shared/benchmarks)."
@@ -43,6 +46,11 @@ def eval_cmd(
     timeout: float = typer.Option(10.0, help="Seconds per executed program."),
     seed: int = typer.Option(0, help="Sampling seed."),
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, cuda:1 ..."),
+    judge_url: str = typer.Option(
+        None,
+        help="OpenAI-compatible judge for safety_refusal/xstest/toxicity/mt_bench (default: offline judge).",
+    ),
+    judge_model: str = typer.Option(None, help="Model name the judge endpoint serves."),
     dtype: str = typer.Option(
         None,
         help="float32: dequantize a GGUF's int4/int8 weights (faster scoring on CPU). Default: as stored.",
@@ -63,6 +71,8 @@ def eval_cmd(
         timeout=timeout,
         seed=seed,
         device=device,
+        judge_url=judge_url,
+        judge_model=judge_model,
         dtype=dtype,
     )
     if workers:

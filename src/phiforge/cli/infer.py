@@ -1,11 +1,17 @@
-"""`phiforge generate` and `phiforge chat`: a model directory through phiforge.infer's engine."""
+"""`phiforge generate` and `phiforge chat`: a model through phiforge.infer's engine."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
+
+# every command that takes a model takes all three kinds (infer/load.py resolves them): a str, not a Path
+# with exists=True, so that a short name gets through to the one loader
+MODEL_HELP = (
+    "Model: a directory (Hugging Face layout, fp or `phiforge quantize`d), a .gguf file, or a short name "
+    "(smollm2-135m-instruct)."
+)
 
 
 def _params(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
@@ -22,9 +28,7 @@ def _params(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
     )
 
 
-_MODEL = typer.Option(
-    ..., "--model", "-m", help="Model directory (Hugging Face layout, with tokenizer.json)."
-)
+_MODEL = typer.Option(..., "--model", "-m", help=MODEL_HELP)
 _MAXNEW = typer.Option(256, help="Maximum number of new tokens.")
 _TEMP = typer.Option(0.0, help="Sampling temperature; 0 = greedy.")
 _TOPK = typer.Option(0, help="Keep the k most likely tokens (0 = off).")
@@ -35,7 +39,7 @@ _STOP = typer.Option(None, help="Stop string (repeatable).")
 
 
 def generate(
-    model: Path = _MODEL,
+    model: str = _MODEL,
     prompt: str = typer.Option(
         ..., "--prompt", "-p", help="Prompt text (plain completion, no chat template)."
     ),
@@ -63,7 +67,7 @@ def generate(
 
 
 def chat(
-    model: Path = _MODEL,
+    model: str = _MODEL,
     system: str = typer.Option(None, help="System message."),
     max_new_tokens: int = _MAXNEW,
     temperature: float = typer.Option(0.7, help="Sampling temperature; 0 = greedy."),
@@ -72,7 +76,8 @@ def chat(
     repetition_penalty: float = _REP,
     seed: int = _SEED,
 ):
-    """Interactive multi-turn chat through the Phi-3 chat template. /reset clears, /exit quits."""
+    """Interactive multi-turn chat through the model's own chat template (Phi-3's, SmolLM2's ChatML, ...).
+    /reset clears, /exit quits."""
     from ..infer.engine import Engine
 
     params = _params(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None)

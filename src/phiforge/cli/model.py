@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 
@@ -16,9 +15,23 @@ def _fmt_bytes(n: float) -> str:
     return ""
 
 
+def _config(spec: str):
+    """A model's config without its weights (a GGUF's from its metadata)."""
+    from ..infer.load import resolve
+    from ..model import load_config
+
+    path = resolve(spec)
+    if path.is_dir():
+        return load_config(path)
+    from ..infer.gguf_import import read_gguf
+    from ..model.hf import config_from_hf
+
+    return config_from_hf(read_gguf(path)[0], str(path))
+
+
 def info(
     preset: str = typer.Option(None, help="A preset name (see `phiforge info --list`)."),
-    model: Path = typer.Option(None, help="A model directory in Hugging Face layout."),
+    model: str = typer.Option(None, help="A model: directory (HF layout), .gguf file or short name."),
     group_size: int = typer.Option(128, help="Quantization group size for the int8/int4 estimates."),
     bits: int = typer.Option(
         None, help="4 or 8: break the quantized size down by part (phiforge quantize's format)."
@@ -29,7 +42,7 @@ def info(
     from rich.console import Console
     from rich.table import Column, Table
 
-    from ..model import PRESETS, build, get_preset, load_config, memory_table
+    from ..model import PRESETS, build, get_preset, memory_table
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # pipes: no truncated cells
     if list_presets or (preset is None and model is None):
@@ -52,7 +65,7 @@ def info(
             table.add_row(*map(str, row))
         console.print(table)
         return
-    cfg = load_config(model) if model else get_preset(preset)
+    cfg = _config(model) if model else get_preset(preset)
     n = build(cfg, device="meta").num_params()
     table = Table(title=f"{model or preset} ({cfg.arch}): {n:,} parameters", show_header=True)
     table.add_column("precision")

@@ -20,6 +20,14 @@ def speedrun(
         "default: the offline heuristic annotator.",
     ),
     teacher_model: str = typer.Option("gpt-4o-mini", help="Teacher model name at --teacher-url."),
+    teacher: str = typer.Option(
+        None,
+        "--teacher",
+        help="Teacher run in this process: a short name (smollm2-135m-instruct), model directory or .gguf.",
+    ),
+    teacher_method: str = typer.Option(
+        "text", help="text, geval or askllm (see `phiforge data annotate --help`)."
+    ),
     ablate_quality: bool = typer.Option(
         False,
         "--ablate-quality",
@@ -34,8 +42,14 @@ def speedrun(
     """Corpus -> quality data -> tokenizer -> 2-phase pretraining -> SFT -> eval -> int4 -> HF + GGUF -> report."""
     from ..speedrun import config_from, run
 
+    if teacher and teacher_url:
+        raise ValueError("--teacher (in-process) and --teacher-url (endpoint): give one, not both")
+    if teacher:
+        from ..infer.load import resolve
+
+        resolve(teacher)  # fail now, not after the harvest
     cfg = config_from(out=str(out), budget=budget, teacher_url=teacher_url, teacher_model=teacher_model,
-                      ablate_quality=ablate_quality, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip
+                      teacher_local=teacher, teacher_method=teacher_method, ablate_quality=ablate_quality, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip
     run(cfg)
 
 

@@ -1,27 +1,67 @@
-"""`phiforge train`, `phiforge sft` and `phiforge plot`: thin wrappers over phiforge.train.
+"""`phiforge train`, `phiforge sft`, `phiforge dpo` and `phiforge plot`: thin wrappers over phiforge.train.
 
-All three run unchanged under `torchrun --nproc_per_node N -m phiforge.cli train ...` (DDP, or FSDP2
+All run unchanged under `torchrun --nproc_per_node N -m phiforge.cli train ...` (DDP, or FSDP2
 with `--set fsdp=true`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import typer
+
+from .infer import MODEL_HELP
 
 _SET = typer.Option(
     None,
     "--set",
     help="Override a recipe field: key=value, dotted for nesting (phases.0.tokens=2e6). Repeatable.",
 )
+_RESUME = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt.")
+
+
+def _fine_tune_inputs(model_help: str, data_help: str, run: str) -> tuple:
+    """The --model, --data and --out options `sft` and `dpo` share (defaults for their signatures)."""
+    return (
+        typer.Option(..., "--model", "-m", help=f"{model_help}: {MODEL_HELP}"),
+        typer.Option(..., "--data", "-d", help=data_help),
+        typer.Option(Path(f"runs/{run}"), help="Run directory (metrics.jsonl, ckpt/)."),
+    )
+
+
+_SFT_MODEL, _SFT_DATA, _SFT_OUT = _fine_tune_inputs(
+    "Checkpoint to fine-tune", 'jsonl, one {"messages": [{role, content}, ...]} per line.', "sft"
+)
+_DPO_MODEL, _DPO_DATA, _DPO_OUT = _fine_tune_inputs(
+    "Starting checkpoint", 'jsonl of {"prompt", "chosen", "rejected"}: text, or lists of messages.', "dpo"
+)
+
+
+def hf_dir(spec: str, out: Path) -> str:
+    """Training reads and writes HF-layout directories: a .gguf file or short name is converted once (fp32,
+    dequantized) to OUT/base/<name>, and that directory is the starting point."""
+    from ..infer.load import resolve
+
+    path = resolve(spec)
+    if path.is_dir():
+        return str(path)
+    from ..infer.gguf_import import convert_gguf
+
+    base = Path(out) / "base" / path.stem
+    if not base.is_dir():  # converted beside, renamed when complete: a killed run leaves no half model
+        tmp = base.with_name(base.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        convert_gguf(path, tmp)
+        tmp.rename(base)
+    return str(base)
 
 
 def train_cmd(
     recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recipe (see recipes/tiny-cpu.yaml)."),
     set_: list[str] = _SET,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
+    resume: bool = _RESUME,
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print params, memory, tokens, FLOPs and time estimate; train nothing."
     ),
@@ -42,6 +82,8 @@ def train_cmd(
     if peak_flops:
         overrides.append(f"peak_flops={peak_flops}")
     cfg = load_recipe(recipe, overrides)
+    if cfg.init_from:
+        cfg.init_from = hf_dir(cfg.init_from, Path(cfg.out))
     if dry_run:
         print_dry_run(dry(cfg, world=world, peak_flops=peak_flops))
         return
@@ -51,13 +93,9 @@ def train_cmd(
 
 
 def sft_cmd(
-    model: Path = typer.Option(
-        ..., "--model", "-m", help="Checkpoint to fine-tune (HF layout, with tokenizer.json)."
-    ),
-    data: Path = typer.Option(
-        ..., "--data", "-d", help='jsonl, one {"messages": [{role, content}, ...]} per line.'
-    ),
-    out: Path = typer.Option(Path("runs/sft"), help="Run directory (metrics.jsonl, ckpt/)."),
+    model: str = _SFT_MODEL,
+    data: Path = _SFT_DATA,
+    out: Path = _SFT_OUT,
     val_data: Path = typer.Option(None, help="Validation conversations (same format)."),
     recipe: Path = typer.Option(
         None, "--recipe", "-r", help="Optional YAML with TrainConfig fields (lr, seq_len...)."
@@ -65,9 +103,10 @@ def sft_cmd(
     set_: list[str] = _SET,
     epochs: float = typer.Option(None, help="Passes over the data (default: recipe's sft_epochs, 1)."),
     lr: float = typer.Option(None, help="Peak learning rate (default 1e-3 without a recipe)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in OUT/ckpt."),
+    resume: bool = _RESUME,
 ):
-    """Supervised fine-tuning on chat conversations: Phi-3 template, loss on assistant tokens only, packing."""
+    """Supervised fine-tuning on chat conversations: the model's own chat template, loss on assistant tokens
+    only, packing."""
     from ..train import from_dict, load_recipe, sft
 
     base = {"lr": 1e-3, "warmup_steps": 5, "eval_every": 0, "save_every": 0}
@@ -77,7 +116,45 @@ def sft_cmd(
     if lr is not None:
         overrides.append(f"lr={lr}")
     cfg = load_recipe(recipe, overrides) if recipe else from_dict(base, overrides)
-    path = sft(model, data, cfg, resume=resume, val_data=val_data)
+    path = sft(hf_dir(model, Path(cfg.out)), data, cfg, resume=resume, val_data=val_data)
+    if os.environ.get("RANK", "0") == "0":
+        print(path)
+
+
+def dpo_cmd(
+    model: str = _DPO_MODEL,
+    data: Path = _DPO_DATA,
+    out: Path = _DPO_OUT,
+    loss_type: str = typer.Option("sigmoid", help="sigmoid (DPO) or ipo."),
+    beta: float = typer.Option(0.1, help="Strength of the pull towards the reference model."),
+    sft_weight: float = typer.Option(0.0, help="Weight of an added NLL loss on the chosen completions."),
+    epochs: float = typer.Option(1.0, help="Passes over the pairs."),
+    lr: float = typer.Option(None, help="Peak learning rate (default 1e-6, TRL's, without a recipe)."),
+    recipe: Path = typer.Option(
+        None, "--recipe", "-r", help="Optional YAML with TrainConfig fields (lr, seq_len, micro_batch...)."
+    ),
+    set_: list[str] = _SET,
+    resume: bool = _RESUME,
+):
+    """Direct preference optimisation (TRL's losses and metric names) from MODEL on preference pairs.
+
+    The reference log-probabilities are computed once by MODEL and stored beside DATA
+    (DATA.ref-<fingerprint>.jsonl); a re-run or --resume reuses them. Metrics: loss, rewards/chosen,
+    rewards/rejected, rewards/margins, rewards/accuracies, logps/*; `phiforge plot OUT` draws them.
+    """
+    from ..train import from_dict, pretrain
+    from ..train.config import read_recipe
+
+    base = {"lr": 1e-6, "warmup_steps": 0, "min_lr_ratio": 0.0, "eval_every": 0, "save_every": 0}
+    if recipe:
+        base = read_recipe(recipe)
+    base = dict(base, out=str(out), init_from=hf_dir(model, out), name=base.get("name", "dpo"))
+    base["phases"] = [
+        {"name": "dpo", "kind": "dpo", "data": str(data), "loss_type": loss_type, "beta": beta,
+         "sft_weight": sft_weight, "epochs": epochs}
+    ]  # fmt: skip
+    overrides = list(set_ or []) + ([f"lr={lr}"] if lr is not None else [])
+    path = pretrain(from_dict(base, overrides, where=str(recipe or "dpo")), resume=resume)
     if os.environ.get("RANK", "0") == "0":
         print(path)
 
@@ -96,4 +173,5 @@ def plot_cmd(
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("sft")(sft_cmd)
+    app.command("dpo")(dpo_cmd)
     app.command("plot")(plot_cmd)

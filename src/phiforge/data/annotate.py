@@ -473,9 +473,13 @@ class TeacherConfig:
 
 def make_annotator(cfg: TeacherConfig) -> HeuristicAnnotator | TeacherAnnotator:
     if cfg.local:
+        import torch
+
         from ..infer.engine import Engine  # loaded in each worker process: an engine does not pickle
 
-        engine = Engine.load(cfg.local)
+        # fp32 (a GGUF's quantized blocks dequantized): a teacher reads long prompts, and prefill runs
+        # dequantize + matmul anyway, so int4 only adds the dequantizing (2.5x slower prefill, measured)
+        engine = Engine.load(cfg.local, dtype=torch.float32)
         return TeacherAnnotator(cfg, LocalClient(engine, model=cfg.local, cache_path=cfg.cache_path))
     return TeacherAnnotator(cfg) if cfg.url else HeuristicAnnotator()
 

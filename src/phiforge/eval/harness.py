@@ -23,7 +23,7 @@ import torch
 from ..infer import score
 from ..infer.engine import Engine
 from ..infer.sampling import SamplingParams
-from ..io import atomic_write, progress_bar, write_json, write_jsonl
+from ..io import atomic_write, progress_bar, read_jsonl, write_json, write_jsonl
 from ..sandbox import Limits, run_many
 from ..stages import Stages
 from . import metrics
@@ -46,6 +46,8 @@ class EvalSettings:
     workers: int = max(1, os.cpu_count() or 1)  # parallel sandboxes
     timeout: float = 10.0  # seconds per program
     device: str = "cpu"  # where the model runs ("cuda" on a GPU box)
+    judge_url: str | None = None  # OpenAI-compatible judge (safety tasks, mt_bench); None: the offline judge
+    judge_model: str | None = None
     # "float32" dequantizes a GGUF's Q4/Q8 weights: scoring runs many short forwards, and the int4 path
     # dequantizes every weight on each one (0-shot ARC, 150 items: int4 unfinished after 10 CPU-minutes)
     dtype: str | None = None
@@ -92,7 +94,11 @@ def generate(engine: Engine, items: list[GenItem], s: EvalSettings, progress=Non
     jobs = []  # (item index, sample index, ids, params)
     for i, it in enumerate(items):
         new = min(s.max_new_tokens or it.max_new_tokens, ctx // 2)
-        ids = tok.encode(it.prompt)[-(ctx - new) :]
+        if it.chat:  # one user message, or the whole conversation so far (MT-bench's second turn)
+            msgs = it.meta.get("messages") or [{"role": "user", "content": it.prompt}]
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True)[-(ctx - new) :]
+        else:
+            ids = tok.encode(it.prompt)[-(ctx - new) :]
         for j in range(s.n_samples):
             jobs.append((i, j, ids, new, it.stop))
     out: list[list[str]] = [[""] * s.n_samples for _ in items]
@@ -167,6 +173,93 @@ def run_code(engine, task: Task, items, s: EvalSettings, progress=None) -> tuple
     return res, per
 
 
+def run_judged(engine, task: Task, items, s: EvalSettings, judge, progress=None) -> tuple[dict, list[dict]]:
+    """Generate, then let the judge decide each defect; a defect rate overall, per group, per category."""
+    texts = [t[0] for t in generate(engine, items, s, progress)]
+    verdicts = task.judge(judge, items, texts)
+    per = [
+        {"id": it.id, "prompt": it.prompt, "output": t, "category": it.meta["subtask"], **v}
+        for it, t, v in zip(items, texts, verdicts, strict=True)
+    ]
+    res = {"defect_rate": _metric(float(r["defect"]) for r in per)}
+    groups, cats = defaultdict(list), defaultdict(list)
+    for it, r in zip(items, per, strict=True):
+        groups[it.meta["group"]].append(float(r["defect"]))
+        cats[r["category"]].append(float(r["defect"]))
+    if len(groups) > 1:
+        res.update({f"defect_rate/{g}": _metric(v) for g, v in sorted(groups.items())})
+    res["subtasks"] = {k: _metric(v) for k, v in sorted(cats.items())}
+    res["judge"] = {"name": judge.name, "agreement": judge.agreement}
+    return res, per
+
+
+def run_mt_bench(engine, task: Task, items, s: EvalSettings, client, root, model_id: str, progress=None):
+    """Two turns through the chat template (answers reused when present), then grading if a judge is set."""
+    from .tasks import mt_bench
+
+    d = root / "mt_bench" if root else None
+    gen_key = {k: v for k, v in asdict(s).items() if k not in ("tasks", "judge_url", "judge_model")}
+    gen_key["ids"] = [it.id for it in items]
+    answered = Stages(d) if d else None  # marker mt_bench/answers.json: the answers of these settings exist
+    if answered and answered.done("answers", gen_key) and (d / "answers.jsonl").is_file():
+        answers = [r["choices"][0]["turns"] for r in read_jsonl(d / "answers.jsonl")]
+    else:
+        first = [t[0] for t in generate(engine, items, s, progress)]
+        second_items = [
+            GenItem(
+                it.id,
+                it.meta["turns"][1],
+                None,
+                max_new_tokens=it.max_new_tokens,
+                chat=True,
+                meta={
+                    "messages": [
+                        {"role": "user", "content": it.meta["turns"][0]},
+                        {"role": "assistant", "content": a},
+                        {"role": "user", "content": it.meta["turns"][1]},
+                    ]
+                },
+            )
+            for it, a in zip(items, first, strict=True)
+        ]
+        second = [t[0] for t in generate(engine, second_items, s, progress)]
+        answers = [[a, b] for a, b in zip(first, second, strict=True)]
+        if d:
+            write_jsonl(d / "answers.jsonl", mt_bench.answers_rows(items, answers, model_id))
+            answered.mark("answers", gen_key, len(answers))
+    per = [
+        {"id": it.id, "category": it.meta["subtask"], "output": a[0], "turns": a, "scores": [-1.0, -1.0]}
+        for it, a in zip(items, answers, strict=True)
+    ]
+    if client is None:
+        note = "answers generated and stored; grading needs a judge: pass --judge-url and --judge-model"
+        return {"note": note}, per
+    prompts = mt_bench.judge_prompts(Path(s.data_dir))
+    reqs = [r for it, a in zip(items, answers, strict=True) for r in mt_bench.judge_requests(it, a, prompts)]
+    replies = client.ask(reqs)
+    for i, r in enumerate(per):
+        turns = replies[2 * i : 2 * i + 2]
+        r["judgments"] = [a.text if a.ok else f"error: {a.error}" for a in turns]
+        r["scores"] = [mt_bench.parse_rating(a.text) if a.ok else -1.0 for a in turns]
+    res = mt_bench.summarize(per)
+    res["judge"] = {"name": client.name}
+    if d:
+        write_jsonl(d / "judgments.jsonl", per)
+        if res["subtasks"]:
+            mt_bench.plot(res["subtasks"], d / "scores.png", f"MT-bench, judge {client.model}")
+    return res, per
+
+
+def _judge_client(s: EvalSettings, root):
+    if not s.judge_url:
+        return None
+    if not s.judge_model:
+        raise ValueError("--judge-url needs --judge-model (the model name the endpoint serves)")
+    from ..teacher import Client
+
+    return Client(s.judge_url, s.judge_model, cache_path=root / "judge_cache.sqlite" if root else None)
+
+
 # ---- driver ----------------------------------------------------------------------------------------
 def run(
     model_dir,
@@ -212,16 +305,28 @@ def run(
             raise ValueError(f"dtype {s.dtype!r} is not a torch dtype (float32, bfloat16, ...)")
         dtype = getattr(torch, s.dtype) if s.dtype else None
         engine = engine or Engine.load(model_dir, device=s.device, dtype=dtype)
+    client = _judge_client(s, root) if any(p[0].kind in ("judged", "mt_bench") for p in plan) else None
+    judge = None
+    if any(p[0].kind == "judged" for p in plan):
+        from .judges import LLMJudge, OfflineJudge
+
+        judge = LLMJudge(client) if client else OfflineJudge(s.data_dir)
     with progress_bar() if show_progress and plan else nullcontext() as prog:
         for task, shots, key, items in plan:
             t0 = time.perf_counter()
             total = (
                 sum(len(it.pairs) for it in items) if task.kind in ("mc", "mc2") else len(items) * s.n_samples
             )
+            total *= 2 if task.kind == "mt_bench" else 1  # two turns
             bar = prog.add_task(f"{task.name} ({shots}-shot)", total=total) if prog else None
             adv = (lambda k, bar=bar: prog.advance(bar, k)) if prog else None
-            runner = {"mc": run_mc, "mc2": run_mc, "gen": run_gen, "code": run_code}[task.kind]
-            res, per = runner(engine, task, items, s, adv)
+            if task.kind == "judged":
+                res, per = run_judged(engine, task, items, s, judge, adv)
+            elif task.kind == "mt_bench":
+                res, per = run_mt_bench(engine, task, items, s, client, root, Path(str(model_dir)).name, adv)
+            else:
+                runner = {"mc": run_mc, "mc2": run_mc, "gen": run_gen, "code": run_code}[task.kind]
+                res, per = runner(engine, task, items, s, adv)
             result = {
                 "setting": task.setting,
                 "shots": shots,
@@ -234,6 +339,8 @@ def run(
             if root:
                 write_jsonl(root / "samples" / f"{task.name}.jsonl", per)
                 done.mark(task.name, key, result, result["seconds"])
+    if client:
+        client.close()
     if root:
         write_json(root / "results.json", report, indent=1)
         atomic_write(root / "results.md", markdown(report))
@@ -255,7 +362,7 @@ def markdown(report: dict) -> str:
     lines += ["| task | shots | n | metric | value ± stderr |", "|---|---|---|---|---|"]
     for name, r in report["tasks"].items():
         for m, v in r["metrics"].items():
-            if m not in ("subtasks", "outcomes"):
+            if m not in ("subtasks", "outcomes", "note", "judge"):
                 lines.append(f"| {name} | {r['shots']} | {r['n']} | {m} | {_fmt(v)} |")
     lines += ["", "## Settings", ""]
     lines += [f"- **{name}** ({r['shots']}-shot): {r['setting']}" for name, r in report["tasks"].items()]
@@ -270,10 +377,21 @@ def markdown(report: dict) -> str:
             lines.append(
                 "```\n" + json.dumps(shown, ensure_ascii=False, indent=1, default=str)[:1500] + "\n```"
             )
+        if "note" in r["metrics"]:
+            lines += ["", f"note: {r['metrics']['note']}"]
+        if "judge" in r["metrics"]:
+            lines += ["", f"judge: {json.dumps(r['metrics']['judge'], default=str)}"]
         if "outcomes" in r["metrics"]:
             lines += ["", "outcomes: " + ", ".join(f"{k} {v}" for k, v in r["metrics"]["outcomes"].items())]
         if "subtasks" in r["metrics"]:
-            lines += ["", "| subtask | exact_match |", "|---|---|"]
+            head = (
+                "defect_rate"
+                if "defect_rate" in r["metrics"]
+                else "score"
+                if "score" in r["metrics"]
+                else "exact_match"
+            )
+            lines += ["", f"| subtask | {head} |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in r["metrics"]["subtasks"].items()]
     return "\n".join(lines) + "\n"
 

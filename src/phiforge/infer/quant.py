@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..io import atomic_path, write_json
-from ..model import ModelConfig, Transformer, load_model
+from ..model import ModelConfig, Transformer
 from ..model.hf import CheckpointError, config_from_hf, config_to_hf
 from . import kernels
 
@@ -316,13 +316,19 @@ def quantize_checkpoint(
     group_size: int = 128,
     progress: Callable[[int, int], None] | None = None,
 ) -> Transformer:
-    """`phiforge quantize`: read an fp32/bf16 HF-layout checkpoint, write a quantized one beside its tokenizer."""
+    """`phiforge quantize`: read an fp32/bf16 model (HF-layout directory, .gguf file dequantized, or a short
+    name), write a quantized HF-layout checkpoint beside its tokenizer."""
+    from .load import load, resolve  # here, not at the top: load.py imports this module
+
     _levels(bits)
-    if read_quantization_config(model_dir) is not None:
+    src = resolve(model_dir)
+    if src.is_dir() and read_quantization_config(src) is not None:
         raise ValueError(f"{model_dir}: already quantized (quantize the original checkpoint instead)")
-    model = load_model(model_dir, dtype=torch.float32)
+    model, tok = load(src, dtype=torch.float32)
     quantize_model(model, bits, group_size, progress)
-    save_quantized(model, out, source=model_dir)
+    save_quantized(model, out, source=src if src.is_dir() else None)
+    if tok is not None and not src.is_dir():  # a GGUF's tokenizer lives in its metadata
+        tok.save(out)
     return model
 
 

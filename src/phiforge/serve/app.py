@@ -3,7 +3,8 @@
 Requests are validated here (OpenAI-style 400 bodies naming the bad field), turned into token ids and
 SamplingParams, and handed to the Batcher's scheduler thread; tokens come back through an asyncio queue
 and go out as JSON or as server-sent events in OpenAI's chunk format. Extensions beyond OpenAI's schema
-follow vLLM's names: `top_k`, `ignore_eos`.
+follow vLLM's names: `top_k`, `ignore_eos`. `logprobs` / `top_logprobs` come back in OpenAI's two layouts
+(chat: a list of token objects; completions: parallel lists), as vLLM writes them, on non-streamed replies.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..infer.engine import Engine
 from ..infer.sampling import SamplingParams
-from ..tokenizer import CHAT_ROLES
+from ..tokenizer import CHAT_ROLES, _bytes_to_unicode
 from .batcher import Batcher
 from .batcher import Request as GenRequest
 
@@ -79,9 +80,25 @@ def _reject_unsupported(body: dict) -> None:
     for key in ("presence_penalty", "frequency_penalty"):
         if body.get(key) not in (None, 0, 0.0):
             raise APIError(f"'{key}' is not supported (only 0)", key)
-    for key in ("logprobs", "top_logprobs", "echo", "suffix", "tools", "logit_bias"):
+    for key in ("echo", "suffix", "tools", "logit_bias"):
         if body.get(key) not in (None, False, 0, [], {}):
             raise APIError(f"'{key}' is not supported by this server", key)
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Alternatives wanted per token (0 = the chosen token's logprob only), or None for no logprobs.
+    Chat: `logprobs: true` + `top_logprobs: k`; completions: `logprobs: k` (vLLM allows up to 20)."""
+    if chat:
+        want = _flag(body, "logprobs")
+        top = _num(body, "top_logprobs", 0, 20, None, integer=True)
+        if top is not None and not want:
+            raise APIError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        k = (top or 0) if want else None
+    else:
+        k = _num(body, "logprobs", 0, 20, None, integer=True)
+    if k is not None and body.get("stream"):
+        raise APIError("logprobs are returned on non-streamed replies only (set stream: false)", "logprobs")
+    return k
 
 
 class Server:
@@ -99,8 +116,9 @@ class Server:
         if model != self.name:
             raise APIError(f"The model `{model}` does not exist", "model", "model_not_found", 404)
 
-    def params(self, body: dict, n_prompt: int, max_key: str = "max_tokens") -> SamplingParams:
+    def params(self, body: dict, n_prompt: int, chat: bool = False) -> SamplingParams:
         _reject_unsupported(body)
+        max_key = "max_completion_tokens" if chat else "max_tokens"
         room = self.ctx - n_prompt
         max_tokens = _num(body, max_key, 1, 10**9, None, integer=True)
         if max_tokens is None and max_key != "max_tokens":
@@ -121,6 +139,7 @@ class Server:
             seed=_num(body, "seed", -(2**63), 2**64 - 1, None, integer=True),
             stop=_stop(body),
             ignore_eos=_flag(body, "ignore_eos"),
+            logprobs=_logprobs(body, chat),
         )
 
     def check_prompt(self, ids: list[int], param: str) -> list[int]:
@@ -177,8 +196,22 @@ class Server:
             if not isinstance(content, str):
                 raise APIError(f"messages[{i}].content must be a string", f"messages.[{i}].content")
             out.append({"role": role, "content": content})
-        ids = self.tok.apply_chat_template(out, add_generation_prompt=True)
+        if _flag(body, "continue_final_message"):  # vLLM's name: the reply continues the last message
+            return self.check_prompt(self._continue(out), "messages")
+        gen = body.get("add_generation_prompt", True) is not False
+        ids = self.tok.apply_chat_template(out, add_generation_prompt=gen)
         return self.check_prompt(ids, "messages")
+
+    def _continue(self, messages: list[dict]) -> list[int]:
+        """The conversation rendered up to the end of its last (assistant) message's text, so that the
+        reply goes on from there: G-Eval's "Score:" prefill, as vLLM's continue_final_message does."""
+        last = messages[-1]["content"]
+        if messages[-1]["role"] != "assistant" or not last:
+            raise APIError(
+                "continue_final_message needs a last assistant message with text to continue", "messages"
+            )
+        text = self.tok.render_chat(messages, add_generation_prompt=False)
+        return self.tok.encode(text[: text.rfind(last) + len(last)])
 
 
 # ---- streaming plumbing ------------------------------------------------------------------------------
@@ -223,6 +256,47 @@ def _usage(n_prompt: int, req: GenRequest) -> dict:
     return {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
 
 
+def _token_bytes(tok, tid: int) -> bytes:
+    """A token's own bytes: a byte-level BPE token may be part of a UTF-8 character, which decode() would
+    turn into U+FFFD; its vocabulary string maps back to the exact bytes (GPT-2's byte alphabet)."""
+    text = tok.decode([tid])
+    if "\ufffd" not in text:
+        return text.encode()
+    piece = tok.id_to_token(tid) or ""
+    if piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece byte fallback
+        return bytes([int(piece[3:-1], 16)])
+    if all(c in _BYTE_OF for c in piece):
+        return bytes(_BYTE_OF[c] for c in piece)
+    return text.encode()
+
+
+_BYTE_OF = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def _chat_logprobs(tok, done: GenRequest) -> dict:
+    """OpenAI's chat layout: content[j] = {token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}."""
+
+    def entry(tid: int, lp: float) -> dict:
+        return {"token": tok.decode([tid]), "logprob": lp, "bytes": list(_token_bytes(tok, tid))}
+
+    return {
+        "content": [
+            {**entry(t, lp), "top_logprobs": [entry(i, p) for i, p in top]}
+            for t, lp, top in zip(done.tokens, done.logprobs, done.top_logprobs, strict=True)
+        ]
+    }
+
+
+def _completion_logprobs(tok, done: GenRequest) -> dict:
+    """The legacy completions layout: parallel lists; text_offset counts characters from the completion's
+    start (vLLM without echo); top_logprobs maps token text to logprob, best first."""
+    tokens = [tok.decode([t]) for t in done.tokens]
+    offsets = [sum(map(len, tokens[:j])) for j in range(len(tokens))]
+    tops = [{tok.decode([i]): p for i, p in reversed(top)} for top in done.top_logprobs]
+    tops = [dict(sorted(d.items(), key=lambda kv: -kv[1])) for d in tops]  # equal texts: the best one kept
+    return {"tokens": tokens, "token_logprobs": done.logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
 def _sse(obj) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
@@ -259,7 +333,10 @@ async def _respond(srv: Server, request: Request, body: dict, ids: list[int], pa
         if done is None:  # the client disconnected
             return JSONResponse({}, status_code=499)
         msg = {"role": "assistant", "content": "".join(text)}
-        c = {"index": 0, "logprobs": None, "finish_reason": done.finish_reason}
+        lps = None
+        if params.logprobs is not None:
+            lps = (_chat_logprobs if chat else _completion_logprobs)(srv.tok, done)
+        c = {"index": 0, "logprobs": lps, "finish_reason": done.finish_reason}
         c.update({"message": msg} if chat else {"text": msg["content"]})
         obj = {**head, "object": "chat.completion" if chat else "text_completion", "choices": [c]}
         return JSONResponse({**obj, "usage": _usage(len(ids), done)})
@@ -349,7 +426,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         body = await json_body(request)
         srv.check_model(body)
         ids = srv.chat_ids(body)
-        params = srv.params(body, len(ids), max_key="max_completion_tokens")
+        params = srv.params(body, len(ids), chat=True)
         return await _respond(srv, request, body, ids, params, chat=True)
 
     return app
@@ -357,10 +434,14 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_batch: int = 16, log_level: str = "info") -> None:  # fmt: skip
-    """Load a model directory and serve it until interrupted."""
+    """Load a model (directory, .gguf file or short name) and serve it until interrupted."""
     import uvicorn
 
-    model = Path(model)
+    from ..infer.load import SHORT_NAMES
+
     engine = Engine.load(model)
-    app = create_app(engine, model.resolve().name, api_key=api_key, max_batch=max_batch)
+    # the name clients send as `model`: the short name as typed, else the directory's or file's name
+    path = Path(model).resolve()
+    name = str(model) if str(model) in SHORT_NAMES else path.stem if path.suffix == ".gguf" else path.name
+    app = create_app(engine, name, api_key=api_key, max_batch=max_batch)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..io import read_metrics
 from .. import stages as markers
+from ..io import read_metrics
 
 console = Console(stderr=True)
 VAL_FRACTION = 0.1  # of documents, by id hash: val shards + the held-out SFT conversations
@@ -77,6 +77,8 @@ class SpeedrunConfig:
     budget: str = "default"
     teacher_url: str | None = None
     teacher_model: str = "gpt-4o-mini"
+    teacher_local: str | None = None  # a model run in this process as the teacher (short name, dir, .gguf)
+    teacher_method: str = "text"  # text | geval | askllm (data/annotate.py)
     ablate_quality: bool = False
     benchmarks: tuple[str, ...] = ()  # more eval sets to decontaminate against (HumanEval always)
     seed: int = 0
@@ -114,7 +116,9 @@ def data_stage(run_dir: Path, b: Budget, cfg: SpeedrunConfig) -> dict:
     from ..data.pipeline import DataConfig
     from ..data.pipeline import run as data_run
 
-    teacher = TeacherConfig(url=cfg.teacher_url, model=cfg.teacher_model)
+    teacher = TeacherConfig(
+        url=cfg.teacher_url, model=cfg.teacher_model, local=cfg.teacher_local, method=cfg.teacher_method
+    )
     dc = DataConfig(
         max_bytes=b.max_bytes,
         annotate_docs=b.annotate_docs,
@@ -337,7 +341,10 @@ def run(cfg: SpeedrunConfig) -> Path:
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     st = Stages(run_dir)
-    key = {"budget": asdict(b), "seed": cfg.seed, "teacher": [cfg.teacher_url, cfg.teacher_model]}
+    teacher = [cfg.teacher_url, cfg.teacher_model]
+    if cfg.teacher_local or cfg.teacher_method != "text":  # old runs' keys stay as they were
+        teacher += [cfg.teacher_local, cfg.teacher_method]
+    key = {"budget": asdict(b), "seed": cfg.seed, "teacher": teacher}
     key_data = {**key, "benchmarks": list(cfg.benchmarks)}
     console.print(f"[bold]phiforge speedrun[/] -> {run_dir}  budget {cfg.budget}: {b}")
 

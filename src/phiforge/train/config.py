@@ -34,8 +34,15 @@ class Dataset:
 @dataclass
 class Phase:
     name: str = "phase"
-    tokens: int = 1_000_000  # training tokens in this phase
+    tokens: int = 1_000_000  # pretrain: training tokens in this phase
     datasets: list[Dataset] = field(default_factory=list)
+    kind: str = "pretrain"  # "pretrain": a token mixture | "dpo": preference pairs (train/dpo.py)
+    # dpo: jsonl of {"prompt", "chosen", "rejected"}; the run's starting model is the reference
+    data: str | None = None
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # "sigmoid" | "ipo" (TRL's definitions)
+    sft_weight: float = 0.0  # + weight * NLL of the chosen completions
+    epochs: float = 1.0  # passes over the pairs
 
 
 @dataclass
@@ -141,6 +148,11 @@ def validate(cfg: TrainConfig, where: str = "recipe") -> TrainConfig:
         if getattr(cfg, k) < 1:
             raise RecipeError(f"{where}.{k}: must be >= 1, got {getattr(cfg, k)}")
     for i, p in enumerate(cfg.phases):
+        if p.kind not in ("pretrain", "dpo"):
+            raise RecipeError(f"{where}.phases[{i}].kind: {p.kind!r} is not one of pretrain, dpo")
+        if p.kind == "dpo":
+            _check_dpo(p, i, cfg.phases[:i], where)
+            continue
         if p.tokens < 1:
             raise RecipeError(f"{where}.phases[{i}].tokens: must be >= 1, got {p.tokens}")
         if not p.datasets:
@@ -149,6 +161,25 @@ def validate(cfg: TrainConfig, where: str = "recipe") -> TrainConfig:
             if not d.weight > 0:
                 raise RecipeError(f"{where}.phases[{i}].datasets[{j}].weight: must be > 0, got {d.weight}")
     return cfg
+
+
+def _check_dpo(p: Phase, i: int, before: list[Phase], where: str) -> None:
+    at = f"{where}.phases[{i}]"
+    if any(q.kind != "dpo" for q in before):  # the reference is the run's starting model
+        raise RecipeError(
+            f"{at} ({p.name}): a dpo phase cannot follow a pretrain phase; run it as its own recipe"
+        )
+    if not p.data:
+        raise RecipeError(f"{at}.data: a dpo phase needs a preference jsonl")
+    if p.datasets:
+        raise RecipeError(f"{at}.datasets: a dpo phase reads `data`, not token datasets")
+    if p.loss_type not in ("sigmoid", "ipo"):
+        raise RecipeError(f"{at}.loss_type: {p.loss_type!r} is not one of sigmoid, ipo")
+    for k in ("beta", "epochs"):
+        if not getattr(p, k) > 0:
+            raise RecipeError(f"{at}.{k}: must be > 0, got {getattr(p, k)}")
+    if p.sft_weight < 0:
+        raise RecipeError(f"{at}.sft_weight: must be >= 0, got {p.sft_weight}")
 
 
 def _set(data: dict, key: str, value: str, where: str) -> None:
@@ -193,16 +224,20 @@ def from_dict(data: dict, overrides: list[str] = (), where: str = "recipe") -> T
     return validate(_build(TrainConfig, data, where), where)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+def read_recipe(path: str | Path) -> dict:
+    """The recipe's YAML as a dict, before overrides and validation (`phiforge dpo` adds its phase)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe not found") from None
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0]
         raise RecipeError(f"{path}: not valid YAML ({first})") from None
-    return from_dict(data, overrides, where=str(path))
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    return from_dict(read_recipe(path), overrides, where=str(path))
 
 
 def to_dict(cfg: TrainConfig) -> dict:

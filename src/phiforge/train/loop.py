@@ -54,8 +54,9 @@ def target_tokens(b: Batch) -> int:
 @dataclass(frozen=True)
 class Objective:
     """What a phase minimises. `loss(model, batch)` returns the loss *summed* over the batch's units and a
-    dict of floats (summed too; logged as per-micro-batch means); `units(batch)` counts those units (target
-    tokens, preference pairs), which turns sums into means for validation."""
+    dict of metrics summed the same way; `units(batch)` counts those units (target tokens, preference
+    pairs). The loop divides loss and metrics by the global batch's units (PhaseData.targets), so both are
+    exact means over the global batch whatever the micro-batching (DPO's rewards are means over pairs)."""
 
     loss: Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
     units: Callable[[Batch], int]
@@ -312,6 +313,9 @@ def train(
                     for key, v in m.items():
                         extra[key] = extra.get(key, 0.0) + float(v)
                 loss_val = float(all_sum(loss_sum, d)) / max(n_tgt, 1)
+                if extra:  # the objective's metrics, global means (every rank has the same keys)
+                    sums = all_sum(torch.tensor(list(extra.values()), dtype=torch.float64), d)
+                    extra = {key: float(v) / max(n_tgt, 1) for key, v in zip(extra, sums, strict=True)}
                 if not math.isfinite(loss_val):
                     kept = f"last good checkpoint: {last_path}" if last_path else "no checkpoint saved yet"
                     raise TrainingError(
@@ -329,10 +333,8 @@ def train(
                 row = {
                     "type": "train", "step": done, "phase": phase.name, "loss": loss_val, "lr": lr,
                     "grad_norm": gn, "tokens": done * n_global * cfg.seq_len, "tokens_per_s": tps,
-                    "mfu": fpt * tps / (peak * d.world), "time": time.perf_counter() - t_run,
+                    "mfu": fpt * tps / (peak * d.world), "time": time.perf_counter() - t_run, **extra,
                 }  # fmt: skip
-                for key in sorted(extra):  # the objective's own metrics (every rank has the same keys)
-                    row[key] = float(all_sum(extra[key], d)) / (ga * d.world)
                 metrics.log(row)
                 end_of_phase = done == bounds[pi]
                 if (cfg.eval_every and done % cfg.eval_every == 0) or end_of_phase:

@@ -1,4 +1,5 @@
-"""Loss and learning-rate curves from metrics.jsonl: `phiforge plot RUN` and the speedrun report draw them here."""
+"""Loss and learning-rate curves from metrics.jsonl: `phiforge plot RUN` and the speedrun report draw them here;
+DPO runs also get their reward curves."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def plot_training(
 
 
 def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Write loss.png and lr.png of one training run (into RUN/plots by default); returns their paths."""
+    """Write loss.png and lr.png (and rewards.png for DPO) of one training run (into RUN/plots by default);
+    returns their paths."""
     run = Path(run)
     path = run / "metrics.jsonl" if run.is_dir() else run
     if not path.is_file():
@@ -67,4 +69,21 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:
     out = Path(out) if out else path.parent / "plots"
     paths = [out / "loss.png", out / "lr.png"]
     plot_training({path.parent.name: rows}, *paths, dpi=110)
+    dpo = [r for r in rows if r.get("type") == "train" and "rewards/chosen" in r]
+    if dpo:
+        paths.append(plot_rewards(dpo, out / "rewards.png", title=path.parent.name, dpi=110))
     return paths
+
+
+def plot_rewards(rows: list[dict], path: Path, title: str = "", dpi: int = 90) -> Path:
+    """DPO's reward curves (TRL's names): chosen, rejected and margin rewards, and how often chosen wins."""
+    fig, (ax, acc) = pyplot().subplots(2, 1, figsize=(7, 6), sharex=True)
+    x = [r["step"] for r in rows]
+    for k in ("chosen", "rejected", "margins"):
+        ax.plot(x, [r[f"rewards/{k}"] for r in rows], lw=1, label=k)
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set(ylabel="reward (beta * log-ratio)", title=f"{title}: DPO rewards")
+    ax.legend()
+    acc.plot(x, [r["rewards/accuracies"] for r in rows], lw=1)
+    acc.set(xlabel="step", ylabel="rewards/accuracies", ylim=(-0.02, 1.02))
+    return save_png(fig, path, dpi)

@@ -157,8 +157,13 @@ def pretrain(
         _check_shards_vs_tokenizer(cfg, tok)
         steps = cfg.phase_steps(d.world)
         n_global = cfg.micro_batch * cfg.grad_accum * d.world
+        start = _resume_point(cfg, resume)
+        model0 = _init_model(cfg, mc, None) if any(p.kind == "dpo" for p in cfg.phases) else None
         phases = []
         for i, (p, n) in enumerate(zip(cfg.phases, steps, strict=True)):
+            if p.kind == "dpo":
+                phases.append(_dpo_phase(cfg, p, tok, mc, model0, d, con))
+                continue
             mix = Mixture(p.datasets, cfg.seq_len, mc.vocab_size, cfg.seed, i)
 
             def batch(step, lo, hi, mix=mix):
@@ -174,15 +179,41 @@ def pretrain(
                     evals[ds.label()] = [(b[:, :-1], b[:, 1:], None, None) for b in vb]
                 elif con:
                     con.print(f"note: {ds.path} has no usable val split; no validation loss for it")
-        start = _resume_point(cfg, resume)
         if resume and start is None and con:
             con.print(f"note: --resume: no checkpoint in {Path(cfg.out) / 'ckpt'} yet, starting from step 0")
-        model = _init_model(cfg, mc, start)
+        model = model0 if model0 is not None and start is None else _init_model(cfg, mc, start)
+        del model0  # DPO's reference lives on disk as log-probs: one model in memory while training
         if con:
-            _announce(con, cfg, model, steps, d, start)
+            _announce(con, cfg, model, [p.steps for p in phases], d, start)
         return train(cfg, model, tok, phases, evals, d, start, con)
     finally:
         teardown(d)
+
+
+def _dpo_phase(
+    cfg: TrainConfig, p, tok: Tokenizer | None, mc, model0: Transformer, d: Dist, con
+) -> PhaseData:
+    """Pairs of a dpo phase with reference log-probs of the run's starting model (cached beside the data)."""
+    from .dpo import dpo_phase, load_pairs
+    from .dpo_ref import attach
+
+    if tok is None:
+        raise TrainDataError(
+            f"{p.data}: a dpo phase needs the model's tokenizer (set `tokenizer` or init_from)"
+        )
+    pairs = load_pairs(tok, p.data, cfg.seq_len + 1, mc.vocab_size)
+    pad = tok.token_to_id(tok.pad_token) if tok.pad_token else tok.eos_id
+    pad = pad if pad is not None else 0
+    path, computed = attach(pairs, p.data, model0, cfg.micro_batch, pad, d, cfg.dtype)
+    n_global = cfg.micro_batch * cfg.grad_accum * d.world
+    phase = dpo_phase(p.name, pairs, p, n_global, cfg.seed, pad)
+    if con:
+        how = f"computed for {computed}" if computed else "all reused"
+        con.print(
+            f"[bold]dpo[/] {p.name}: {len(pairs)} pairs ({pairs.dropped} dropped: prompt >= seq_len), "
+            f"{p.loss_type} beta {p.beta}, sft weight {p.sft_weight}; reference log-probs {how} ({path.name})"
+        )
+    return phase
 
 
 def sft(

@@ -9,6 +9,7 @@ restart per conversation and attention is block-diagonal, so packing changes not
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,21 +21,28 @@ from ..tokenizer import Tokenizer
 from .mixture import TrainDataError
 
 
-def read_conversations(path: str | Path) -> list[list[dict]]:
+def read_rows(path: str | Path, what: str) -> Iterator[tuple[str, object]]:
+    """("file:line", row) for each row of a training jsonl (SFT conversations, DPO pairs); a missing file or
+    a line that is not JSON is one TrainDataError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise TrainDataError(f"{path}: SFT data file not found")
-    convs = []
+        raise TrainDataError(f"{path}: {what} file not found")
     try:
         for n, row in read_jsonl(path, numbered=True):
-            msgs = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(msgs, list) or not msgs:
-                raise TrainDataError(f"{path}:{n}: expected an object with a non-empty 'messages' list")
-            if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
-                raise TrainDataError(f"{path}:{n}: conversation has no assistant message")
-            convs.append(msgs)
+            yield f"{path}:{n}", row
     except JsonlError as e:
         raise TrainDataError(str(e)) from None
+
+
+def read_conversations(path: str | Path) -> list[list[dict]]:
+    convs = []
+    for where, row in read_rows(path, "SFT data"):
+        msgs = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(msgs, list) or not msgs:
+            raise TrainDataError(f"{where}: expected an object with a non-empty 'messages' list")
+        if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
+            raise TrainDataError(f"{where}: conversation has no assistant message")
+        convs.append(msgs)
     if not convs:
         raise TrainDataError(f"{path}: no conversations")
     return convs

@@ -32,18 +32,21 @@ class GenItem:
     stop: list[str] = field(default_factory=list)
     max_new_tokens: int = 256
     meta: dict = field(default_factory=dict)
+    chat: bool = False  # prompt is one user message, sent through the model's chat template
 
 
 @dataclass
 class Task:
     name: str
-    kind: str  # "mc" | "mc2" | "gen" | "code"
+    kind: str  # "mc" | "mc2" | "gen" | "code" | "judged" | "mt_bench"
     shots: int
     setting: str
     load: Callable  # (data_dir: Path | None, limit: int | None, shots: int) -> list[items]
     # gen: check(item, text) -> dict with at least {"correct": bool}; code: program(item, text) -> str
     check: Callable | None = None
     program: Callable | None = None
+    # judged: judge(judge, items, texts) -> one dict per item with at least {"defect": bool}
+    judge: Callable | None = None
 
 
 class DataError(ValueError):
@@ -83,10 +86,10 @@ def other_shots(items: list, i: int, k: int) -> list:
 
 
 def registry() -> dict[str, Task]:
-    from . import bbh, code, gsm8k, mc, sanity
+    from . import arith, bbh, code, gsm8k, mc, mt_bench, safety, sanity
 
     tasks: dict[str, Task] = {}
-    for mod in (code, gsm8k, mc, bbh, sanity):
+    for mod in (code, gsm8k, arith, mc, bbh, sanity, safety, mt_bench):
         for t in mod.tasks():
             tasks[t.name] = t
     return tasks

