@@ -10,7 +10,6 @@ from collections import Counter
 import pytest
 
 import phiforge.eval as ev
-from phiforge.data.safety_pairs import build_pairs, make_pair, prompt_rows
 from phiforge.eval.judges import (
     labelled_completions,
     lexicon_toxic,
@@ -23,6 +22,7 @@ from phiforge.eval.tasks.mt_bench import parse_rating
 from phiforge.eval.tasks.safety import split_of
 from phiforge.infer.engine import Engine
 from phiforge.io import read_jsonl
+from phiforge.train.safety_pairs import build_pairs, make_pair, prompt_rows
 
 
 def test_strmatch_and_parsers():

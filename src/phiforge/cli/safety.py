@@ -1,5 +1,5 @@
 """`phiforge safety pairs`: DPO preference pairs (refuse harmful, help with safe-looking) from the training
-side of the safety split; calls phiforge.data.safety_pairs."""
+side of the safety split; calls phiforge.train.safety_pairs."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def pairs_cmd(
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, ..."),
 ):
     """Sample the model on train-split safety prompts, judge refusals offline, write TRL preference rows."""
-    from ..data.safety_pairs import build_pairs
     from ..infer.engine import Engine
+    from ..train.safety_pairs import build_pairs
 
     engine = Engine.load(model, device=device)
     summary = build_pairs(data, out, engine, samples, max_new_tokens, temperature, seed, limit)
