@@ -19,6 +19,7 @@ This module sits at the bottom: it imports nothing from phiforge's feature packa
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -159,7 +160,7 @@ class Cache:
             self._db.close()
 
 
-class _Backend:
+class _Backend(abc.ABC):
     """What both backends share: the cache in front, the counters. Subclasses answer what is not cached."""
 
     endpoint: str
@@ -190,8 +191,9 @@ class _Backend:
         self._count("failed", sum(not answers[k].ok for k in keys))
         return [answers[k] for k in keys]
 
+    @abc.abstractmethod
     def _answer(self, todo: dict[str, Request]) -> Iterator[tuple[str, Answer]]:
-        raise NotImplementedError
+        """Yield (cache key, answer) for every request not cached: the endpoint or the in-process engine."""
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:  # Counter += is a read-modify-write; worker threads race on it
