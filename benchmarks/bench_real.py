@@ -149,16 +149,31 @@ def main() -> None:
     ref = rows.get("transformers", {})
     lcpp = rows.get("llama.cpp", {})
     print(f"SmolLM2-135M-Instruct Q4_1 GGUF, {a.threads} threads, medians of {a.reps}")
-    print(
-        f"{'engine':<15} {'prefill 512 ms':>15} {'decode tok/s':>13} {'decode vs HF':>13} {'decode vs llama.cpp':>20}"
+    heads = (
+        "engine",
+        "prefill 512 ms",
+        "decode tok/s",
+        "decode vs HF",
+        "prefill vs llama.cpp",
+        "decode vs llama.cpp",
     )
+    print(f"{heads[0]:<15}" + "".join(f"{h:>21}" for h in heads[1:]))
+
+    def ratio(x: float, y: float | None) -> str:  # "-" where the reference engine was not measured
+        return f"{x / y:.2f}x" if y else "-"
+
     for e, r in rows.items():
         if "skipped" in r:
             print(f"{e:<15} skipped: {r['skipped']}")
             continue
-        vs_hf = r["decode_tps"] / ref["decode_tps"] if "decode_tps" in ref else float("nan")
-        vs_l = r["decode_tps"] / lcpp["decode_tps"] if "decode_tps" in lcpp else float("nan")
-        print(f"{e:<15} {r['prefill_ms']:>15.0f} {r['decode_tps']:>13.1f} {vs_hf:>12.2f}x {vs_l:>19.2f}x")
+        cells = (
+            f"{r['prefill_ms']:.0f}",
+            f"{r['decode_tps']:.1f}",
+            ratio(r["decode_tps"], ref.get("decode_tps")),
+            ratio(lcpp["prefill_ms"], r["prefill_ms"]) if "prefill_ms" in lcpp else "-",  # >1: faster
+            ratio(r["decode_tps"], lcpp.get("decode_tps")),
+        )
+        print(f"{e:<15}" + "".join(f"{c:>21}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,12 @@ def test_same_seed_same_problem_and_stable_text():
     assert arith.split("train", 20) == arith.split("train", 20)
     assert arith.generate(7) == arith.generate(7) != arith.generate(8)
     # fixed across Python runs and machines (string seeds hash with sha512): held-out sets stay held out
-    assert arith.generate(0).question == (
+    assert arith.generate(0, arith.Knobs(2, 30, "+-")).question == (
         "Dan has 16 coins. Then Dan loses 12 coins. Then Dan buys 26 more coins. "
         "How many coins does Dan have now?"
+    )
+    assert arith.generate(0).question == (  # the defaults: one step, +, operands <= 20
+        "Hugo has 7 stamps. Then Hugo buys 13 more stamps. How many stamps does Hugo have now?"
     )
     assert arith.split("train", 5, start=3) == arith.split("train", 8)[3:]
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from ..eval.tasks.arith import Knobs
+
 
 def model_key(model: Path) -> str:
     """What the rollout cache is keyed by: the config and the weight files' names and sizes (hashing the weights
@@ -50,16 +52,15 @@ def pts_cmd(
     p_max: float = typer.Option(0.8, help="... and <= this."),
     temperature: float = typer.Option(0.7, help="Rollout sampling temperature."),
     max_batch: int = typer.Option(64, help="Rows per engine call."),
-    steps: int = typer.Option(2, help="arith: operations per problem."),
-    max_operand: int = typer.Option(30, help="arith: largest operand."),
-    ops: str = typer.Option("+-", help="arith: operations to draw from (+-*)."),
+    steps: int = typer.Option(Knobs.steps, help="arith: operations per problem."),
+    max_operand: int = typer.Option(Knobs.max_operand, help="arith: largest operand."),
+    ops: str = typer.Option(Knobs.ops, help="arith: operations to draw from (+-*)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda ..."),
 ):
     """Find pivotal tokens in the model's own answers and write DPO pairs at them, plus as many whole-answer pairs."""
     from functools import partial
 
-    from ..eval.tasks.arith import Knobs
     from ..infer.engine import Engine
     from ..io import progress_bar
     from ..train import pts, pts_tasks
@@ -74,7 +75,11 @@ def pts_cmd(
         seed=seed,
     )
     problems = pts_tasks.load(task, data, limit, Knobs(steps, max_operand, ops))
-    engine = Engine.load(model, device=device)
+    import torch
+
+    # batched sampling: a GGUF's int4 blocks would be dequantized on every multi-row forward (infer/quant.py),
+    # so dequantize once at load, as the in-process teacher does (a phiforge-quantized dir stays as it is)
+    engine = Engine.load(model, device=device, dtype=torch.float32)
     if engine.tok is None:
         raise ValueError(f"{model}: no tokenizer.json (PTS renders questions through the chat template)")
     check = partial(pts_tasks.check_many, task)

@@ -31,10 +31,14 @@ def pairs_cmd(
     device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, ..."),
 ):
     """Sample the model on train-split safety prompts, judge refusals offline, write TRL preference rows."""
+    import torch
+
     from ..infer.engine import Engine
     from ..train.safety_pairs import build_pairs
 
-    engine = Engine.load(model, device=device)
+    # batched sampling: a GGUF's int4 blocks would be dequantized on every multi-row forward (infer/quant.py),
+    # so dequantize once at load, as the in-process teacher does (a phiforge-quantized dir stays as it is)
+    engine = Engine.load(model, device=device, dtype=torch.float32)
     summary = build_pairs(data, out, engine, samples, max_new_tokens, temperature, seed, limit)
     print(json.dumps(summary, indent=1))
     print(f"pairs: {out / 'pairs.jsonl'}")
