@@ -30,17 +30,30 @@ def page(server):
         browser.close()
 
 
+# Records, inside the page, every text the reply showed while it still carried the `streaming` class. Polling
+# for `.streaming` races a tiny model, which can finish 40 tokens between two polls (CI saw exactly that).
+WATCH_STREAMING = """() => {
+  window.streamedTexts = [];
+  new MutationObserver(ms => { for (const m of ms) {
+    const div = m.target.closest ? m.target.closest('.msg.assistant.streaming') : null;
+    if (div && div.innerText) window.streamedTexts.push(div.innerText);
+  } }).observe(document.getElementById('log'), {childList: true, subtree: true, characterData: true});
+}"""
+
+
 def test_chat_page_streams_a_reply(page, server):
     seen: list[str] = []
     page.on("request", lambda r: seen.append(r.url))
     page.goto(server.url + "/")
     page.wait_for_selector("#model:has-text('tiny-test')")
+    page.evaluate(WATCH_STREAMING)
     page.fill("#temperature", "0")
     page.fill("#max-tokens", "40")
     page.fill("#input", "Write a function.")
     page.click("#send")
-    page.wait_for_selector(".msg.assistant.streaming")  # the reply is shown while it streams
     page.wait_for_selector(".msg.assistant.done")
+    streamed = page.evaluate("window.streamedTexts")
+    assert streamed, "the reply must be shown while it streams, not only when it is done"
     reply = page.locator(".msg.assistant").first
     text = reply.evaluate(
         "e => e.firstChild ? e.innerText.replace(e.querySelector('.meta').innerText, '') : ''"
