@@ -96,3 +96,29 @@ def test_empty_and_missing_index(tmp_path):
         Index.load(tmp_path / "nowhere")
     with pytest.raises(RagError, match="already exists"):
         Index.create(tmp_path / "empty")
+
+
+def test_ready_refuses_what_cannot_be_searched(built, tmp_path):
+    shared, _, _ = built
+    assert shared.ready() is shared  # loads the embedder and BM25; a server calls it once at startup
+    with pytest.raises(RagError, match="the index is empty"):
+        Index.create(tmp_path / "empty").ready()
+
+    def copy(name: str) -> Index:
+        shutil.copytree(shared.path, tmp_path / name)
+        return Index.load(tmp_path / name)
+
+    gone = copy("gone")
+    gone.meta["embedder"] = str(tmp_path / "no-such-model")
+    with pytest.raises(
+        RagError, match=r"gone: built with embedder '.*no-such-model': not 'all-MiniLM-L6-v2'"
+    ):
+        gone.ready()
+    narrow = copy("narrow")  # as if built by another embedder of the same name: 8-d vectors, MiniLM gives 384
+    np.save(narrow.path / "emb-00000.npy", np.ones((3, 8), np.float32))
+    narrow = Index.load(narrow.path)
+    narrow._embedder = shared.embedder  # the same model, loaded once
+    with pytest.raises(
+        RagError, match="built with an embedder of 8-d vectors, but 'all-MiniLM-L6-v2' gives 384-d"
+    ):
+        narrow.ready()

@@ -74,3 +74,21 @@ def server(model_dir):
     with run_server(model_dir, max_batch=8) as s:
         yield s
     torch.set_num_threads(n)
+
+
+# Three short documents for `serve --index`; one id carries markup, which the chat page must show as text.
+RAG_DOCS = [
+    {"id": "shells.txt", "text": "shlex.quote(s) returns a shell-escaped version of the string s."},
+    {"id": "zips.txt", "text": "ZipFile.extractall unpacks every member of a ZIP archive."},
+    {"id": "<b>bold</b>.txt", "text": "colorsys.rgb_to_hls converts red green blue to hue lightness."},
+]
+
+
+@pytest.fixture(scope="session")
+def rag_index(tmp_path_factory):
+    """A three-chunk index embedded with the real MiniLM (loaded offline; a few seconds, once)."""
+    from phiforge.rag import Index
+
+    idx = Index.create(tmp_path_factory.mktemp("rag") / "idx")
+    idx.add(RAG_DOCS, progress=False)
+    return idx

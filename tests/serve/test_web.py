@@ -1,6 +1,7 @@
 """The chat page in headless Chromium (Debian's chromium driven by Playwright): type a message, press send,
 watch a streamed reply appear; a second turn carries the first; code fences render as <pre><code>; Stop
-aborts a reply and frees its batch row. Skips, with the reason, only when no chromium binary exists."""
+aborts a reply and frees its batch row; with `serve --index` the sources are listed, as text, under the
+reply. Skips, with the reason, only when no chromium binary exists."""
 
 from __future__ import annotations
 
@@ -115,3 +116,24 @@ def test_stop_button_aborts_and_frees_the_row(page, server, monkeypatch):
     assert b.n_cancelled == cancelled + 1
     reply = page.locator(".msg.assistant").first.inner_text()
     assert len(server.srv.engine.tok.encode(reply)) < 100  # it really stopped early
+
+
+def test_sources_are_listed_under_the_reply(page, start_server, model_dir, rag_index):
+    import httpx2 as httpx
+
+    q = "red green blue to hue lightness"  # the document whose id is markup ranks first
+    with start_server(model_dir, index=rag_index) as rag:
+        body = {"model": "tiny-test", "messages": [{"role": "user", "content": q}], "max_tokens": 8}
+        sources = httpx.post(rag.url + "/v1/chat/completions", json=body, timeout=60).json()["sources"]
+        page.goto(rag.url + "/")
+        page.wait_for_selector("#model:has-text('tiny-test')")
+        page.fill("#temperature", "0")
+        page.fill("#max-tokens", "8")
+        page.fill("#input", q)
+        page.click("#send")
+        page.wait_for_selector(".msg.assistant.done")
+        box = page.locator(".msg.assistant .sources")
+        assert box.inner_text().startswith("sources:")
+        items = box.locator("li").all_inner_texts()
+        assert items == [f"{s['title']}#{s['chunk']}" for s in sources] and items[0] == "<b>bold</b>.txt#0"
+        assert box.locator("b").count() == 0  # the title is shown as text, never parsed as markup

@@ -14,6 +14,7 @@ def serve_cmd(
     api_key: str = typer.Option(None, "--api-key", envvar="PHIFORGE_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/* (the chat page has a field for it)."),
     max_batch: int = typer.Option(16, help="Most requests decoded together; more wait in a queue and join between decode steps."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug, info, warning, error)."),
+    index: str = typer.Option(None, "--index", help="Answer chat requests with retrieval from this index (phiforge rag index); replies carry a 'sources' field and the chat page lists them."),
 ):  # fmt: skip
     """Serve a model over OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions, streaming
     included) with continuous batching, plus a chat page at http://HOST:PORT/."""
@@ -28,7 +29,7 @@ def serve_cmd(
     if max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
     print(f"phiforge: serving {model} on http://{host}:{port}/ (chat page) and http://{host}:{port}/v1")
-    serve(model, host=host, port=port, api_key=api_key, max_batch=max_batch, log_level=log_level)
+    serve(model, host=host, port=port, api_key=api_key, max_batch=max_batch, log_level=log_level, index=index)
 
 
 def register(app: typer.Typer) -> None:

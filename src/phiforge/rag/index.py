@@ -106,6 +106,7 @@ class Hit:
     doc_id: str
     title: str
     text: str
+    chunk: int = 0  # the chunk's number within its document
 
 
 # ---- documents -------------------------------------------------------------------------------------
@@ -319,6 +320,24 @@ class Index:
         if not self.chunks:
             raise RagError(f"{self.path}: the index is empty (add documents with `phiforge rag index`)")
 
+    def ready(self) -> Index:
+        """Check that this index can answer queries here, and load what search needs (the embedder, BM25) now
+        instead of on the first query: a server calls it at startup. Refuses an empty index and one whose
+        embedder is missing here or gives vectors of another width than the stored ones."""
+        self._need_chunks()
+        name = self.meta["embedder"]
+        try:
+            dim = self.embedder.encode(["width probe"]).shape[1]
+        except RagError as e:
+            raise RagError(f"{self.path}: built with {e} here") from None  # the embedder named is missing
+        if dim != self.emb.shape[1]:
+            raise RagError(
+                f"{self.path}: built with an embedder of {self.emb.shape[1]}-d vectors, but {name!r} gives "
+                f"{dim}-d ones here: rebuild the index with `phiforge rag index`"
+            )
+        self.bm25("width probe", 1)
+        return self
+
     def bm25(self, query: str, k: int) -> list[int]:
         import bm25s
 
@@ -354,10 +373,8 @@ class Index:
             ranked = rrf([self.bm25(query, n), self.dense(query, n)])[:k]
         else:
             raise ValueError(f"search mode must be bm25, dense or fused, got {mode!r}")
-        return [
-            Hit(r, s, self.chunks[r]["doc_id"], self.chunks[r]["title"], self.chunks[r]["text"])
-            for r, s in ranked
-        ]
+        rows = [(r, s, self.chunks[r]) for r, s in ranked]
+        return [Hit(r, s, c["doc_id"], c["title"], c["text"], c["chunk"]) for r, s, c in rows]
 
 
 def rrf(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:

@@ -5,6 +5,13 @@ SamplingParams, and handed to the Batcher's scheduler thread; tokens come back t
 and go out as JSON or as server-sent events in OpenAI's chunk format. Extensions beyond OpenAI's schema
 follow vLLM's names: `top_k`, `ignore_eos`. `logprobs` / `top_logprobs` come back in OpenAI's two layouts
 (chat: a list of token objects; completions: parallel lists), as vLLM writes them, on non-streamed replies.
+
+With an index (`phiforge serve --index IDX`), a chat request is answered with retrieval: the last user message
+is searched for, the best chunks that fit the context go in front of it (rag.answer.build_prompt, the same
+prompt as `rag ask`), and the reply carries them in an extra top-level field, `sources`: [{n, doc_id, chunk,
+title, score}] (n as cited, [n]), on the response object, or on the first chunk of a stream (the one with the
+assistant role, so a client can show them while the answer streams). /v1/completions takes raw prompts and
+does no retrieval.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -25,6 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..infer.engine import Engine
 from ..infer.sampling import SamplingParams
+from ..rag.answer import ANSWER_TOKENS, build_prompt, cite
+from ..rag.index import Index, RagError
 from ..tokenizer import CHAT_ROLES, _bytes_to_unicode
 from .batcher import Batcher
 from .batcher import Request as GenRequest
@@ -85,6 +95,15 @@ def _reject_unsupported(body: dict) -> None:
             raise APIError(f"'{key}' is not supported by this server", key)
 
 
+def _max_tokens(body: dict, chat: bool) -> tuple[str, int | None]:
+    """(the field that names it, the completion budget asked for or None); chat takes either name."""
+    key = "max_completion_tokens" if chat else "max_tokens"
+    v = _num(body, key, 1, 10**9, None, integer=True)
+    if v is None and chat:
+        v = _num(body, "max_tokens", 1, 10**9, None, integer=True)
+    return key, v
+
+
 def _logprobs(body: dict, chat: bool) -> int | None:
     """Alternatives wanted per token (0 = the chosen token's logprob only), or None for no logprobs.
     Chat: `logprobs: true` + `top_logprobs: k`; completions: `logprobs: k` (vLLM allows up to 20)."""
@@ -102,12 +121,16 @@ def _logprobs(body: dict, chat: bool) -> int | None:
 
 
 class Server:
-    """What the routes share: the engine, its batcher, the served model name and the API key."""
+    """What the routes share: the engine, its batcher, the served model name, the API key, the index."""
 
-    def __init__(self, engine: Engine, model_name: str, api_key: str | None, max_batch: int):
+    def __init__(
+        self, engine: Engine, model_name: str, api_key: str | None, max_batch: int, index: Index | None = None
+    ):
         self.engine, self.tok, self.name, self.api_key = engine, engine.tokenizer, model_name, api_key
         self.ctx = engine.cfg.max_position_embeddings
         self.batcher = Batcher(engine, max_batch=max_batch)
+        self.index = index.ready() if index is not None else None
+        self.rag_lock = threading.Lock()  # one search at a time: the embedder's tokenizer is not thread-safe
 
     def check_model(self, body: dict) -> None:
         model = body.get("model")
@@ -118,11 +141,8 @@ class Server:
 
     def params(self, body: dict, n_prompt: int, chat: bool = False) -> SamplingParams:
         _reject_unsupported(body)
-        max_key = "max_completion_tokens" if chat else "max_tokens"
         room = self.ctx - n_prompt
-        max_tokens = _num(body, max_key, 1, 10**9, None, integer=True)
-        if max_tokens is None and max_key != "max_tokens":
-            max_tokens = _num(body, "max_tokens", 1, 10**9, None, integer=True)
+        max_key, max_tokens = _max_tokens(body, chat)
         if max_tokens is not None and max_tokens > room:
             raise APIError(
                 f"This model's maximum context length is {self.ctx} tokens. However, you requested "
@@ -171,7 +191,7 @@ class Server:
             "prompt",
         )
 
-    def chat_ids(self, body: dict) -> list[int]:
+    def chat_messages(self, body: dict) -> list[dict]:
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:
             raise APIError("'messages' must be a non-empty list of {role, content} objects", "messages")
@@ -196,11 +216,51 @@ class Server:
             if not isinstance(content, str):
                 raise APIError(f"messages[{i}].content must be a string", f"messages.[{i}].content")
             out.append({"role": role, "content": content})
+        return out
+
+    def chat_ids(self, body: dict) -> list[int]:
+        out = self.chat_messages(body)
         if _flag(body, "continue_final_message"):  # vLLM's name: the reply continues the last message
             return self.check_prompt(self._continue(out), "messages")
         gen = body.get("add_generation_prompt", True) is not False
         ids = self.tok.apply_chat_template(out, add_generation_prompt=gen)
         return self.check_prompt(ids, "messages")
+
+    def rag_ids(self, body: dict) -> tuple[list[int], list[dict]]:
+        """(prompt ids, sources): the chat with the best chunks for its last user message in front of that
+        message, fitted to the context less the reply's budget (max_tokens, else up to ANSWER_TOKENS)."""
+        messages = self.chat_messages(body)
+        if (
+            messages[-1]["role"] != "user"
+            or _flag(body, "continue_final_message")
+            or body.get("add_generation_prompt", True) is False
+        ):
+            raise APIError(
+                "with an index, a chat request must end with the user message to answer (retrieval searches "
+                "for it; no continue_final_message or add_generation_prompt: false)",
+                "messages",
+            )
+        question = messages[-1]["content"]
+        if not question.strip():
+            raise APIError("the last user message is empty: there is nothing to search for", "messages")
+        key, reserve = _max_tokens(body, chat=True)
+        reserve = reserve or min(ANSWER_TOKENS, self.ctx // 2)
+        if reserve >= self.ctx:
+            raise APIError(
+                f"This model's maximum context length is {self.ctx} tokens. However, you requested {reserve} "
+                "tokens for the completion, which leaves no room for a prompt.",
+                key,
+                "context_length_exceeded",
+            )
+        try:
+            with self.rag_lock:
+                prompt, used, _ = build_prompt(
+                    self.engine, self.index, question, max_new_tokens=reserve, history=messages[:-1]
+                )
+        except RagError as e:  # the conversation alone does not fit
+            raise APIError(str(e), "messages", "context_length_exceeded") from None
+        sources = [{k: v for k, v in s.items() if k != "text"} for s in cite(used)]
+        return self.check_prompt(self.tok.encode(prompt), "messages"), sources
 
     def _continue(self, messages: list[dict]) -> list[int]:
         """The conversation rendered up to the end of its last (assistant) message's text, so that the
@@ -301,7 +361,10 @@ def _sse(obj) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def _respond(srv: Server, request: Request, body: dict, ids: list[int], params, chat: bool):
+async def _respond(srv: Server, request: Request, body: dict, ids: list[int], params, chat: bool,
+                   extra: dict | None = None):  # fmt: skip
+    """`extra`: top-level fields beyond OpenAI's (the sources), on the response or the stream's first chunk."""
+    extra = extra or {}
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     head = {
         "id": rid,
@@ -338,20 +401,20 @@ async def _respond(srv: Server, request: Request, body: dict, ids: list[int], pa
             lps = (_chat_logprobs if chat else _completion_logprobs)(srv.tok, done)
         c = {"index": 0, "logprobs": lps, "finish_reason": done.finish_reason}
         c.update({"message": msg} if chat else {"text": msg["content"]})
-        obj = {**head, "object": "chat.completion" if chat else "text_completion", "choices": [c]}
+        obj = {**head, "object": "chat.completion" if chat else "text_completion", "choices": [c], **extra}
         return JSONResponse({**obj, "usage": _usage(len(ids), done)})
 
     async def sse():
-        extra = {"usage": None} if include_usage else {}
+        usage = {"usage": None} if include_usage else {}
         if chat:
-            yield _sse({**head, "choices": [choice(None, None, first=True)], **extra})
+            yield _sse({**head, "choices": [choice(None, None, first=True)], **extra, **usage})
         async for kind, v in _events(srv, request, ids, params):
             if kind == "text":
-                yield _sse({**head, "choices": [choice(v, None)], **extra})
+                yield _sse({**head, "choices": [choice(v, None)], **usage})
             elif kind == "error":
                 yield _sse(APIError(v, status=500).body())
             else:
-                yield _sse({**head, "choices": [choice(None, v.finish_reason)], **extra})
+                yield _sse({**head, "choices": [choice(None, v.finish_reason)], **usage})
                 if include_usage:
                     yield _sse({**head, "choices": [], "usage": _usage(len(ids), v)})
         yield b"data: [DONE]\n\n"
@@ -360,8 +423,10 @@ async def _respond(srv: Server, request: Request, body: dict, ids: list[int], pa
 
 
 # ---- the app -----------------------------------------------------------------------------------------
-def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_batch: int = 16) -> FastAPI:
-    srv = Server(engine, model_name, api_key, max_batch)
+def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_batch: int = 16,
+               index: Index | None = None) -> FastAPI:  # fmt: skip
+    """The app; with `index`, chat requests are answered with retrieval from it (checked here: Index.ready)."""
+    srv = Server(engine, model_name, api_key, max_batch, index)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -425,23 +490,31 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
     async def chat_completions(request: Request):
         body = await json_body(request)
         srv.check_model(body)
-        ids = srv.chat_ids(body)
+        if srv.index is None:
+            ids, extra = srv.chat_ids(body), None
+        else:  # retrieval embeds the question: off the event loop, so other replies keep streaming
+            ids, sources = await asyncio.to_thread(srv.rag_ids, body)
+            extra = {"sources": sources}
         params = srv.params(body, len(ids), chat=True)
-        return await _respond(srv, request, body, ids, params, chat=True)
+        return await _respond(srv, request, body, ids, params, chat=True, extra=extra)
 
     return app
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_batch: int = 16, log_level: str = "info") -> None:  # fmt: skip
-    """Load a model (directory, .gguf file or short name) and serve it until interrupted."""
+          max_batch: int = 16, log_level: str = "info", index: str | Path | None = None) -> None:  # fmt: skip
+    """Load a model (directory, .gguf file or short name) and serve it until interrupted; with `index`, answer
+    chat requests with retrieval from it. A bad index is refused (RagError) before the model loads."""
     import uvicorn
 
     from ..infer.load import SHORT_NAMES
 
+    rag = Index.load(index).ready() if index is not None else None
+    if rag is not None:
+        print(f"phiforge: retrieval from {index}: {len(rag)} chunks, embedder {rag.meta['embedder']}")
     engine = Engine.load(model)
     # the name clients send as `model`: the short name as typed, else the directory's or file's name
     path = Path(model).resolve()
     name = str(model) if str(model) in SHORT_NAMES else path.stem if path.suffix == ".gguf" else path.name
-    app = create_app(engine, name, api_key=api_key, max_batch=max_batch)
+    app = create_app(engine, name, api_key=api_key, max_batch=max_batch, index=rag)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
