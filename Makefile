@@ -22,12 +22,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/phiforge speedrun --out runs/speedrun
 
+# one pytest-xdist worker per core (one thread each: tests/conftest.py); a file's tests stay on one worker, so
+# module fixtures (the smoke speedrun) are built once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # the inner loop: everything but the smoke speedrun, torchrun and the browser (marked slow)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: one thread each, in torch, in the native kernels'
+    # OpenMP and in the phiforge subprocesses (inherited), or two-thread pools wait on descheduled peers
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 from phiforge.model import build, get_preset, save_model
 from phiforge.tokenizer import train_bpe
@@ -306,3 +313,10 @@ def teacher_server():
     f = FakeTeacher()
     yield f
     f.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files holding `slow` tests run first (stable: each file's own order is kept). Under `make test`'s
+    workers a file is one unit of work, and the smoke speedrun's file started last would run alone at the end."""
+    slow_files = {it.path for it in items if it.get_closest_marker("slow")}
+    items.sort(key=lambda it: it.path not in slow_files)

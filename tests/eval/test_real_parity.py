@@ -5,7 +5,7 @@ ARC-Easy goes through lm-eval's own built-in task file (its prompt, its choices)
 the data; HellaSwag through a local task file holding phiforge's prompts (the local copy is preprocessed
 already, so lm-eval's own preprocessing cannot run on it). Both 0-shot.
 
-PHIFORGE_PARITY_LIMIT=N runs N items per task instead of 20 (benchmarks/RESULTS.md states such a run).
+PHIFORGE_PARITY_LIMIT=N runs N items per task instead of 5 (benchmarks/RESULTS.md states such a run).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from phiforge.infer.engine import Engine  # noqa: E402
 from phiforge.infer.load import resolve  # noqa: E402
 from phiforge.model import CheckpointError  # noqa: E402
 
-LIMIT = int(os.environ.get("PHIFORGE_PARITY_LIMIT", "20"))
+LIMIT = int(os.environ.get("PHIFORGE_PARITY_LIMIT", "5"))
 TASKS = ("arc_easy", "hellaswag")
 
 HELLASWAG_YAML = """task: pf_hellaswag
