@@ -61,7 +61,9 @@ BUDGETS = {
         humaneval_limit=12, max_new_tokens=96, eval_tokens=16_384,
         post=PostTrain(test=8, train=3, k=4, epochs=1),
     ),
-    # `make run`: <= 30 minutes on 2 cores; pretraining gets 12 of them, whatever this machine's speed
+    # `make run`: <= 40 minutes on 2 cores; pretraining gets 12 of them, whatever this machine's speed, the
+    # post-training track (real model: PTS on 12 problems at K=4, 2 DPO epochs, 48 held-out problems) ~10-15
+    # (estimated from a run at ~0.5 of a core: README)
     "default": Budget(
         max_bytes=40_000_000, annotate_docs=3000, vocab_size=8192, preset="tiny", seq_len=256, micro_batch=16,
         lr=3e-3, pretrain_tokens=0, pretrain_seconds=720, phase1_share=0.6, sft_epochs=2.0,
