@@ -75,3 +75,18 @@ def test_track_on_the_real_model_dpo_int4_report_and_rerun(tmp_path, monkeypatch
     again = posttrain.track(tmp_path, size, 0, Stages(tmp_path))  # every stage done: skipped, same result
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "stages").glob("*.json")} == markers
     assert again == post
+
+
+@needs_real
+@pytest.mark.slow  # the real model: a few greedy answers, int4
+def test_no_pairs_no_dpo_and_the_report_says_so(tmp_path, monkeypatch):
+    def nothing_found(base, train, pairs, k, seed, batch):
+        return {"problems": len(train), "kept": 0, "pivotal": 0, "pairs": 0, "rollouts": 0, "cached": 0}
+
+    monkeypatch.setattr(posttrain, "search", nothing_found)
+    st = Stages(tmp_path)
+    post = posttrain.track(tmp_path, posttrain.PostTrain(test=2, train=1, k=2, epochs=1, batch=2), 0, st)
+    assert post["dpo"] == {"ckpt": None, "pairs": 0} and post["model"] == post["base"]
+    assert post["after"] == post["before"] and not (tmp_path / "post" / "dpo").exists()
+    md = "\n".join(report._post_markdown(_post_section(post, st)))
+    assert "no PTS pairs: DPO skipped" in md and "Chat with it: `phiforge chat --model" in md

@@ -121,7 +121,9 @@ def track(run_dir: Path, p: PostTrain, seed: int, st) -> dict:
                lambda r: r["ckpt"] if r["ckpt"] else "no PTS pairs: DPO skipped")  # fmt: skip
     model = Path(tuned["ckpt"]) if tuned["ckpt"] else base
     key_after = {**key_dpo, "test": p.test}
-    after = st("post-after", key_after, lambda: {"accuracy": accuracy(model, test, p.batch)}, _acc)
+    # no DPO (no pairs): the model is the base, measured already
+    after = st("post-after", key_after,
+               lambda: {"accuracy": accuracy(model, test, p.batch)} if tuned["ckpt"] else dict(before), _acc)  # fmt: skip
     int4 = st("post-int4", key_after, lambda: _int4_stage(model, d / "model-int4", test, p.batch), _acc)
     return {"base": str(base), "model": str(model), "int4_dir": str(d / "model-int4"), "size": asdict(p),
             "pts": found, "dpo": tuned, "before": before["accuracy"], "after": after["accuracy"],

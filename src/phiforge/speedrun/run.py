@@ -517,7 +517,7 @@ def _post_section(post: dict, st: Stages) -> dict:
         "lines": [
             f"PTS on {f['problems']} arith train problems, K={z['k']}: {f['kept']} kept with p(success) in "
             f"[0.2, 0.8], {f['pivotal']} pivotal tokens, {f['pairs']} with a contrasting alternative -> DPO pairs "
-            f"({f['rollouts']} rollouts generated, {f['cached']} cached). DPO: {z['epochs']} epochs, lr "
+            f"({f['rollouts']} rollouts generated, {f['cached']} cached). DPO: epochs {z['epochs']}, lr "
             f"{z['lr']}, beta {z['beta']}. Accuracy is greedy, chat-prompted as PTS samples.",
         ],
         "table": [{"model": m, col: a, "weights MB": mb} for m, a, mb in rows],
