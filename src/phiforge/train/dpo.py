@@ -42,7 +42,7 @@ def train_config(init_from, data, out, *, loss_type="sigmoid", beta=0.1, sft_wei
     (default DEFAULTS); `overrides`: key=value strings as --set takes them."""
     from .config import from_dict
 
-    base = dict(base or DEFAULTS)
+    base = dict(DEFAULTS if base is None else base)
     base = dict(base, out=str(out), init_from=str(init_from), name=base.get("name", "dpo"))
     base["phases"] = [
         {"name": "dpo", "kind": "dpo", "data": str(data), "loss_type": loss_type, "beta": beta,
