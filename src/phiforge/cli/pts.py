@@ -3,29 +3,11 @@ a thin wrapper over phiforge.train.pts."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import typer
 
 from ..eval.tasks.arith import Knobs
-
-
-def model_key(model: Path) -> str:
-    """What the rollout cache is keyed by: the config and the weight files' names and sizes (hashing the weights
-    themselves would cost seconds per run; a retrained model gets a new size or config in practice)."""
-    from ..infer.load import resolve
-
-    d = resolve(model)
-    if d.is_file():  # a .gguf (or a short name's): its name and size
-        return f"{d.name}:{d.stat().st_size}"
-    h = hashlib.sha256()
-    for f in sorted(d.iterdir()):
-        if f.name == "config.json":
-            h.update(f.read_bytes())
-        elif f.suffix in (".safetensors", ".gguf", ".bin", ".pt"):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
 
 
 def pts_cmd(
@@ -95,7 +77,7 @@ def pts_cmd(
             out,
             cfg,
             task=task,
-            model_key=model_key(model),
+            model_key=pts.model_key(model),
             progress=lambda stage, done, total: prog.update(bars[stage], completed=done, total=total),
         )
     print(

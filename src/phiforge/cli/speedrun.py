@@ -12,7 +12,7 @@ def speedrun(
         Path("runs/speedrun"), help="Run directory; re-running it skips finished stages."
     ),
     budget: str = typer.Option(
-        "default", help="smoke (< 3 min, CI), default (<= 30 min on 2 cores) or long (an evening)."
+        "default", help="smoke (< 5 min, CI), default (<= 40 min on 2 cores) or long (an evening)."
     ),
     teacher_url: str = typer.Option(
         None,
@@ -39,7 +39,8 @@ def speedrun(
     ),
     seed: int = typer.Option(0, help="Seed for sampling, initialisation and data order."),
 ):
-    """Corpus -> quality data -> tokenizer -> 2-phase pretraining -> SFT -> eval -> int4 -> HF + GGUF -> report."""
+    """Corpus -> quality data -> tokenizer -> 2-phase pretraining -> SFT -> eval -> int4 -> HF + GGUF -> report;
+    beside it, the real model (SmolLM2-135M-Instruct) -> PTS -> DPO -> int4, measured at each step."""
     from ..speedrun import config_from, run
 
     if teacher and teacher_url:

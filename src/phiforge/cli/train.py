@@ -7,7 +7,6 @@ with `--set fsdp=true`).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import typer
@@ -47,15 +46,9 @@ def hf_dir(spec: str, out: Path) -> str:
     path = resolve(spec)
     if path.is_dir():
         return str(path)
-    from ..infer.gguf_import import convert_gguf
+    from ..infer.gguf_import import convert_once
 
-    base = Path(out) / "base" / path.stem
-    if not base.is_dir():  # converted beside, renamed when complete: a killed run leaves no half model
-        tmp = base.with_name(base.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        convert_gguf(path, tmp)
-        tmp.rename(base)
-    return str(base)
+    return str(convert_once(path, Path(out) / "base" / path.stem))
 
 
 def train_cmd(
@@ -142,19 +135,15 @@ def dpo_cmd(
     (DATA.ref-<fingerprint>.jsonl); a re-run or --resume reuses them. Metrics: loss, rewards/chosen,
     rewards/rejected, rewards/margins, rewards/accuracies, logps/*; `phiforge plot OUT` draws them.
     """
-    from ..train import from_dict, pretrain
+    from ..train import pretrain
     from ..train.config import read_recipe
+    from ..train.dpo import train_config
 
-    base = {"lr": 1e-6, "warmup_steps": 0, "min_lr_ratio": 0.0, "eval_every": 0, "save_every": 0}
-    if recipe:
-        base = read_recipe(recipe)
-    base = dict(base, out=str(out), init_from=hf_dir(model, out), name=base.get("name", "dpo"))
-    base["phases"] = [
-        {"name": "dpo", "kind": "dpo", "data": str(data), "loss_type": loss_type, "beta": beta,
-         "sft_weight": sft_weight, "epochs": epochs}
-    ]  # fmt: skip
     overrides = list(set_ or []) + ([f"lr={lr}"] if lr is not None else [])
-    path = pretrain(from_dict(base, overrides, where=str(recipe or "dpo")), resume=resume)
+    cfg = train_config(hf_dir(model, out), data, out, loss_type=loss_type, beta=beta, sft_weight=sft_weight,
+                       epochs=epochs, base=read_recipe(recipe) if recipe else None, overrides=overrides,
+                       where=str(recipe or "dpo"))  # fmt: skip
+    path = pretrain(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":
         print(path)
 

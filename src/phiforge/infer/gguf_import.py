@@ -298,6 +298,20 @@ def convert_gguf(path: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
+def convert_once(path: str | Path, out_dir: str | Path) -> Path:
+    """`convert_gguf` into out_dir unless a finished conversion is there: it is converted beside and renamed
+    when complete, so a killed run leaves no half model and a re-run reuses the whole one."""
+    import shutil
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        convert_gguf(path, tmp)
+        tmp.rename(out)
+    return out
+
+
 # ---- phiforge model ----
 
 

@@ -59,6 +59,7 @@ def markdown(s: dict, images: dict[str, str]) -> str:
         "",
         s.get("summary", ""),
         "",
+        *([s["post"]["summary"], ""] if s.get("post") else []),
         "## Stages",
         "",
         *table(s["stages"], ["stage", "seconds", "result"]),
@@ -76,10 +77,21 @@ def markdown(s: dict, images: dict[str, str]) -> str:
         L += ["## Data-quality ablation", "", *table(s["ablation"]), "", s.get("ablation_verdict", ""), ""]
         if "ablation" in images:
             L += [f"![ablation]({images['ablation']})", ""]
+    if s.get("post"):
+        L += _post_markdown(s["post"])
     if s.get("sample"):
         L += ["## A sample completion", "", "```python", s["sample"].rstrip(), "```", ""]
     L += ["## Use the model", "", "```bash", *s.get("commands", []), "```", ""]
     return "\n".join(L)
+
+
+def _post_markdown(p: dict) -> list[str]:
+    """Track 2: the real model post-trained (speedrun/posttrain.py)."""
+    L = ["## Post-training track: SmolLM2-135M-Instruct -> PTS -> DPO -> int4", "", *p["lines"], ""]
+    if p.get("table"):
+        L += [*table(p["table"]), "", *table(p["stages"], ["stage", "seconds"]), ""]
+        L += [f"Chat with it: `{p['chat']}`", ""]
+    return L
 
 
 def to_html(md: str, images: dict[str, Path], title: str) -> str:

@@ -4,6 +4,8 @@
     -> all-code shards (the same corpus unfiltered, deduplicated and decontaminated) + instruction reversal
     -> pretrain phase 1 (all code) -> phase 2 (textbook-quality subset + docstring->function pairs)
     -> SFT on held-out docstring->function conversations -> eval -> int4 + re-eval -> HF + GGUF -> report
+and, beside it, the post-training track on a real model (posttrain.py: SmolLM2-135M-Instruct -> Pivotal Token
+Search on arith problems -> DPO -> int4, accuracy on held-out problems at each step).
 
 Only wiring lives here: every stage is a library call of phiforge.data / train / eval / infer. Each stage
 writes `stages/<name>.json` (its settings and results) when it finishes; a re-run skips finished stages and a
@@ -26,6 +28,7 @@ from rich.console import Console
 
 from .. import stages as markers
 from ..io import read_metrics
+from .posttrain import GROUP, REAL_MODEL, PostTrain
 
 console = Console(stderr=True)
 VAL_FRACTION = 0.1  # of documents, by id hash: val shards + the held-out SFT conversations
@@ -47,6 +50,7 @@ class Budget:
     humaneval_limit: int | None  # problems for pass@1 (None: all 164)
     max_new_tokens: int
     eval_tokens: int  # validation tokens per dataset
+    post: PostTrain | None  # the post-training track on the real model (None: not run)
 
 
 BUDGETS = {
@@ -55,18 +59,24 @@ BUDGETS = {
         max_bytes=3_000_000, annotate_docs=600, vocab_size=2048, preset="tiny", seq_len=256, micro_batch=8,
         lr=3e-3, pretrain_tokens=180_000, pretrain_seconds=None, phase1_share=0.65, sft_epochs=1.0,
         humaneval_limit=12, max_new_tokens=96, eval_tokens=16_384,
+        post=PostTrain(test=8, train=3, k=4, epochs=1),
     ),
-    # `make run`: <= 30 minutes on 2 cores; pretraining gets 12 of them, whatever this machine's speed
+    # `make run`: <= 40 minutes on 2 cores; pretraining gets 12 of them, whatever this machine's speed, the
+    # post-training track (real model: PTS on 12 problems at K=4, 2 DPO epochs, 48 held-out problems) ~10-15
+    # minutes on 2 quiet cores, estimated: measured 2490 s with 1 thread sharing 2 cores with 2-3 other jobs
+    # (PTS 1886 s for 392 rollouts, accuracy on 48 problems 110-237 s, DPO 4 steps 81 s, int4 + accuracy 175 s)
     "default": Budget(
         max_bytes=40_000_000, annotate_docs=3000, vocab_size=8192, preset="tiny", seq_len=256, micro_batch=16,
         lr=3e-3, pretrain_tokens=0, pretrain_seconds=720, phase1_share=0.6, sft_epochs=2.0,
         humaneval_limit=None, max_new_tokens=192, eval_tokens=65_536,
+        post=PostTrain(test=48, train=12, k=4, epochs=2),
     ),
     # an evening: a 10M model
     "long": Budget(
         max_bytes=40_000_000, annotate_docs=3000, vocab_size=8192, preset="tiny-10m", seq_len=512,
         micro_batch=16, lr=2e-3, pretrain_tokens=0, pretrain_seconds=4 * 3600, phase1_share=0.6,
         sft_epochs=2.0, humaneval_limit=None, max_new_tokens=384, eval_tokens=131_072,
+        post=PostTrain(test=200, train=48, k=8, epochs=3),
     ),
 }  # fmt: skip
 
@@ -344,7 +354,12 @@ def run(cfg: SpeedrunConfig) -> Path:
     teacher = [cfg.teacher_url, cfg.teacher_model]
     if cfg.teacher_local or cfg.teacher_method != "text":  # old runs' keys stay as they were
         teacher += [cfg.teacher_local, cfg.teacher_method]
-    key = {"budget": asdict(b), "seed": cfg.seed, "teacher": teacher}
+    # the pretraining track's stages are keyed by its own fields: a new post-training size redoes none of them
+    key = {
+        "budget": {k: v for k, v in asdict(b).items() if k != "post"},
+        "seed": cfg.seed,
+        "teacher": teacher,
+    }
     key_data = {**key, "benchmarks": list(cfg.benchmarks)}
     console.print(f"[bold]phiforge speedrun[/] -> {run_dir}  budget {cfg.budget}: {b}")
 
@@ -388,14 +403,34 @@ def run(cfg: SpeedrunConfig) -> Path:
             lambda: ablation_stage(run_dir, b, cfg.seed, cal["tokens"]),
             _ablation_summary,
         )
+    post = posttrain_stages(run_dir, cfg, st)
     sample = _sample(Path(exp["files"]["hf"]))
-    report = _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample)
+    report = _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample, post)
     print(sample)
     console.print(f"[bold green]done[/] in {time.time() - st.t0:.0f}s: {report} (+ report.html)")
     console.print(
         f"next: phiforge chat --model {run_dir / 'model'}   |   phiforge serve --model {run_dir / 'model'}"
     )
+    if "model" in post:
+        console.print(f"      phiforge chat --model {post['model']}   # {REAL_MODEL} after PTS + DPO")
     return report
+
+
+def posttrain_stages(run_dir: Path, cfg: SpeedrunConfig, st: Stages) -> dict:
+    """The post-training track's stages, or {"skipped": why} (one line here and in the report)."""
+    from ..infer.load import resolve
+    from ..model import CheckpointError
+    from .posttrain import track
+
+    b = BUDGETS[cfg.budget]
+    if b.post is None:
+        return {"skipped": f"budget {cfg.budget} has no post-training track"}
+    try:
+        resolve(REAL_MODEL)
+    except CheckpointError as e:
+        console.print(f"[yellow]post-training track skipped[/]: {e}")
+        return {"skipped": str(e)}
+    return track(run_dir, b.post, cfg.seed, st)
 
 
 def _train_summary(r: dict) -> str:
@@ -463,7 +498,36 @@ def _verdict(q: dict, u: dict) -> str:
     )
 
 
-def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample) -> Path:
+def _post_section(post: dict, st: Stages) -> dict:
+    """The post-training track in the report: before/after/int4 accuracy, pairs found, seconds per stage."""
+    if "skipped" in post:
+        return {
+            "lines": [f"Not run: {post['skipped']}."],
+            "summary": f"Post-training track not run ({post['skipped']}).",
+        }
+    z, f, n = post["size"], post["pts"], post["size"]["test"]
+    col = f"greedy accuracy ({n} held-out arith problems)"
+    dpo = f"+ DPO on {f['pairs']} PTS pairs" if post["dpo"]["ckpt"] else "no PTS pairs: DPO skipped"
+    rows = [("SmolLM2-135M-Instruct (fp32 from the GGUF)", post["before"], post["fp32_mb"]),
+            (dpo, post["after"], post["fp32_mb"]), (f"+ int4 g{GROUP}", post["int4"], post["int4_mb"])]  # fmt: skip
+    return {
+        "summary": (
+            f"Post-training track: {REAL_MODEL} solves {post['before']:.1%} of {n} held-out arith problems, "
+            f"{post['after']:.1%} after DPO on {f['pairs']} pivotal-token pairs, {post['int4']:.1%} at int4."
+        ),
+        "lines": [
+            f"PTS on {f['problems']} arith train problems, K={z['k']}: {f['kept']} kept with p(success) in "
+            f"[0.2, 0.8], {f['pivotal']} pivotal tokens, {f['pairs']} with a contrasting alternative -> DPO pairs "
+            f"({f['rollouts']} rollouts generated, {f['cached']} cached). DPO: epochs {z['epochs']}, lr "
+            f"{z['lr']}, beta {z['beta']}. Accuracy is greedy, chat-prompted as PTS samples.",
+        ],
+        "table": [{"model": m, col: a, "weights MB": mb} for m, a, mb in rows],
+        "stages": [{"stage": r["stage"], "seconds": r["seconds"]} for r in st.rows if r["stage"].startswith("post-")],
+        "chat": f"phiforge chat --model {post['model']}",
+    }  # fmt: skip
+
+
+def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample, post) -> Path:
     from . import report
 
     b = BUDGETS[cfg.budget]
@@ -486,6 +550,7 @@ def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, 
             f"{fp32['humaneval_bpb']:.3f} bits/byte on the canonical solutions; int4 changes bits/byte by "
             f"{bpb_change:+.1%} at {int4['weights_mb'] / fp32['weights_mb']:.0%} of the weight bytes."
         ),
+        "post": _post_section(post, st),
         "stages": st.rows,
         "data_lines": [
             f"- {data['docs_raw']:,} documents harvested, {data['docs_clean']:,} kept as textbook quality "
@@ -515,6 +580,11 @@ def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, 
             f"phiforge generate --model {m} --prompt 'def fibonacci(n):' --max-new-tokens 64",
             f"phiforge serve --model {m}            # OpenAI-compatible API + chat page on http://127.0.0.1:8000",
             f"phiforge chat --model {run_dir / 'model-int4'}   # the int4 weights",
+            *(
+                [f"phiforge chat --model {post['model']}   # {REAL_MODEL} after PTS + DPO"]
+                if "model" in post
+                else []
+            ),
             f"phiforge eval --model {m} --tasks humaneval,sanity",
             f"llama-cli -m {run_dir / 'model-q4_0.gguf'} -p 'def fibonacci(n):'   # llama.cpp",
         ],

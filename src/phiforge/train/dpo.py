@@ -31,6 +31,26 @@ from .sft import read_rows
 LOSS_TYPES = ("sigmoid", "ipo")
 
 
+# `phiforge dpo` without a recipe: TRL's learning rate, constant after no warmup, no mid-run eval or checkpoint
+DEFAULTS = {"lr": 1e-6, "warmup_steps": 0, "min_lr_ratio": 0.0, "eval_every": 0, "save_every": 0}
+
+
+def train_config(init_from, data, out, *, loss_type="sigmoid", beta=0.1, sft_weight=0.0, epochs=1.0,
+                 base: dict | None = None, overrides=(), where: str = "dpo"):  # fmt: skip
+    """The TrainConfig of one DPO run from `init_from` (an HF-layout dir) on a preference jsonl: `phiforge dpo`
+    builds it from its options, the speedrun's post-training track from its budget. `base`: recipe fields
+    (default DEFAULTS); `overrides`: key=value strings as --set takes them."""
+    from .config import from_dict
+
+    base = dict(DEFAULTS if base is None else base)
+    base = dict(base, out=str(out), init_from=str(init_from), name=base.get("name", "dpo"))
+    base["phases"] = [
+        {"name": "dpo", "kind": "dpo", "data": str(data), "loss_type": loss_type, "beta": beta,
+         "sft_weight": sft_weight, "epochs": epochs}
+    ]  # fmt: skip
+    return from_dict(base, list(overrides), where=where)
+
+
 def _is_messages(v) -> bool:
     return isinstance(v, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in v)
 

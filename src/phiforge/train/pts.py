@@ -304,6 +304,23 @@ def whole_pairs(firsts: list[tuple[Problem, Estimate]], ro: Rollouts, n: int, ta
 
 
 # ---- the run ---------------------------------------------------------------------------------------
+def model_key(model: str | Path) -> str:
+    """What the rollout cache is keyed by: the config and the weight files' names and sizes (hashing the weights
+    themselves would cost seconds per run; a retrained model gets a new size or config in practice)."""
+    from ..infer.load import resolve
+
+    d = resolve(model)
+    if d.is_file():  # a .gguf (or a short name's): its name and size
+        return f"{d.name}:{d.stat().st_size}"
+    h = hashlib.sha256()
+    for f in sorted(d.iterdir()):
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+        elif f.suffix in (".safetensors", ".gguf", ".bin", ".pt"):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
 def paths(out: Path) -> dict[str, Path]:
     stem = out.with_suffix("") if out.suffix == ".jsonl" else out
     return {
