@@ -10,7 +10,7 @@ The "break-fix" loop in miniature; each step leaves a file under OUT, and a re-r
 3. `phiforge safety pairs` on the train side only (refusal chosen over a compliant answer for harmful prompts,
    the model's own answer chosen over a refusal for XSTest's safe ones);
 4. `phiforge dpo` from base/ on those pairs, then the same eval -> after;
-5. results.json and defects.png, written atomically.
+5. results-ARM.json and defects-ARM.png (ARM = lr + NLL weight: one folder per DPO setting), written atomically.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2, help="Answers sampled per train prompt.")
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--sft-weight", type=float, default=0.0,
+                    help="Weight of phiforge dpo's NLL term on the chosen answers (0: plain DPO).")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch threads here and in the subprocesses.")
     a = ap.parse_args()
     if not (a.data / "safety").is_dir():
@@ -80,21 +82,23 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     size, out, t0 = SIZES[a.size], a.out / f"{a.size}-seed{a.seed}", time.perf_counter()
     base = base_model(a.out)
-    res = {"size": a.size, "seed": a.seed, "tokens": a.tokens, "lr": a.lr, "beta": a.beta, **size}
+    arm = f"lr{a.lr:g}-sft{a.sft_weight:g}"  # one folder per DPO setting: the pairs and "before" are shared
+    res = {"size": a.size, "seed": a.seed, "tokens": a.tokens, "lr": a.lr, "beta": a.beta,
+           "sft_weight": a.sft_weight, **size}  # fmt: skip
     res["before"] = measure(base, a.out / f"before-{a.size}", a.data, size["eval"], a.tokens)
 
     pairs = out / "pairs"
     if not (pairs / "pairs.jsonl").is_file():
         phiforge("safety", "pairs", "-m", base, "--data", a.data, "--out", pairs, "--limit", size["train"],
                  "--samples", a.samples, "--max-new-tokens", a.tokens, "--seed", a.seed)  # fmt: skip
-    ckpt = phiforge("dpo", "-m", base, "-d", pairs / "pairs.jsonl", "--out", out / "dpo", "--beta", a.beta,
-                    "--lr", a.lr, "--epochs", size["epochs"], "--set", "micro_batch=4",
+    ckpt = phiforge("dpo", "-m", base, "-d", pairs / "pairs.jsonl", "--out", out / f"dpo-{arm}", "--beta", a.beta,
+                    "--lr", a.lr, "--sft-weight", a.sft_weight, "--epochs", size["epochs"], "--set", "micro_batch=4",
                     "--set", "seq_len=192", "--set", f"seed={a.seed}", "--set", "save_every=0")  # fmt: skip
     res["pairs"] = sum(1 for _ in read_jsonl(pairs / "pairs.jsonl"))
-    res["after"] = measure(Path(ckpt), out / "after", a.data, size["eval"], a.tokens)
+    res["after"] = measure(Path(ckpt), out / f"after-{arm}", a.data, size["eval"], a.tokens)
     res["seconds"] = round(time.perf_counter() - t0)
-    write_json(out / "results.json", res, indent=1)
-    plot(res, out / "defects.png")
+    write_json(out / f"results-{arm}.json", res, indent=1)
+    plot(res, out / f"defects-{arm}.png")
     print(res)
 
 
@@ -105,7 +109,8 @@ def plot(res: dict, path: Path) -> None:
     for off, arm, color in ((-0.2, "before", "#999"), (0.2, "after", "#3b7dd8")):
         vals = [100 * res[arm]["rates"][k]["value"] for k in keys]
         errs = [100 * res[arm]["rates"][k]["stderr"] for k in keys]
-        label = "before" if arm == "before" else f"after safety DPO ({res['pairs']} pairs)"
+        sft = f", + NLL x{res['sft_weight']:g}" if res["sft_weight"] else ""
+        label = "before" if arm == "before" else f"after DPO, {res['pairs']} pairs, lr {res['lr']:g}{sft}"
         ax.bar([i + off for i in range(len(keys))], vals, 0.4, yerr=errs, color=color, label=label)
     ax.set_xticks(range(len(keys)), [lbl for _, _, lbl in RATES], fontsize=8)
     ax.set_ylabel("defect rate, % (held-out split)")
