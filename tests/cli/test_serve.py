@@ -25,6 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_serve_subprocess(random_model_dir):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

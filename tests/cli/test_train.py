@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from phiforge.train import dry_run, from_dict, load_recipe, pretrain
 from train_helpers import recipe, run
 
@@ -28,6 +30,7 @@ def test_tiny_cpu_recipe_parses():
     assert [p.name for p in cfg.phases] == ["general", "mixture"] and cfg.schedule == "wsd"
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_sft_and_plot_cli(train_data, tmp_path):
     base = pretrain(from_dict(recipe(train_data, tmp_path / "pre", eval_every=0, save_every=0)))
     conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}

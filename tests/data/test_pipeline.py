@@ -60,6 +60,7 @@ def _cfg(corpus: Path, **kw) -> DataConfig:
     return replace(base, **kw)
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_pipeline_end_to_end(corpus, tmp_path):
     out = tmp_path / "run"
     stats = run(_cfg(corpus), out)
@@ -97,6 +98,7 @@ def test_pipeline_end_to_end(corpus, tmp_path):
     assert read_marker(out / "shards" / "_stage.json")["result"] == sh  # the marker keeps the stats
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_rerun_skips_done_stages_and_redoes_changed_ones(corpus, tmp_path):
     out = tmp_path / "run"
     first = run(_cfg(corpus), out)
@@ -118,6 +120,7 @@ def test_rerun_skips_done_stages_and_redoes_changed_ones(corpus, tmp_path):
 @pytest.mark.skipif(
     not BENCH.is_dir(), reason=f"{BENCH} not present (shared eval sets are only on CI/dev machines)"
 )
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_decontaminates_against_shared_benchmarks(tmp_path):
     """A GSM8K test question planted in the corpus is removed and reported with its item."""
     gsm = BENCH / "gsm8k"
@@ -138,6 +141,7 @@ def test_decontaminates_against_shared_benchmarks(tmp_path):
     assert removed["planted/gsm8k"]["benchmark"] == test_file.stem
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_cli_data_run_and_bad_source(corpus, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     cmd = [sys.executable, "-m", "phiforge.cli", "data", "run", "--out", str(tmp_path / "r")]

@@ -76,6 +76,7 @@ def test_read_source_skips_bad_files(tmp_path):
     assert read_source(tmp_path / "missing.py") == (None, "unreadable")
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_local_python_corpus_is_real_and_deterministic():
     files = list_python_files(max_bytes=2_000_000)
     assert files == list_python_files(max_bytes=2_000_000)

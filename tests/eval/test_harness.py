@@ -136,6 +136,7 @@ def _cli(*args):
     )
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_cli_eval(model_dir, data, tmp_path):
     p = _cli(
         "eval",

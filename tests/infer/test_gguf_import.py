@@ -118,6 +118,7 @@ def hf_gguf(real):
     return model.eval(), AutoTokenizer.from_pretrained(real.parent, gguf_file=real.name)
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_real_metadata_and_blocks(real, real_read):
     cfg, tensors, tok = real_read
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["tie_word_embeddings"] is True
@@ -131,6 +132,7 @@ def test_real_metadata_and_blocks(real, real_read):
     assert tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_real_convert_logits_match_transformers(real, real_read, hf_gguf, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -160,6 +162,7 @@ def _llama_or_skip():
             pytest.skip("phiforge has no llama architecture yet (model/: issue 13 section 1)")
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_real_load_gguf_matches_transformers(real, real_read, hf_gguf, monkeypatch):
     """Dequantized: logits within 1e-4 of transformers. Q4_1 kept as int4 (integer kernel, 16 tokens per
     call through the KV cache): top-1 agreement with the dequantized model on teacher-forced tokens."""

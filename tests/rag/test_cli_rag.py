@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from phiforge.model import save_model
 
 
@@ -13,6 +15,7 @@ def phiforge(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_index_extend_ask(folder, engine, tmp_path):
     idx = tmp_path / "idx"
     r = phiforge("rag", "index", "--source", str(folder), "--out", str(idx))

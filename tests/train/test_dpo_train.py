@@ -81,6 +81,7 @@ def test_metrics_and_learning(reference):
     assert last["loss"] < first["loss"] - 0.01
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_rerun_reuses_reference_and_plot_draws_rewards(setup, reference, tmp_path):
     p = run(*_args(setup, tmp_path / "again", "--set", "save_every=0"))
     assert p.returncode == 0, p.stderr
@@ -91,6 +92,7 @@ def test_rerun_reuses_reference_and_plot_draws_rewards(setup, reference, tmp_pat
     assert (reference / "plots" / "rewards.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_kill9_then_resume_matches(setup, reference, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(cli(*_args(setup, out)), env=env(), stderr=subprocess.PIPE, text=True)
@@ -111,6 +113,7 @@ def test_kill9_then_resume_matches(setup, reference, tmp_path):
     assert [r["rewards/margins"] for r in resumed] == [r["rewards/margins"] for r in _rows(reference)]
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_ddp_two_processes_match_one(setup, reference, tmp_path):
     p = run(
         *_args(setup, tmp_path / "ddp", "--set", "micro_batch=2", "--set", "save_every=0"),

@@ -220,6 +220,7 @@ def test_arith_oracle_through_the_real_engine(engine, tmp_path):
     assert stats.kept == stats.pairs == 0 and pts.paths(tmp_path / "o.jsonl")["whole"].read_text() == ""
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_cli_pts_writes_pairs_and_a_summary(engine, tmp_path, phiforge, one_line_error):
     from phiforge.model import save_model
 

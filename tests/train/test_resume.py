@@ -46,6 +46,7 @@ def _interrupt(recipe_path, run_dir, sig, after_step):
     return proc.returncode, err
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_kill9_then_resume_matches_uninterrupted(train_data, tmp_path, reference):
     r = _recipe(train_data, tmp_path, "run")
     rc, _ = _interrupt(r, tmp_path / "run", signal.SIGKILL, after_step=10)
@@ -59,6 +60,7 @@ def test_kill9_then_resume_matches_uninterrupted(train_data, tmp_path, reference
     assert train_losses(tmp_path / "run") == reference  # exactly, not approximately
 
 
+@pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
 def test_sigterm_saves_then_resume_matches(train_data, tmp_path, reference):
     r = _recipe(train_data, tmp_path, "run")
     rc, err = _interrupt(r, tmp_path / "run", signal.SIGTERM, after_step=6)
