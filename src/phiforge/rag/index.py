@@ -190,6 +190,7 @@ class Index:
         if len(self.chunks) != len(self.emb):
             raise RagError(f"{path}: {len(self.chunks)} chunks but {len(self.emb)} embeddings")
         self._bm25 = None
+        self._ready = False  # ready() has checked this index
 
     # -- opening
     @classmethod
@@ -323,7 +324,10 @@ class Index:
     def ready(self) -> Index:
         """Check that this index can answer queries here, and load what search needs (the embedder, BM25) now
         instead of on the first query: a server calls it at startup. Refuses an empty index and one whose
-        embedder is missing here or gives vectors of another width than the stored ones."""
+        embedder is missing here or gives vectors of another width than the stored ones. Checked once: `serve`
+        calls it before the model loads, `create_app` again for library callers."""
+        if self._ready:
+            return self
         self._need_chunks()
         name = self.meta["embedder"]
         try:
@@ -336,6 +340,7 @@ class Index:
                 f"{dim}-d ones here: rebuild the index with `phiforge rag index`"
             )
         self.bm25("width probe", 1)
+        self._ready = True
         return self
 
     def bm25(self, query: str, k: int) -> list[int]:
