@@ -2,7 +2,7 @@
 each measured on held-out arith problems (issue 16).
 
     base (the GGUF converted once to fp32) -> accuracy before (arith test seeds) -> PTS pairs (train seeds)
-    -> DPO on them -> accuracy after -> int4 g128 of the DPO model -> its accuracy
+    -> DPO on them -> accuracy after -> int4 (g32) of the DPO model -> its accuracy
 
 `track` runs it as speedrun stages beside phi-1 at home; benchmarks/post_train_pts.py calls the same functions
 (real_base, accuracy, search, dpo) to compare PTS pairs with whole-answer pairs. Accuracy is greedy, with the
@@ -79,16 +79,16 @@ def search(base: Path, train: list, pairs: Path, k: int, seed: int, batch: int) 
     return asdict(stats)
 
 
-def dpo(
-    base: Path, pairs: Path, out: Path, *, epochs: float, lr: float, beta: float, seed: int, resume=False
-) -> Path:
-    """`phiforge dpo` in process from `base` on `pairs` (sigmoid loss); the final checkpoint dir. The reference
-    log-probs are computed once and stored beside the pairs (a re-run reuses them)."""
+def dpo(base: Path, pairs: Path, out: Path, *, epochs: float, lr: float, beta: float, seed: int,
+        sft_weight: float = 0.0, resume=False) -> Path:  # fmt: skip
+    """`phiforge dpo` in process from `base` on `pairs` (sigmoid loss, plus an NLL term on the chosen answers
+    when `sft_weight` > 0); the final checkpoint dir. The reference log-probs are computed once and stored
+    beside the pairs (a re-run reuses them)."""
     from ..train import pretrain
     from ..train.dpo import train_config
 
     overrides = [f"lr={lr}", "micro_batch=4", "seq_len=192", f"seed={seed}", "save_every=0"]
-    cfg = train_config(base, pairs, out, beta=beta, epochs=epochs, overrides=overrides)
+    cfg = train_config(base, pairs, out, beta=beta, sft_weight=sft_weight, epochs=epochs, overrides=overrides)
     return pretrain(cfg, resume=resume)
 
 
@@ -126,7 +126,12 @@ def track(run_dir: Path, p: PostTrain, seed: int, st) -> dict:
     # no DPO (no pairs): the model is the base, measured already
     after = st("post-after", key_after,
                lambda: {"accuracy": accuracy(model, test, p.batch)} if tuned["ckpt"] else dict(before), _acc)  # fmt: skip
-    int4 = st("post-int4", key_after, lambda: _int4_stage(model, d / "model-int4", test, p.batch), _acc)
+    int4 = st(
+        "post-int4",
+        {**key_after, "group": GROUP},
+        lambda: _int4_stage(model, d / "model-int4", test, p.batch),
+        _acc,
+    )
     return {"base": str(base), "model": str(model), "int4_dir": str(d / "model-int4"), "size": asdict(p),
             "pts": found, "dpo": tuned, "before": before["accuracy"], "after": after["accuracy"],
             "int4": int4["accuracy"], "int4_mb": int4["mb"], "fp32_mb": _mb(model)}  # fmt: skip
