@@ -80,11 +80,25 @@ def _local_python_files(max_bytes: int) -> dict:
 def trained(tmp_path_factory):
     """(model dir, held-out text): a tiny Phi-3 trained 200 steps on local Python code, for tests where
     perplexity and greedy comparisons must mean something (quantization, GGUF). Steps, not seconds, so a
-    busy machine gets the same model (about 15 s on 2 quiet cores)."""
-    torch.manual_seed(0)
+    busy machine gets the same model (about 15 s on 2 quiet cores). Under pytest-xdist the workers share one
+    copy: the first builds it in this run's shared temp folder under a file lock, the others load it."""
     train = _local_python_files(1_000_000)
-    texts = list(train.values())
     held = [t for p, t in _local_python_files(1_300_000).items() if p not in train]  # never seen in training
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _train_tiny(train, tmp_path_factory.mktemp("trained")), "\n".join(held)
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # this run's folder, above every worker's own
+    with FileLock(str(shared / "trained.lock")):
+        if not (shared / "trained" / "config.json").is_file():
+            _train_tiny(train, shared / "trained.tmp")
+            (shared / "trained.tmp").rename(shared / "trained")
+    return shared / "trained", "\n".join(held)
+
+
+def _train_tiny(train: dict, ckpt):
+    torch.manual_seed(0)
+    texts = list(train.values())
     tok = train_bpe(texts, vocab_size=1024)
     ids = torch.tensor([t for text in texts for t in tok.encode(text) + [tok.eos_id]])
     cfg = get_preset("tiny").replace(
@@ -105,10 +119,9 @@ def trained(tmp_path_factory):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    ckpt = tmp_path_factory.mktemp("trained")
     save_model(model.eval(), ckpt)
     tok.save(ckpt)
-    return ckpt, "\n".join(held)
+    return ckpt
 
 
 @pytest.fixture(scope="session")
@@ -124,15 +137,57 @@ def train_data(tmp_path_factory):
     }
 
 
-def _phiforge(*args: str, stdin: str | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+def _phiforge_subprocess(
+    *args: str, stdin: str | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "phiforge.cli", *map(str, args)]
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
+def _phiforge(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`phiforge.cli.main()` in this process, as `python -m phiforge.cli` runs it: argv, stdin, stdout and
+    stderr swapped, the exit code read from SystemExit, an escaping exception printed as the interpreter
+    would. In process because each subprocess paid 2-3 s of `import torch` (50 calls in `make test-fast`)."""
+    import contextlib
+    import io
+    import traceback
+    from unittest import mock
+
+    from phiforge import cli
+
+    argv = ["phiforge", *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    rc = 0
+    with (
+        mock.patch.object(sys, "argv", argv),
+        mock.patch.object(sys, "stdin", io.StringIO(stdin or "")),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            cli.main()
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            rc = 1 if isinstance(e.code, str) else (e.code or 0)
+        except Exception:  # noqa: BLE001 -- what the interpreter does with an uncaught one (`--debug`)
+            traceback.print_exc()
+            rc = 1
+        finally:
+            cli._state["debug"] = False
+    return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def phiforge():
-    """The command line in a subprocess: phiforge(*args, stdin=None) -> CompletedProcess."""
+    """The command line, run in this process: phiforge(*args, stdin=None) -> CompletedProcess."""
     return _phiforge
+
+
+@pytest.fixture(scope="session")
+def phiforge_subprocess():
+    """The command line in a subprocess (the real entry point): phiforge_subprocess(*args) -> CompletedProcess."""
+    return _phiforge_subprocess
 
 
 def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:

@@ -13,8 +13,8 @@ def test_info_preset_counts_without_allocating(phiforge):
         assert precision in r.stdout
 
 
-def test_info_list_names_every_preset(phiforge):
-    r = phiforge("info", "--list")
+def test_info_list_names_every_preset(phiforge_subprocess):
+    r = phiforge_subprocess("info", "--list")  # the real entry point, `python -m phiforge.cli`, once
     assert r.returncode == 0
     from phiforge.model import PRESETS
 

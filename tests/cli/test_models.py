@@ -95,7 +95,7 @@ def test_bad_model_inputs_are_one_line(tmp_path, phiforge, one_line_error):
 def test_real_model_chat_answers_with_its_chatml_template(phiforge):
     r = phiforge(
         "chat", "-m", "smollm2-135m-instruct", "--temperature", "0", "--max-new-tokens", "24",
-        stdin="What is the capital of France? Answer in one sentence.\n/exit\n", timeout=300,
+        stdin="What is the capital of France? Answer in one sentence.\n/exit\n",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout

@@ -110,12 +110,20 @@ def real_read(real):
 
 
 @pytest.fixture(scope="module")
-def hf_gguf(real):
+def hf_tokenizer(real):
+    """transformers' GGUF tokenizer alone: the tokenizer tests need no model (the model load is ~25 s)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real.parent, gguf_file=real.name)
+
+
+@pytest.fixture(scope="module")
+def hf_gguf(real, hf_tokenizer):
     """transformers' own dequantized load of the same file (about 25 s), and its GGUF tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(real.parent, gguf_file=real.name, dtype=torch.float32)
-    return model.eval(), AutoTokenizer.from_pretrained(real.parent, gguf_file=real.name)
+    return model.eval(), hf_tokenizer
 
 
 @pytest.mark.slow  # subprocesses / real model / end-to-end: make test-fast skips it
@@ -208,8 +216,8 @@ def _strings(n: int = 200) -> list[str]:
     return out
 
 
-def test_real_tokenizer_ids_match_transformers(real_read, hf_gguf):
-    tok, ref = real_read[2], hf_gguf[1]
+def test_real_tokenizer_ids_match_transformers(real_read, hf_tokenizer):
+    tok, ref = real_read[2], hf_tokenizer
     for s in _strings():
         ids = tok.encode(s)
         assert ids == ref(s, add_special_tokens=False).input_ids, s
@@ -218,8 +226,8 @@ def test_real_tokenizer_ids_match_transformers(real_read, hf_gguf):
 
 @pytest.mark.parametrize("system", [False, True])
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
-def test_real_chat_rendering_matches_transformers(real_read, hf_gguf, system, add_generation_prompt):
-    tok, ref = real_read[2], hf_gguf[1]
+def test_real_chat_rendering_matches_transformers(real_read, hf_tokenizer, system, add_generation_prompt):
+    tok, ref = real_read[2], hf_tokenizer
     msgs = [
         {"role": "user", "content": "Write a factorial in Python."},
         {"role": "assistant", "content": "def f"},
