@@ -183,10 +183,11 @@ def test_left_padded_rows_match_unpadded():
         assert engine.generate([p], params)[0].tokens == b.tokens
 
 
-def test_kernel_touches_only_allowed_blocks():
-    # poison every key/value the pattern hides from the last query block: the output must not change
+@pytest.mark.parametrize("T", [1, 4, 7])  # a decode step, one block of queries, two blocks
+def test_kernel_touches_only_allowed_blocks(T):
+    # poison every key/value the pattern hides from these queries: the output must not change
     lay = BlockSparseLayout(block=4, local=2, vert=3, num_heads=4)
-    L, T = 40, 4
+    L = 40
     q = torch.randn(1, 4, T, 8)
     k, v = torch.randn(1, 2, L, 8), torch.randn(1, 2, L, 8)
     base = block_sparse_attention(q, k, v, L - T, lay, 0.3)
@@ -323,3 +324,17 @@ def test_gguf_export_refuses_with_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="llama.cpp has no architecture for Phi-3-small") as e:
         export_gguf(tmp_path / "m", tmp_path / "m.gguf", "f16")
     assert "\n" not in str(e.value) and not (tmp_path / "m.gguf").exists()
+
+
+def test_memory_grows_with_allowed_blocks_not_t_squared():
+    # the largest single allocation of a 2048-token prefill: the (T x D) output, not a T x T mask or scores
+    from torch.profiler import ProfilerActivity, profile
+
+    lay = BlockSparseLayout(block=16, local=4, vert=4, num_heads=4)
+    T = 2048
+    q, k, v = torch.randn(1, 4, T, 8), torch.randn(1, 2, T, 8), torch.randn(1, 2, T, 8)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        block_sparse_attention(q, k, v, 0, lay, 0.3)
+    biggest = max(e.cpu_memory_usage for e in prof.events())
+    assert biggest <= q.numel() * 4  # one fp32 (H, T, D) tensor
+    assert biggest < 4 * T * T * 4 / 200  # dense scores would be 67 MB

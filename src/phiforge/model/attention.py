@@ -79,23 +79,25 @@ def block_sparse_attention(
         qi = qg[:, :, :, qa - q_start : qb - q_start]  # (B, KV, g, n, D)
         # local: one slice of the cache shared by the g heads of a group (one matmul per KV head)
         s = torch.matmul(qi.reshape(B, KV, g * n, D), k[:, :, lo:qb].transpose(-1, -2)).view(B, KV, g, n, -1)
-        if qb - 1 > qa:  # a key after some query: causal inside the diagonal block
-            keys = torch.arange(lo, qb, device=q.device)
-            rows = torch.arange(qa, qb, device=q.device)
-            s = s.masked_fill(keys[None, :] > rows[:, None], float("-inf"))
+        if qb - 1 > qa:  # a key after some query: causal inside the diagonal block (its last columns)
+            keys = torch.arange(qa, qb, device=q.device)
+            s[..., qa - lo :].masked_fill_(keys[None, :] > keys[:, None], float("-inf"))
+        m = s.amax(-1, keepdim=True)
         ids, valid = layout.vertical_blocks(i, q.device)
         if ids.shape[1]:  # vertical: each head's own blocks before the window, gathered
             tok = (ids[:, :, None] * bs + torch.arange(bs, device=q.device)).flatten(1)  # (H, m)
             k_v = k[:, kv_of_head[:, None], tok].view(B, KV, g, -1, D)
             v_v = v[:, kv_of_head[:, None], tok].view(B, KV, g, -1, D)
             s_v = torch.matmul(qi, k_v.transpose(-1, -2))  # (B, KV, g, n, m)
-            keep = valid[:, :, None].expand(-1, -1, bs).reshape(KV, g, 1, -1)
-            s = torch.cat([s, s_v.masked_fill(~keep, float("-inf"))], -1)
-        p = s.softmax(-1)
-        n_loc = qb - lo
-        p_loc = p[..., :n_loc].reshape(B, KV, g * n, n_loc)
-        y = torch.matmul(p_loc, v[:, :, lo:qb]).view(B, KV, g, n, D)
+            s_v.masked_fill_(~valid[:, :, None].expand(-1, -1, bs).reshape(KV, g, 1, -1), float("-inf"))
+            m = torch.maximum(m, s_v.amax(-1, keepdim=True))
+        # one softmax over both parts without concatenating them: shared max, summed denominators
+        e = s.sub_(m).exp_()
+        denom = e.sum(-1, keepdim=True)
+        y = torch.matmul(e.view(B, KV, g * n, -1), v[:, :, lo:qb]).view(B, KV, g, n, D)
         if ids.shape[1]:
-            y = y + torch.matmul(p[..., n_loc:], v_v)
-        out[:, :, :, qa - q_start : qb - q_start] = y
+            e_v = s_v.sub_(m).exp_()
+            denom += e_v.sum(-1, keepdim=True)
+            y += torch.matmul(e_v, v_v)
+        out[:, :, :, qa - q_start : qb - q_start] = y / denom
     return out.view(B, H, T, D)
