@@ -98,7 +98,7 @@ def export_gguf(
     if kind not in TYPES:
         raise ValueError(f"unknown GGUF type {kind!r}: expected one of {', '.join(TYPES)}")
     model_dir, out = Path(model_dir), Path(out)
-    if load_config(model_dir).block_sparse:  # checked before loading 7B of weights
+    if (model_dir / "config.json").is_file() and load_config(model_dir).block_sparse:  # before 7B of weights
         raise CheckpointError(
             f"{model_dir}: GGUF export refused: llama.cpp has no architecture for Phi-3-small "
             "(block-sparse attention, GEGELU, muP); serve it with phiforge or vLLM instead"
