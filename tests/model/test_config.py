@@ -45,7 +45,8 @@ def unique_numel(module: torch.nn.Module) -> int:
     return sum({id(p): p.numel() for p in module.parameters()}.values())  # tied weights once
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+# Phi-3-small is remote code, not in transformers: its 7.39B is checked in test_phi3_small.py
+@pytest.mark.parametrize("name", [n for n, c in PRESETS.items() if not c.block_sparse])
 def test_num_params_matches_transformers(name):
     cfg = get_preset(name)
     hf = hf_meta_model(cfg)

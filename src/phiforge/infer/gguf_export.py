@@ -22,7 +22,7 @@ import torch
 
 from ..io import atomic_path
 from ..model import Transformer
-from ..model.hf import CheckpointError
+from ..model.hf import CheckpointError, load_config
 from ..tokenizer import PHI3_CHAT_TEMPLATE
 from .load import load_model
 from .quant import dequantized_state
@@ -98,6 +98,11 @@ def export_gguf(
     if kind not in TYPES:
         raise ValueError(f"unknown GGUF type {kind!r}: expected one of {', '.join(TYPES)}")
     model_dir, out = Path(model_dir), Path(out)
+    if (model_dir / "config.json").is_file() and load_config(model_dir).block_sparse:  # before 7B of weights
+        raise CheckpointError(
+            f"{model_dir}: GGUF export refused: llama.cpp has no architecture for Phi-3-small "
+            "(block-sparse attention, GEGELU, muP); serve it with phiforge or vLLM instead"
+        )
     model: Transformer = load_model(model_dir)
     cfg = model.cfg
     if cfg.arch != ARCH:  # llama.cpp's llama graph wants separate, permuted q/k: not written here

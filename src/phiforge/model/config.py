@@ -23,6 +23,7 @@ class Arch:
     mlp_bias: bool
     lm_head_bias: bool
     yarn_is_longrope: bool = False  # early Phi-3 configs call longrope "yarn" (transformers renames it)
+    block_sparse: bool = False  # alternate block-sparse and dense attention layers (attention.py)
 
 
 ARCHS = {
@@ -32,6 +33,8 @@ ARCHS = {
     "phi": Arch(True, "layer", False, True, True, True),
     # Llama 2/3, SmolLM2, TinyLlama, Mistral: the Phi-3 block, with its own rope scalings
     "llama": Arch(False, "rms", True, False, False, False),
+    # Phi-3-small: LayerNorm, GEGELU, biases on every linear, block-sparse attention on every other layer
+    "phi3small": Arch(False, "layer", True, True, True, False, block_sparse=True),
 }
 ROPE_KINDS = ("longrope", "linear", "llama3", "yarn")
 # rope_scaling keys each kind needs (the rest are optional: transformers' defaults apply)
@@ -65,6 +68,23 @@ class ModelConfig:
     sliding_window: int | None = None  # attend to the last W positions only (as transformers' Phi3)
     dropout: float = 0.0  # resid/embd/attn dropout, one knob (training only)
     head_size: int | None = None  # HF "head_dim" where it is not hidden_size / num_attention_heads
+    # Phi-3-small (its config.json names). GEGELU: gate clamped above, linear half clamped to +-limit.
+    gegelu_limit: float | None = None
+    # muP: embeddings times this, logits divided by the width multiplier, attention scale
+    # mup_attn_multiplier / head_dim instead of 1/sqrt(head_dim) when mup_use_scaling
+    mup_embedding_multiplier: float | None = None
+    mup_width_multiplier: float | None = None
+    mup_attn_multiplier: float = 1.0
+    mup_use_scaling: bool = False
+    # block-sparse attention (arch flag block_sparse): a query block sees its last num_local_blocks key
+    # blocks and every vert_stride-th block before them (offset per head unless homo_head_pattern);
+    # layer i is dense when (i + 1) % dense_attention_every_n_layers == 0
+    blocksparse_block_size: int = 64
+    blocksparse_num_local_blocks: int = 16
+    blocksparse_vert_stride: int = 8
+    blocksparse_homo_head_pattern: bool = False
+    dense_attention_every_n_layers: int | None = 2
+    masked_token_ids: tuple[int, ...] = ()  # logits forced to the dtype's minimum (unused vocabulary slots)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -82,6 +102,14 @@ class ModelConfig:
             )
         if self.rope_scaling is not None:
             self._check_rope_scaling()
+        self.masked_token_ids = tuple(self.masked_token_ids)
+        bad = [i for i in self.masked_token_ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"masked_token_ids: id {bad[0]} outside the vocabulary (size {self.vocab_size})")
+        if self.block_sparse:
+            for key in ("blocksparse_block_size", "blocksparse_num_local_blocks", "blocksparse_vert_stride"):
+                if getattr(self, key) < 1:
+                    raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
     def _check_rope_scaling(self) -> None:
         rs = dict(self.rope_scaling)
@@ -134,6 +162,22 @@ class ModelConfig:
     @property
     def lm_head_bias(self) -> bool:
         return ARCHS[self.arch].lm_head_bias
+
+    @property
+    def block_sparse(self) -> bool:
+        return ARCHS[self.arch].block_sparse
+
+    def sparse_layer(self, i: int) -> bool:
+        """Phi-3-small's rule (its remote code and vLLM): layer i is dense when (i + 1) is a multiple of
+        dense_attention_every_n_layers, block-sparse otherwise (all sparse when that is None/0)."""
+        n = self.dense_attention_every_n_layers
+        return self.block_sparse and not (n and (i + 1) % n == 0)
+
+    @property
+    def attention_scale(self) -> float:
+        if self.mup_use_scaling:
+            return self.mup_attn_multiplier / self.head_dim
+        return self.head_dim**-0.5
 
     @property
     def rope_kind(self) -> str:
@@ -204,6 +248,39 @@ def _phi(**kw) -> ModelConfig:
         bos_token_id=1,  # as transformers' PhiConfig defaults; real phi-1/2 configs say 50256
         eos_token_id=2,
         pad_token_id=None,
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+# Phi-3-small's tokenizer is cl100k_base padded to 100352 ids; these are never produced (cl100k's unused
+# fim/endofprompt specials, id 100256 that maps to nothing, the dummy ids) and its remote code masks
+# their logits (tokenization_phi3_small.py's dummy_token_indices: 91 ids).
+PHI3_SMALL_MASKED_IDS = (100256, 100258, 100259, 100260, 100264, 100265, *range(100267, 100352))
+
+
+def _phi3small(**kw) -> ModelConfig:
+    base = dict(
+        arch="phi3small",
+        vocab_size=100352,
+        hidden_size=4096,
+        intermediate_size=14336,  # ff_intermediate_size
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_theta=1e6,  # rope_embedding_base
+        hidden_act="gegelu",
+        gegelu_limit=20.0,
+        mup_embedding_multiplier=10.0,
+        mup_width_multiplier=8.0,
+        mup_attn_multiplier=1.0,
+        mup_use_scaling=True,
+        tie_word_embeddings=True,
+        bos_token_id=100257,
+        eos_token_id=100257,
+        pad_token_id=None,
+        masked_token_ids=PHI3_SMALL_MASKED_IDS,
     )
     base.update(kw)
     return ModelConfig(**base)
@@ -294,6 +371,13 @@ PRESETS: dict[str, ModelConfig] = {
         bos_token_id=199999,
         eos_token_id=199999,
         pad_token_id=199999,
+    ),
+    # Phi-3-small-8k/128k-instruct: Phi3SmallConfig's defaults (remote code), 7.39B with tied embeddings
+    "phi-3-small-8k": _phi3small(),
+    "phi-3-small-128k": _phi3small(
+        max_position_embeddings=131072,
+        original_max_position_embeddings=8192,
+        rope_scaling=_longrope(128),
     ),
     # SmolLM2-135M(-Instruct): HuggingFaceTB's published config.json, the embedded real model
     "smollm2-135m": _llama(

@@ -7,7 +7,7 @@ checkpoints keep q/k/v separate; we fuse them on load and split them on save.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..io import atomic_path, write_json
-from .config import ModelConfig
+from .config import PHI3_SMALL_MASKED_IDS, ModelConfig
 from .transformer import Transformer
 
 
@@ -34,6 +34,9 @@ class HFArch:
     eps_key: str  # config.json's name for norm_eps
     rotary_default: float = 1.0  # partial_rotary_factor when config.json leaves it out
     extra: tuple[str, ...] = ()  # config.json fields written only for this architecture
+    renames: dict[str, str] = field(default_factory=dict)  # config.json key -> our field, where they differ
+    defaults: dict = field(default_factory=dict)  # our field -> the HF config class's default when absent
+    reorder: dict[str, str] = field(default_factory=dict)  # our tensor -> how HF orders its rows (_ORDERS)
 
 
 _QKV = tuple(f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv")
@@ -100,6 +103,73 @@ HF_ARCHS = {
         "rms_norm_eps",
         extra=("head_dim",),
     ),
+    # Phi-3-small (remote code Phi3SmallForCausalLM): its own tensor and config names, qkv rows grouped by KV
+    # head, GEGELU's up_proj rows interleaved gelu/linear; lm_head tied to the embedding
+    "phi3small": HFArch(
+        "Phi3SmallForCausalLM",
+        "phi3small",
+        {
+            "model.embed_tokens.weight": "embed.weight",
+            **{
+                f"model.{hf}.{w}": f"{ours}.{w}"
+                for hf, ours in (
+                    ("layers.{i}.input_layernorm", "blocks.{i}.norm1"),
+                    ("layers.{i}.post_attention_layernorm", "blocks.{i}.norm2"),
+                    ("layers.{i}.self_attn.query_key_value", "blocks.{i}.attn.qkv"),
+                    ("layers.{i}.self_attn.dense", "blocks.{i}.attn.out"),
+                    ("layers.{i}.mlp.up_proj", "blocks.{i}.mlp.up"),
+                    ("layers.{i}.mlp.down_proj", "blocks.{i}.mlp.down"),
+                    ("final_layernorm", "norm"),
+                )
+                for w in ("weight", "bias")
+            },
+            "lm_head.weight": "lm_head.weight",
+        },
+        {},
+        "layer_norm_epsilon",
+        extra=(
+            "gegelu_limit",
+            "mup_embedding_multiplier",
+            "mup_width_multiplier",
+            "mup_attn_multiplier",
+            "mup_use_scaling",
+            "blocksparse_block_size",
+            "blocksparse_num_local_blocks",
+            "blocksparse_vert_stride",
+            "blocksparse_homo_head_pattern",
+            "dense_attention_every_n_layers",
+        ),
+        renames={
+            "rope_embedding_base": "rope_theta",
+            "ff_intermediate_size": "intermediate_size",
+            "dummy_token_indices": "masked_token_ids",
+        },
+        defaults=dict(  # Phi3SmallConfig's (and PretrainedConfig's tie_word_embeddings)
+            vocab_size=100352,
+            max_position_embeddings=8192,
+            rope_theta=1e6,
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            hidden_act="gegelu",
+            gegelu_limit=20.0,
+            intermediate_size=14336,
+            mup_use_scaling=True,
+            mup_width_multiplier=8.0,
+            mup_embedding_multiplier=10.0,
+            tie_word_embeddings=True,
+            bos_token_id=100257,
+            eos_token_id=100257,
+            pad_token_id=None,
+        ),
+        reorder={
+            "blocks.{i}.attn.qkv.weight": "qkv_by_kv_group",
+            "blocks.{i}.attn.qkv.bias": "qkv_by_kv_group",
+            "blocks.{i}.mlp.up.weight": "gate_up_interleaved",
+            "blocks.{i}.mlp.up.bias": "gate_up_interleaved",
+        },
+    ),
 }
 # an HF config's architectures[0] / model_type -> our arch
 ARCH_OF = {a.hf_class: k for k, a in HF_ARCHS.items()}
@@ -140,6 +210,13 @@ IGNORED_KEYS = {
     "is_llama_config",  # SmolLM2's exporter bookkeeping
     "transformers.js_config",
     "quantization_config",  # phiforge quantize: read by infer/quant.py, config-only readers (info) skip it
+    # Phi-3-small: training-only knobs (dropouts, padding to 64 for its Triton kernel's backward)
+    "attention_dropout_prob",
+    "embedding_dropout_prob",
+    "ffn_dropout_prob",
+    "pad_sequence_to_multiple_of_64",
+    "reorder_and_upcast_attn",
+    "gegelu_pad_to_256",  # only applies with ff_dim_multiplier, which must be null
 }
 # keys that must hold this value because we do not implement the alternative
 REQUIRED_VALUES = {
@@ -149,6 +226,7 @@ REQUIRED_VALUES = {
     "qk_layernorm": False,
     "rope_interleaved": False,
     "pretraining_tp": 1,
+    "ff_dim_multiplier": None,  # Phi-3-small: ff_intermediate_size gives the width
 }
 
 
@@ -162,6 +240,12 @@ def config_from_hf(d: dict, source: str = "config.json") -> ModelConfig:
         )
     spec = HF_ARCHS[arch]
     d = dict(d)
+    if arch == "phi3small":
+        d = _phi3small_from_hf(d, source)
+    for key, ours in spec.renames.items():
+        if key in d:
+            d[ours] = d.pop(key)
+    d = {**spec.defaults, **d}
     rope = d.pop("rope_parameters", None) or {}  # transformers >= 5 nests rope settings here
     scaling = d.pop("rope_scaling", None) or (rope if rope.get("rope_type", "default") != "default" else None)
     kw = dict(arch=arch, rope_theta=d.pop("rope_theta", rope.get("rope_theta", 10000.0)))
@@ -175,7 +259,7 @@ def config_from_hf(d: dict, source: str = "config.json") -> ModelConfig:
         kw["rope_scaling"] = scaling
     kw["norm_eps"] = d.pop(spec.eps_key, 1e-5)
     for key, want in REQUIRED_VALUES.items():
-        if key in d and (got := d.pop(key)) is not None and got != want:
+        if key in d and (got := d.pop(key)) != want and (got is not None or key == "ff_dim_multiplier"):
             raise CheckpointError(f"{source}: field {key}={got!r} is not supported (only {want!r})")
     head_dim = d.pop("head_dim", None)  # transformers writes it even when derived: keep only a real override
     if (
@@ -200,6 +284,41 @@ def config_from_hf(d: dict, source: str = "config.json") -> ModelConfig:
         return ModelConfig(**kw)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: {e}") from None
+
+
+def _phi3small_from_hf(d: dict, source: str) -> dict:
+    kernel = d.pop("blocksparse_triton_kernel_block_size", None)
+    if kernel is not None and kernel != d.get("blocksparse_block_size", 64):
+        raise CheckpointError(
+            f"{source}: field blocksparse_triton_kernel_block_size={kernel!r} differs from "
+            f"blocksparse_block_size (only equal sizes are supported)"
+        )
+    scale = d.pop("rope_position_scale", 1.0)
+    if scale != 1.0:  # positions divided by scale: linear rope scaling (as vLLM reads it)
+        if d.get("rope_scaling"):
+            raise CheckpointError(f"{source}: rope_position_scale={scale!r} together with rope_scaling")
+        d["rope_scaling"] = {"type": "linear", "factor": scale}
+    if "dummy_token_indices" not in d:  # the remote code derives them from its tokenizer
+        vocab = d.get("vocab_size", 100352)
+        d["dummy_token_indices"] = [i for i in PHI3_SMALL_MASKED_IDS if i < vocab]
+    return d
+
+
+def _phi3small_to_hf(cfg: ModelConfig, d: dict) -> dict:
+    d["rope_embedding_base"] = d.pop("rope_theta")
+    d["ff_intermediate_size"] = d.pop("intermediate_size")
+    d.pop("masked_token_ids", None)
+    if list(cfg.masked_token_ids) != [i for i in PHI3_SMALL_MASKED_IDS if i < cfg.vocab_size]:
+        d["dummy_token_indices"] = list(cfg.masked_token_ids)  # else the remote code derives its own list
+    d["blocksparse_triton_kernel_block_size"] = cfg.blocksparse_block_size
+    d["ff_dim_multiplier"] = None
+    d.pop("partial_rotary_factor")
+    d["rope_position_scale"] = 1.0
+    if cfg.rope_kind == "linear":
+        d["rope_position_scale"] = d.pop("rope_scaling")["factor"]
+    elif cfg.rope_kind == "longrope":  # as the published 128k config.json spells it
+        d["rope_scaling"] = {**d["rope_scaling"], "type": "su"}
+    return d
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
@@ -246,6 +365,13 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
         d["qk_layernorm"] = False
     if cfg.head_size is not None or "head_dim" in spec.extra:
         d["head_dim"] = cfg.head_dim
+    for key in spec.extra:
+        if key not in d and hasattr(cfg, key):
+            d[key] = getattr(cfg, key)
+    if cfg.masked_token_ids:
+        d["masked_token_ids"] = list(cfg.masked_token_ids)
+    if cfg.arch == "phi3small":
+        d = _phi3small_to_hf(cfg, d)
     return d
 
 
@@ -272,6 +398,29 @@ def _fused(cfg: ModelConfig) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
         cols = (cfg.hidden_size,) if ours.endswith("weight") else ()
         for i in range(cfg.num_hidden_layers):
             out[ours.format(i=i)] = [(hf.format(i=i), (r, *cols)) for hf, r in zip(parts, rows, strict=True)]
+    return out
+
+
+def _row_order(kind: str, cfg: ModelConfig) -> torch.Tensor:
+    """Index r of our row r in the HF tensor (ours = hf[order]; hf = ours[argsort(order)])."""
+    if kind == "qkv_by_kv_group":  # HF: per KV head j, [q heads of group j..., k_j, v_j]
+        g, hd = cfg.num_attention_heads // cfg.num_key_value_heads, cfg.head_dim
+        heads = torch.arange(cfg.num_key_value_heads * (g + 2)).view(-1, g + 2)
+        ours = torch.cat([heads[:, :g].flatten(), heads[:, g], heads[:, g + 1]])  # [q; k; v]
+        return (ours[:, None] * hd + torch.arange(hd)).flatten()
+    if kind == "gate_up_interleaved":  # HF: gelu half at even rows, linear half at odd rows
+        n = 2 * cfg.intermediate_size
+        return torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2)])
+    raise ValueError(f"unknown row order {kind!r}")
+
+
+def _orders(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our tensor name -> row order, for every tensor HF stores in another row order."""
+    out = {}
+    for ours, kind in HF_ARCHS[cfg.arch].reorder.items():
+        order = _row_order(kind, cfg)
+        for i in range(cfg.num_hidden_layers):
+            out[ours.format(i=i)] = order
     return out
 
 
@@ -342,6 +491,9 @@ def load_state_dict(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tenso
                     f"{path}: tensor {hf!r} has shape {tuple(got[hf].shape)}, config.json implies {want}"
                 )
         sd[ours] = torch.cat([got[hf] for hf, _ in parts], dim=0)
+    for ours, order in _orders(cfg).items():
+        if ours in sd and sd[ours].shape[0] == len(order):  # a wrong shape is named by load_model
+            sd[ours] = sd[ours][order]
     return sd
 
 
@@ -388,6 +540,9 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
         pieces = sd[ours].split([shape[0] for _, shape in parts], dim=0)
         for (hf, _), t in zip(parts, pieces, strict=True):
             out[hf] = t.contiguous().clone()
+    to_hf = {ours: hf for hf, ours in _expand(cfg).items()}
+    for ours, order in _orders(cfg).items():
+        out[to_hf[ours]] = sd[ours][torch.argsort(order)].contiguous()
     return out
 
 

@@ -100,7 +100,10 @@ class RopeTables:
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
         self.freqs = frequencies(cfg)
-        self.scale = attention_scaling(cfg)
+        self.scale = scale = attention_scaling(cfg)
+        # Phi-3-small-128k's config gives the magnitude of each table itself (short_mscale, long_mscale)
+        rs = cfg.rope_scaling or {}
+        self.scales = {kind: float(rs.get(f"{kind}_mscale") or scale) for kind in self.freqs}
         self.tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def kind_for(self, max_pos: int) -> str:
@@ -117,7 +120,8 @@ class RopeTables:
             size = max(n, 2 * have[0].shape[0] if have else 256)
             pos = torch.arange(size, dtype=torch.int64, device="cpu").float()
             f = pos[:, None] * self.freqs[kind][None, :]
-            have = ((f.cos() * self.scale).to(device, dtype), (f.sin() * self.scale).to(device, dtype))
+            scale = self.scales[kind]
+            have = ((f.cos() * scale).to(device, dtype), (f.sin() * scale).to(device, dtype))
             self.tables[key] = have
         return have
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import BlockSparseLayout, block_sparse_attention
 from .config import ModelConfig
 from .loss import linear_cross_entropy
 from .rope import RopeTables, apply_rope
@@ -43,8 +44,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, cfg.q_dim + 2 * cfg.kv_dim, bias=bias)
         self.out = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=bias)
         self.dropout = cfg.dropout
+        self.scale = cfg.attention_scale
+        self.sparse = None
+        if cfg.sparse_layer(layer):
+            self.sparse = BlockSparseLayout(
+                cfg.blocksparse_block_size,
+                cfg.blocksparse_num_local_blocks,
+                cfg.blocksparse_vert_stride,
+                self.nh,
+                cfg.blocksparse_homo_head_pattern,
+            )
 
-    def forward(self, x, cos, sin, pos: int, cache: KVCache | None, mask: torch.Tensor | None):
+    def forward(self, x, cos, sin, pos: int, cache: KVCache | None, mask: torch.Tensor | None, pads=None):
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.nh + 2 * self.nkv, self.hd)
         qk = apply_rope(qkv[:, :, : self.nh + self.nkv], cos, sin)
@@ -57,6 +68,9 @@ class Attention(nn.Module):
             cv[:, :, pos : pos + T] = v
             if pos > 0:  # attend over everything cached so far (a fresh prefill can use k, v directly)
                 k, v = ck[:, :, : pos + T], cv[:, :, : pos + T]
+        if self.sparse is not None:
+            y = self._sparse_attention(q, k, v, pos, pads)
+            return self.out(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
         gqa = self.nkv != self.nh
         if T == 1 and not self.training:
             return self.out(self._decode_attention(q, k, v, mask).reshape(B, 1, self.nh * self.hd))
@@ -73,9 +87,10 @@ class Attention(nn.Module):
                 is_causal=causal,
                 enable_gqa=gqa,
                 dropout_p=self.dropout if self.training else 0.0,
+                scale=self.scale,
             )
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa, scale=self.scale)
         return self.out(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
 
     def _decode_attention(self, q, k, v, mask):
@@ -84,19 +99,42 @@ class Attention(nn.Module):
         B, L = q.shape[0], k.shape[2]
         g = self.nh // self.nkv
         q = q.reshape(B, self.nkv, g, self.hd)
-        s = torch.matmul(q, k.transpose(-1, -2)) * self.hd**-0.5  # (B, nkv, g, L)
+        s = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, nkv, g, L)
         if mask is not None:
             s = s.masked_fill(~mask.reshape(-1, 1, 1, L), float("-inf"))
         return torch.matmul(s.softmax(-1), v)  # (B, nkv, g, hd) == heads in order
+
+    def _sparse_attention(self, q, k, v, pos: int, pads: torch.Tensor | None):
+        # The block pattern is by position from the row's first real token, so a left-padded row runs
+        # on its own, past its pads (whose queries get zeros: they are never read, and must not be NaN).
+        if pads is None or not bool(pads.any()):
+            return block_sparse_attention(q, k, v, pos, self.sparse, self.scale)
+        T = q.shape[2]
+        y = torch.zeros_like(q)
+        for b, p in enumerate(pads.tolist()):
+            first = max(pos, p)  # this row's first real query slot
+            if first < pos + T:
+                y[b : b + 1, :, first - pos :] = block_sparse_attention(
+                    q[b : b + 1, :, first - pos :],
+                    k[b : b + 1, :, p:],
+                    v[b : b + 1, :, p:],
+                    first - p,
+                    self.sparse,
+                    self.scale,
+                )
+        return y
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu = cfg.gated_mlp
-        if cfg.hidden_act not in ("silu", "gelu_new", "gelu_pytorch_tanh", "gelu"):
+        if cfg.hidden_act not in ("silu", "gelu_new", "gelu_pytorch_tanh", "gelu", "gegelu"):
             raise ValueError(f"unsupported hidden_act {cfg.hidden_act!r}")
+        if cfg.hidden_act == "gegelu" and not self.swiglu:
+            raise ValueError("hidden_act 'gegelu' needs a gated MLP (arch phi3small)")
         self.act = cfg.hidden_act
+        self.limit = cfg.gegelu_limit
         up = 2 * cfg.intermediate_size if self.swiglu else cfg.intermediate_size
         self.up = nn.Linear(cfg.hidden_size, up, bias=cfg.mlp_bias)  # gated: fused gate|up
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
@@ -105,6 +143,8 @@ class MLP(nn.Module):
         h = self.up(x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
+            if self.act == "gegelu":
+                return self.down(gegelu(gate, up, self.limit))
             return self.down(up * self._act(gate))
         return self.down(self._act(h))
 
@@ -114,6 +154,15 @@ class MLP(nn.Module):
         if self.act == "gelu":
             return F.gelu(h)
         return F.gelu(h, approximate="tanh")  # gelu_new == gelu_pytorch_tanh == tanh approximation
+
+
+def gegelu(gate: torch.Tensor, up: torch.Tensor, limit: float | None) -> torch.Tensor:
+    """Phi-3-small's GEGELU: quick_gelu(gate) * (up + 1), both clamped to `limit` first (the gate from
+    above only; infinities are left as they are, as the remote code does)."""
+    if limit is not None:
+        gate = torch.where(gate.isinf(), gate, gate.clamp(max=limit))
+        up = torch.where(up.isinf(), up, up.clamp(-limit, limit))
+    return gate * torch.sigmoid(1.702 * gate) * (up + 1)
 
 
 class RMSNorm(nn.Module):
@@ -147,11 +196,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, pos, cache, mask):
+    def forward(self, x, cos, sin, pos, cache, mask, pads=None):
         if self.parallel:
             h = self.norm1(x)
-            return x + self.drop(self.attn(h, cos, sin, pos, cache, mask)) + self.drop(self.mlp(h))
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, pos, cache, mask))
+            return x + self.drop(self.attn(h, cos, sin, pos, cache, mask, pads)) + self.drop(self.mlp(h))
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, pos, cache, mask, pads))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -167,6 +216,7 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
         self.rope = RopeTables(cfg)
+        self._masked: torch.Tensor | None = None
 
     def forward(
         self,
@@ -184,7 +234,10 @@ class Transformer(nn.Module):
         Returns logits (B, T or 1, V), or the cross-entropy when `targets` is given (-100 ignored;
         `reduction="sum"` lets a trainer normalise by the token count of a whole distributed batch)."""
         B, T = idx.shape
-        x = self.drop(self.embed(idx))
+        x = self.embed(idx)
+        if self.cfg.mup_embedding_multiplier:
+            x = x * self.cfg.mup_embedding_multiplier
+        x = self.drop(x)
         max_pos = int(positions.max()) if positions is not None else pos + T - 1
         cos, sin = self.rope.get(max_pos + 1, self.rope.kind_for(max_pos), x.device, x.dtype)
         if positions is None:
@@ -198,18 +251,46 @@ class Transformer(nn.Module):
             k = torch.arange(pos + T, device=idx.device)[None, :]
             window = (k <= q) & (k > q - W)
             mask = window if mask is None else mask & window
+        pads = self._pads(pos, T, positions, mask) if self.cfg.block_sparse else None
         for block in self.blocks:
-            x = block(x, cos, sin, pos, cache, mask)
+            x = block(x, cos, sin, pos, cache, mask, pads)
         if last_only:
             x = x[:, -1:]
         if targets is None:
-            return self.lm_head(self.norm(x))
+            return self.logits(self.norm(x))
         h = self.norm(x).flatten(0, 1)
+        if self.cfg.masked_token_ids or self.cfg.mup_width_multiplier:  # plain path: exact masking
+            logits = self.logits(h).float()
+            return F.cross_entropy(logits, targets.reshape(-1), ignore_index=-100, reduction=reduction)
         if not isinstance(self.lm_head, nn.Linear):  # a quantized head (infer/quant.py): plain logits + loss
             logits = self.lm_head(h).float()
             return F.cross_entropy(logits, targets.reshape(-1), ignore_index=-100, reduction=reduction)
         # fused head + loss (loss.py): the full logits are never materialised
         return linear_cross_entropy(h, self.lm_head.weight, self.lm_head.bias, targets.reshape(-1), reduction)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """lm_head, then muP's division by the width multiplier and the masked vocabulary slots."""
+        out = self.lm_head(h)
+        if self.cfg.mup_width_multiplier:
+            out = out / self.cfg.mup_width_multiplier
+        if self.cfg.masked_token_ids:
+            if self._masked is None or self._masked.device != out.device:
+                self._masked = torch.tensor(self.cfg.masked_token_ids, device=out.device)
+            out = out.index_fill(-1, self._masked, torch.finfo(out.dtype).min)
+        return out
+
+    @staticmethod
+    def _pads(pos: int, T: int, positions, mask) -> torch.Tensor | None:
+        """Left pads per row, from the rotary positions (engine and batcher: position = slot - pad)."""
+        if positions is None:
+            if mask is not None:
+                raise ValueError("block-sparse attention takes left padding as positions, not a bare mask")
+            return None
+        slots = torch.arange(pos, pos + T, device=positions.device)
+        pads = slots[-1] - positions[:, -1]
+        if not bool(((slots[None] - pads[:, None]).clamp(min=0) == positions).all()):
+            raise ValueError("block-sparse attention needs positions = slot - left pad (no packed documents)")
+        return pads
 
     def num_params(self) -> int:
         seen = {id(p): p.numel() for p in self.parameters()}  # tied weights count once
