@@ -188,3 +188,31 @@ def test_cli_grow_then_train_continues_from_it(small_dir, train_data, tmp_path, 
                    "head_dim")  # fmt: skip
     one_line_error(phiforge("grow", "--model", out, "--preset", "tiny", "--out", tmp_path / "x"), "smaller")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # ~1 min on 2 quiet cores, minutes on a loaded one
+def test_benchmark_smoke_size_runs_every_arm(train_data, tmp_path):
+    """benchmarks/grow.py --size smoke on train_data's shards (standing in for the speedrun's data stages)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_grow", Path(__file__).parents[2] / "benchmarks" / "grow.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, src in (("tokenizer", "tok"), ("shards", "a"), ("shards_all", "b"), ("shards_instruct", "a")):
+        (out / name).symlink_to(train_data[src])
+    res = bench.run(out, "smoke", [0])
+    small, grown = res["small"], res["arms"]["grown-0"]
+    assert abs(grown["step0"]["val_loss"] - small["val_loss"]) < 1e-4  # function-preserving: same start
+    assert grown["step0"]["humaneval_bpb"] == pytest.approx(small["humaneval_bpb"], abs=1e-4)
+    assert set(res["arms"]) == {"grown-0", "scratch-0", "scratch-long-0"}
+    assert [len(r["curve"]) for r in res["arms"].values()] == [3, 2, 7]  # + step 0 for the grown model
+    bench.plot(res, tmp_path / "grow.png")
+    assert (tmp_path / "grow.png").stat().st_size > 10_000
+    again = bench.run(out, "smoke", [0])  # every stage is recorded: a re-run trains nothing
+    assert again["arms"]["scratch-0"]["val_loss"] == res["arms"]["scratch-0"]["val_loss"]
+    print(bench.summary(res))
