@@ -92,9 +92,10 @@ def measure(model_dir: str | Path, out: Path, b: sr.Budget, size: dict) -> dict:
             "params": engine.model.num_params()}  # fmt: skip
 
 
-def run(out: Path, size_name: str, seeds: list[int], long_arm: bool = True) -> dict:
-    from phiforge.model.grow import grow_checkpoint
+ARMS = ("grown", "scratch", "scratch-long")
 
+
+def run(out: Path, size_name: str, seeds: list[int], arms=ARMS) -> dict:
     size = SIZES[size_name]
     b = dataclasses.replace(sr.BUDGETS["smoke"], micro_batch=size["micro_batch"])
     out.mkdir(parents=True, exist_ok=True)
@@ -111,32 +112,28 @@ def run(out: Path, size_name: str, seeds: list[int], long_arm: bool = True) -> d
         "small": small,
         "arms": {},
     }
+    todo = {
+        "grown": lambda s: grown(out, small["ckpt"], b, size, more_ph, s),
+        "scratch": lambda s: arm(out, f"scratch-{s}", b, size, more_ph, s),
+        "scratch-long": lambda s: arm(out, f"scratch-long-{s}", b, size, small_ph + more_ph, s),
+    }
     for s in seeds:
-        k = {**key, "seed": s}
-
-        def grown(s=s):
-            info = grow_checkpoint(small["ckpt"], BIG, out / f"grown-{s}" / "init", seed=s)
-            step0 = measure(out / f"grown-{s}" / "init", out, b, size)
-            r = train(out, f"grown-{s}", b, size, more_ph, s, BIG, init=str(out / f"grown-{s}" / "init"))
-            r["curve"] = [(0, step0["val_loss"]), *r["curve"]]
-            return {
-                **r,
-                "step0": step0,
-                "max_logit_diff": info["max_logit_diff"],
-                **measure(r["ckpt"], out, b, size),
-            }
-
-        res["arms"][f"grown-{s}"] = st(f"grown-{s}", k, grown)
-        res["arms"][f"scratch-{s}"] = st(
-            f"scratch-{s}", k, lambda s=s: arm(out, f"scratch-{s}", b, size, more_ph, s)
-        )
-        if long_arm:
-            res["arms"][f"scratch-long-{s}"] = st(
-                f"scratch-long-{s}",
-                k,
-                lambda s=s: arm(out, f"scratch-long-{s}", b, size, small_ph + more_ph, s),
+        for name in arms:  # each arm is its own stage: separate invocations may run different arms at once
+            res["arms"][f"{name}-{s}"] = st(
+                f"{name}-{s}", {**key, "seed": s}, lambda name=name, s=s: todo[name](s)
             )
     return res
+
+
+def grown(out: Path, small_ckpt: str, b, size, more_ph, seed: int) -> dict:
+    from phiforge.model.grow import grow_checkpoint
+
+    init = out / f"grown-{seed}" / "init"
+    info = grow_checkpoint(small_ckpt, BIG, init, seed=seed)
+    step0 = measure(init, out, b, size)
+    r = train(out, f"grown-{seed}", b, size, more_ph, seed, BIG, init=str(init))
+    r["curve"] = [(0, step0["val_loss"]), *r["curve"]]
+    return {**r, "step0": step0, "max_logit_diff": info["max_logit_diff"], **measure(r["ckpt"], out, b, size)}
 
 
 def arm(out: Path, name: str, b, size, ph, seed, preset=BIG) -> dict:
@@ -175,7 +172,7 @@ def main() -> None:
     ap.add_argument("--size", choices=SIZES, default="default")
     ap.add_argument("--out", type=Path, default=None, help="Run dir (default runs/grow-SIZE).")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--no-long", action="store_true", help="Skip the from-scratch arm on T0 + N tokens.")
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     ap.add_argument("--plot", type=Path, default=None, help="PNG path (default OUT/grow.png).")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
@@ -183,7 +180,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     out = a.out or Path(f"runs/grow-{a.size}")
     t = time.perf_counter()
-    res = run(out, a.size, a.seeds, not a.no_long)
+    res = run(out, a.size, a.seeds, a.arms)
     res["seconds"] = round(time.perf_counter() - t)
     write_json(out / "results.json", res)
     plot(res, a.plot or out / "grow.png")
