@@ -190,7 +190,9 @@ def test_cli_bad_targets_are_one_line(small_dir, tmp_path, phiforge, one_line_er
         phiforge("grow", "--model", small_dir, "--preset", "phi-2", "--out", x), "arch: the model has 'phi3'"
     )
     one_line_error(phiforge("grow", "--model", small_dir, "--preset", "tiny-30m", "--out", x), "head_dim")
-    one_line_error(phiforge("grow", "--model", tmp_path, "--preset", "tiny-10m", "--out", x), "tokenizer.json: not found")
+    one_line_error(
+        phiforge("grow", "--model", tmp_path, "--preset", "tiny-10m", "--out", x), "tokenizer.json: not found"
+    )
     assert not x.exists()
 
 
