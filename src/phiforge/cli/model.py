@@ -1,8 +1,10 @@
-"""`phiforge info`: a preset's or a model directory's parameters and weight memory (phiforge.model)."""
+"""`phiforge info`: a preset's or a model directory's parameters and weight memory; `phiforge grow`: a trained
+model grown into a bigger preset (phiforge.model)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -100,5 +102,36 @@ def info(
     )
 
 
+def grow(
+    model: str = typer.Option(..., "--model", "-m", help="The trained small model: a directory (HF layout)."),
+    preset: str = typer.Option(
+        ..., help="The bigger preset of the same family (see `phiforge info --list`)."
+    ),
+    out: Path = typer.Option(
+        ..., help="Directory for the grown checkpoint (HF layout + the small tokenizer)."
+    ),
+    noise: float = typer.Option(
+        0.1, help="Symmetry-breaking noise on split weights, in stds of each tensor."
+    ),
+    seed: int = typer.Option(0, help="Seed of that noise."),
+):
+    """Grow a trained model into a bigger preset, function-preserving (Net2Net widths, identity blocks): the
+    grown model starts at the small model's loss; train it with a recipe's `init_from: OUT`."""
+    from ..infer.load import resolve
+    from ..model.grow import grow_checkpoint
+
+    path = resolve(model)
+    if not path.is_dir():
+        raise ValueError(
+            f"{path}: grow reads an HF-layout directory (convert a .gguf with `phiforge convert`)"
+        )
+    info = grow_checkpoint(path, preset, out, noise=noise, seed=seed)
+    print(
+        f"{out}: {info['small_params'] / 1e6:.2f}M -> {info['params'] / 1e6:.2f}M params ({preset}); "
+        f"max |logit difference| from the small model on a probe batch: {info['max_logit_diff']:.2e}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command("info")(info)
+    app.command("grow")(grow)
