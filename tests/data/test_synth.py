@@ -4,8 +4,6 @@ every path of the funnel: passing, failing then revised, looping forever, no cod
 import gzip
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -50,43 +48,10 @@ def script(prompt: str) -> str:
     return QA.replace("reverse", f"reverse ({topic})") if topic != "topic-garbage" else "just chatter"
 
 
-class Stub:
-    """An OpenAI-compatible chat endpoint answering with `script`; `status` != 200 makes it fail."""
-
-    def __init__(self):
-        self.prompts, self.status = [], 200
-        stub = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][0]["content"]
-                stub.prompts.append(prompt)
-                if stub.status != 200:
-                    out = json.dumps({"error": {"message": "down"}}).encode()
-                else:
-                    msg = {"role": "assistant", "content": script(prompt)}
-                    out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                      "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}]}).encode()  # fmt: skip
-                self.send_response(stub.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def stub():
-    s = Stub()
-    yield s
-    s.server.shutdown()
+def stub(teacher_server):
+    teacher_server.script = script
+    return teacher_server
 
 
 class FakeClient:
@@ -206,11 +171,11 @@ def test_synthesize_end_to_end_resumes_and_pays_nothing_twice(tmp_path, stub):
     assert (
         "| requested | 12 |" in card and "distinct 1/2/3-grams" in card and (out / "card.png").stat().st_size
     )
-    asked = len(stub.prompts)
+    asked = len(stub.log)
     assert synthesize(src, out, _cfg(tmp_path, stub.url)) == r  # done: skipped
     (out / "_stage.json").unlink()  # a killed run: no marker; the cache answers everything
     assert synthesize(src, out, _cfg(tmp_path, stub.url))["funnel"] == f
-    assert len(stub.prompts) == asked
+    assert len(stub.log) == asked
 
 
 def test_teacher_down_is_counted_not_fatal(tmp_path, stub):
@@ -219,7 +184,7 @@ def test_teacher_down_is_counted_not_fatal(tmp_path, stub):
     assert r["funnel"]["requested"] == 12 and r["funnel"]["answered"] == 0 and r["docs_out"] == 0
     assert r["dropped"]["teacher error"] == 12
     assert not (tmp_path / "synth" / "_stage.json").exists()  # not done: the next run asks again
-    stub.status = 200  # the teacher is back
+    stub.status = None  # the teacher is back
     r = synthesize(_seeds(tmp_path), tmp_path / "synth", _cfg(tmp_path, stub.url))
     assert r["funnel"]["answered"] == 12 and r["docs_out"] > 0 and "teacher error" not in r["dropped"]
 
