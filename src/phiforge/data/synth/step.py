@@ -9,6 +9,8 @@ that were in flight. The funnel is counted with datatrove's stats (`stat_update`
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import dataclass, field
 
 from datatrove.data import Document, DocumentsPipeline
@@ -45,6 +47,7 @@ class SynthStep(PipelineStep):
         with open(self.plan_file, encoding="utf-8") as f:
             plans = [Plan(**json.loads(line)) for line in f][rank::world_size]
         client = make_client(self.s.teacher)
+        kept, t0 = 0, time.time()
         try:
             for i in range(0, len(plans), self.s.batch):
                 out = synth_batch(client, plans[i : i + self.s.batch], self.s, self.seed)
@@ -52,6 +55,10 @@ class SynthStep(PipelineStep):
                     self.stat_update(k, value=v)
                 for c in out.kept:
                     yield _document(c, client.name)
+                kept += len(out.kept)
+                done = min(i + self.s.batch, len(plans))  # a line per batch: a batch takes minutes on a CPU
+                print(f"  synth task {rank}: {done}/{len(plans)} requests, {kept} verified, "
+                      f"{time.time() - t0:.0f}s", file=sys.stderr, flush=True)  # fmt: skip
         finally:
             client.close()
 
