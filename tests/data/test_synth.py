@@ -241,3 +241,16 @@ def test_real_teacher_in_process(tmp_path):
         "smollm2-135m-instruct @ in-process" in (tmp_path / "synth" / "card.md").read_text()
         or not r["docs_out"]
     )
+
+
+def test_cli_synth_and_executor_errors(tmp_path, stub, phiforge, one_line_error):
+    src = _seeds(tmp_path)
+    (tmp_path / "t.txt").write_text("topic-good\ntopic-x\ntopic-y\n")
+    r = phiforge("data", "synth", src, tmp_path / "out", "--teacher-url", stub.url, "--teacher-model", "stub",
+                 "--requests", "6", "--topics", tmp_path / "t.txt")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["funnel"]["requested"] == 6 and "6/6 requests" in r.stderr
+    r = phiforge("data", "synth", src, tmp_path / "o2", "--teacher-url", stub.url, "--executor", "slurm")
+    one_line_error(r, "--executor slurm: give partition and time")
+    r = phiforge("data", "synth", src, tmp_path / "o2", "--teacher-url", stub.url, "--executor", "k8s")
+    one_line_error(r, "--executor 'k8s': expected one of local, slurm, ray")

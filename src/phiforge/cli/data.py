@@ -26,7 +26,13 @@ def _group(verbose: bool = typer.Option(False, "--verbose", help="Show datatrove
     if not verbose:  # per-task logs still land under each stage's logs/ folder
         from ..data.stage import quiet_logs
 
-        quiet_logs().__enter__()  # for the rest of this process: one command per process
+        # for the rest of this process (one command per process); the reference is kept because a dropped
+        # context manager's generator is closed at once, which would run its exit and undo the quieting
+        import atexit
+
+        ctx = _verbose["quiet"] = quiet_logs()
+        ctx.__enter__()
+        atexit.register(ctx.__exit__, None, None, None)  # while the module it restores still exists
 
 
 _TASKS = typer.Option(2, help="datatrove tasks (output files) per stage.")

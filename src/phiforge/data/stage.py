@@ -32,6 +32,7 @@ def use_executor(kind: str, opts: dict | None = None) -> None:
     """Run every later pipeline of this process on `kind` (the CLI's --executor, one command per process)."""
     if kind not in EXECUTORS:
         raise ValueError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
+    make_executor(kind, [], 1, 1, "/nonexistent", opts)  # bad options fail now, before any stage runs
     _default.update(executor=kind, opts=dict(opts or {}))
 
 

@@ -57,9 +57,11 @@ class SynthConfig:
 
 
 def synthesize(
-    in_dir, out, cfg: SynthConfig, tasks: int = 1, workers: int = 1, executor: str = "local", opts=None
+    in_dir, out, cfg: SynthConfig, tasks: int = 1, workers: int = 1, executor: str | None = None, opts=None
 ) -> dict:
-    """Run the synthetic stage (see the module docstring); returns the funnel and what was kept."""
+    """Run the synthetic stage (see the module docstring); returns the funnel and what was kept.
+
+    `executor`: local, slurm or ray (None: the process default, `--executor` on the command line)."""
     in_dir, out = Path(in_dir), Path(out)
     work = out.with_name(out.name + ".work")
     teacher = cfg.settings.teacher
