@@ -300,7 +300,7 @@ def synth(
     teacher_key_env: str = _TEACHER_KEY,
     concurrency: int = _CONCURRENCY,
     cache: Path = typer.Option(None, help="Answer cache (sqlite); default <out>/../teacher_cache.sqlite."),
-    max_tokens: int = typer.Option(320, help="Tokens per teacher answer."),
+    max_tokens: int = typer.Option(256, help="Tokens per teacher answer."),
     temperature: float = typer.Option(0.7, help="Teacher sampling temperature."),
     benchmark: list[Path] = typer.Option(
         None, help="Eval file/folder to decontaminate against (repeatable)."

@@ -26,7 +26,7 @@ from .prompts import Plan
 class SynthSettings:
     """What one request costs and how it is checked (the plan says what is asked)."""
 
-    max_tokens: int = 320
+    max_tokens: int = 256  # enough for an exercise or a short section; a 135M teacher rambles past it
     temperature: float = 0.7
     batch: int = 32  # requests asked together (the in-process teacher batches 8 of them at a time)
     timeout: float = 5.0  # sandbox wall-clock seconds per program
