@@ -25,7 +25,7 @@ from phiforge.infer.engine import Engine
 from phiforge.teacher import Client, LocalClient
 
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
-from bench_serve import start_server  # noqa: E402
+from bench_serve import httpx, start_server  # noqa: E402
 
 TOPICS = ["list comprehensions", "the json module", "dictionaries", "string formatting", "recursion"]
 
@@ -36,7 +36,9 @@ def measure(client, requests, tok) -> tuple[float, int, int]:
     answers = client.ask(requests)
     secs = time.perf_counter() - t0
     n = sum(len(tok.encode(a.text)) for a in answers if a.ok)
-    return n / secs, n, sum(not a.ok for a in answers)
+    if failed := [a.error for a in answers if not a.ok]:
+        print(f"{len(failed)} failed, e.g. {failed[0]}")
+    return n / secs, n, len(failed)
 
 
 def main() -> None:
@@ -52,8 +54,9 @@ def main() -> None:
     rows = {}
     proc, url = start_server(a.model, max_batch=32, threads=a.threads)
     try:
+        served = httpx.get(url + "/v1/models").json()["data"][0]["id"]  # the server checks the name
         for inflight in (32, 1):
-            c = Client(url + "/v1", "served", concurrency=inflight, timeout=600)
+            c = Client(url + "/v1", served, concurrency=inflight, timeout=600)
             rows[f"serve, {inflight} in flight"] = measure(c, reqs, engine.tok)
             c.close()
     finally:
@@ -63,7 +66,7 @@ def main() -> None:
     print(f"{a.model}, {a.requests} synth requests x <= {a.max_tokens} tokens, greedy, {a.threads} thread(s)")
     one = rows["serve, 1 in flight"][0]
     for name, (tps, n, failed) in rows.items():
-        print(f"{name:<36} {tps:8.1f} tok/s  {n:6d} tokens  {failed} failed  x{tps / one:.2f} vs 1 in flight")
+        print(f"{name:<36} {tps:8.1f} tok/s  {n:6d} tokens  {failed} failed  x{tps / max(one, 1e-9):.2f} vs 1 in flight")
 
 
 if __name__ == "__main__":
