@@ -66,7 +66,9 @@ def main() -> None:
     print(f"{a.model}, {a.requests} synth requests x <= {a.max_tokens} tokens, greedy, {a.threads} thread(s)")
     one = rows["serve, 1 in flight"][0]
     for name, (tps, n, failed) in rows.items():
-        print(f"{name:<36} {tps:8.1f} tok/s  {n:6d} tokens  {failed} failed  x{tps / max(one, 1e-9):.2f} vs 1 in flight")
+        print(
+            f"{name:<36} {tps:8.1f} tok/s  {n:6d} tokens  {failed} failed  x{tps / max(one, 1e-9):.2f} vs 1 in flight"
+        )
 
 
 if __name__ == "__main__":

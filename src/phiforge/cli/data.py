@@ -24,12 +24,12 @@ def _group(verbose: bool = typer.Option(False, "--verbose", help="Show datatrove
     """Textbook-quality data: harvest, annotate, classify, filter, dedup, decontaminate, tokenize."""
     _verbose["on"] = verbose
     if not verbose:  # per-task logs still land under each stage's logs/ folder
+        import atexit
+
         from ..data.stage import quiet_logs
 
         # for the rest of this process (one command per process); the reference is kept because a dropped
         # context manager's generator is closed at once, which would run its exit and undo the quieting
-        import atexit
-
         ctx = _verbose["quiet"] = quiet_logs()
         ctx.__enter__()
         atexit.register(ctx.__exit__, None, None, None)  # while the module it restores still exists

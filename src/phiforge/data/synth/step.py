@@ -77,9 +77,8 @@ def synth_batch(client, plans: list[Plan], s: SynthSettings, seed: int = 0) -> v
     limits = Limits(timeout=s.timeout, cpu_seconds=max(1, int(s.timeout)), memory_mb=s.memory_mb)
     out = v.Outcome()
     answers = client.ask([p.request(**kw) for p in plans])
-    fixes: list[
-        tuple[Plan, v.Candidate | None, str, str, str]
-    ] = []  # plan, candidate, answer, problem, reason
+    # (plan, candidate, answer, problem, reason): what gets one revision round
+    fixes: list[tuple[Plan, v.Candidate | None, str, str, str]] = []
     cands = []
     for p, a in zip(plans, answers, strict=True):
         out.count("requested", p.kind)
@@ -89,10 +88,10 @@ def synth_batch(client, plans: list[Plan], s: SynthSettings, seed: int = 0) -> v
         out.count("answered", p.kind)
         c = v.candidate(p, a.text)
         if isinstance(c, str):
-            if c == "no question/answer format":  # nothing a revision could fix: the text is the answer
-                out.dropped[c] += 1
-            else:
+            if p.kind == "exercise":  # code without tests (or no code): the teacher is told what is missing
                 fixes.append((p, None, a.text, c, c.split(":")[0]))
+            else:  # prose with no code or no Q/A: nothing for a revision to fix
+                out.dropped[c] += 1
             continue
         out.count("parsed", p.kind)
         cands.append(c)

@@ -83,8 +83,6 @@ def revised(c: Candidate | None, plan: Plan, answer: str) -> Candidate | str:
         if isinstance(ex, str):
             return ex
         return Candidate(plan, f"{ex.code}\n\n{ex.tests}\n", f"{ex.code}\n\n{ex.tests}\n", ex, revised=True)
-    if c is None:  # a textbook section or answer whose first code could not be read: not revisable
-        return "nothing to revise"
     return Candidate(plan, _replace_code(c.text, code), code, revised=True)
 
 
