@@ -146,7 +146,7 @@ def test_topics_are_mined_from_the_best_documents(tmp_path):
 
 def _cfg(tmp_path, url, **kw):
     topics = tmp_path / "topics.txt"
-    topics.write_text("# scripted\ntopic-good\ntopic-wrong\ntopic-loop\ntopic-x\ntopic-y\n")
+    topics.write_text("# scripted\ntopic-good\ntopic-wrong\ntopic-loop\ntopic-x\ntopic-y\ntopic-garbage\n")
     teacher = TeacherConfig(
         url=url, model="stub", max_retries=0, backoff=0.01, cache_path=str(tmp_path / "c.sqlite")
     )
@@ -167,6 +167,8 @@ def test_synthesize_end_to_end_resumes_and_pays_nothing_twice(tmp_path, stub):
     assert {"kind", "topic", "audience", "style", "teacher", "verified", "revised"} <= set(meta)
     assert meta["teacher"] == f"stub @ {stub.url}"
     assert json.loads((out / "funnel.json").read_text())["funnel"] == f
+    assert set(r["per_kind"]) == {"exercise", "textbook", "qa"}  # "no question/answer format" is a reason
+    assert sum(k["requested"] for k in r["per_kind"].values()) == 12
     card = (out / "card.md").read_text()
     assert (
         "| requested | 12 |" in card and "distinct 1/2/3-grams" in card and (out / "card.png").stat().st_size

@@ -155,7 +155,7 @@ def _decontam(docs: list, cfg: SynthConfig) -> tuple[list, int]:
 
 def _funnel(counts: dict, verified: list, kept: list, dropped: dict) -> dict:
     """The funnel (total and per kind) from the step's counters and what dedup/decontam left."""
-    kinds = sorted({k.split("/")[1] for k in counts if "/" in k})
+    kinds = sorted({k.split("/")[1] for k in counts if "/" in k and not k.startswith("dropped: ")})
     per_kind = {}
     for kind in kinds:
         row = {s: int(counts.get(f"{s}/{kind}", 0)) for s in FUNNEL[:6]}
