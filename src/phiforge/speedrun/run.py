@@ -32,8 +32,10 @@ from .posttrain import GROUP, REAL_MODEL, PostTrain
 
 console = Console(stderr=True)
 VAL_FRACTION = 0.1  # of documents, by id hash: val shards + the held-out SFT conversations
-# requests of the default budget's synth stage: SYNTH_MINUTES_NOTE
-SYNTH_DEFAULT = 30
+# The default budget's synth stage: 16 requests -> ~25 generations of <= 256 tokens with the revisions. Measured
+# 2026-12-01: 36 requests -> 55 generations in 2,135 s on one thread at ~37% of a core (load 9 on 2 vCPUs), i.e.
+# ~15 CPU-s a generation: ~6 minutes on a quiet core, ~15 under that load (benchmarks/RESULTS.md).
+SYNTH_DEFAULT = 16
 SYNTH_WEIGHT = 0.15  # phase 2's share of synthetic tokens when there are any (taken from the quality share)
 
 
