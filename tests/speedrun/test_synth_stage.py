@@ -84,3 +84,5 @@ def test_three_arm_verdict_names_the_winner_and_the_margins():
     assert "HumanEval bits/byte: **filtered + synthetic** 1.9 vs quality-filtered 2 (-5.0%)" in v
     assert "held-out loss on quality code: **quality-filtered** 3 vs" in v
     assert "HumanEval pass@1: **filtered + synthetic**" in v
+    tie = sr._arms_verdict({a: arm(2.0, 3.0, 0.0) for a in ("quality", "unfiltered", "quality+synth")})
+    assert "HumanEval pass@1: a tie (0)" in tie

@@ -590,6 +590,8 @@ def _arms_verdict(abl: dict) -> str:
 
     def cmp(metric, label, lower_better=True):
         vals = {ARM_NAMES[a]: r[metric] for a, r in abl.items()}
+        if len(set(vals.values())) == 1:
+            return f"{label}: a tie ({next(iter(vals.values())):.4g})"
         best = (min if lower_better else max)(vals, key=vals.get)
         rest = ", ".join(
             f"{n} {v:.4g} ({(vals[best] - v) / max(abs(v), 1e-12):+.1%})"
