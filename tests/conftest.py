@@ -219,7 +219,8 @@ class FakeTeacher:
 
     Scripting: `failures` are statuses returned (in order) before answering normally; `status` is returned for
     every request (the endpoint is down); `ok_budget` answers that many requests, then 503s; `delay` sleeps
-    before answering; `raw` replaces the answer with any body (a url that is not an OpenAI endpoint).
+    before answering; `raw` replaces the answer with any body (a url that is not an OpenAI endpoint);
+    `script(prompt) -> text` replaces the answer text (the synthetic-data teacher).
     """
 
     def __init__(self):
@@ -234,6 +235,7 @@ class FakeTeacher:
         self.delay = 0.0
         self.ignore_prefill = False
         self.raw: tuple[str, bytes] | None = None  # (content type, body) sent with a 200 instead of an answer
+        self.script = None  # prompt -> answer text
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
         threading.Thread(
@@ -292,7 +294,7 @@ def logprobs_for(prompt: str, ignore_prefill: bool) -> list[tuple[str, float, di
 
 def _choice(fake: FakeTeacher, body: dict, chat: bool, prompt: str, i: int) -> dict:
     lps = logprobs_for(prompt, fake.ignore_prefill)
-    text = "".join(t for t, _, _ in lps) if body.get("logprobs") else answer_for(prompt)
+    text = "".join(t for t, _, _ in lps) if body.get("logprobs") else (fake.script or answer_for)(prompt)
     if chat:
         out = {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         if body.get("logprobs"):

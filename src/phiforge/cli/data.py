@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 data_app = typer.Typer(
-    help="Textbook-quality data: harvest, annotate, classify, filter, dedup, decontaminate, tokenize.",
+    help="Textbook-quality data: harvest, annotate, classify, filter, dedup, decontaminate, synthesize, tokenize.",
     no_args_is_help=True,
 )
 
@@ -24,9 +24,15 @@ def _group(verbose: bool = typer.Option(False, "--verbose", help="Show datatrove
     """Textbook-quality data: harvest, annotate, classify, filter, dedup, decontaminate, tokenize."""
     _verbose["on"] = verbose
     if not verbose:  # per-task logs still land under each stage's logs/ folder
+        import atexit
+
         from ..data.stage import quiet_logs
 
-        quiet_logs().__enter__()  # for the rest of this process: one command per process
+        # for the rest of this process (one command per process); the reference is kept because a dropped
+        # context manager's generator is closed at once, which would run its exit and undo the quieting
+        ctx = _verbose["quiet"] = quiet_logs()
+        ctx.__enter__()
+        atexit.register(ctx.__exit__, None, None, None)  # while the module it restores still exists
 
 
 _TASKS = typer.Option(2, help="datatrove tasks (output files) per stage.")
@@ -50,6 +56,25 @@ _TEACHER_METHOD = typer.Option(
 _TEACHER_MODEL = typer.Option("gpt-4o-mini", help="Teacher model name sent to the endpoint.")
 _TEACHER_KEY = typer.Option("PHIFORGE_TEACHER_KEY", help="Environment variable holding the API key.")
 _CONCURRENCY = typer.Option(8, help="Teacher requests in flight at once.")
+
+
+_EXECUTOR = typer.Option("local", help="datatrove executor: local, slurm or ray (a cluster).")
+_EXECUTOR_OPT = typer.Option(
+    None,
+    help="KEY=VALUE passed to the executor (repeatable), e.g. partition=cpu, time=12:00:00 for slurm.",
+)
+
+
+def _use_executor(kind: str, opts: list[str] | None) -> None:
+    from ..data.stage import use_executor
+
+    parsed = {}
+    for o in opts or []:
+        k, eq, v = o.partition("=")
+        if not eq or not k:
+            raise typer.BadParameter(f"--executor-opt {o!r}: expected KEY=VALUE")
+        parsed[k] = int(v) if v.isdigit() else v
+    use_executor(kind, parsed)
 
 
 def _teacher(url, model, key_env, concurrency, cache=None, local=None, method="text"):
@@ -102,10 +127,14 @@ def run(
     val_fraction: float = typer.Option(0.02, help="Share of documents in the validation split."),
     tasks: int = _TASKS,
     workers: int = _WORKERS,
+    executor: str = _EXECUTOR,
+    executor_opt: list[str] = _EXECUTOR_OPT,
 ):
     """Every stage from raw corpus to token shards and a data card. Re-runs skip finished stages."""
     from ..data.pipeline import DataConfig
     from ..data.pipeline import run as run_pipeline
+
+    _use_executor(executor, executor_opt)
 
     cfg = DataConfig(
         source=source, max_bytes=int(max_mb * 1e6), teacher=_teacher(teacher_url, teacher_model,
@@ -254,6 +283,47 @@ def tokenize(
     from ..data.pipeline import tokenize as f
 
     _show(f(src, out, tokenizer, val_fraction, tasks=tasks, workers=workers))
+
+
+@data_app.command()
+def synth(
+    src: Path = typer.Argument(
+        ..., help="Quality-filtered documents: topics and dedup seeds come from them."
+    ),
+    out: Path = typer.Argument(..., help="Output folder: kept documents, funnel.json, card.md + card.png."),
+    requests: int = typer.Option(60, help="Teacher requests (kinds in turn)."),
+    kinds: str = typer.Option("textbook,exercise,qa", help="Comma-separated: textbook, exercise, qa."),
+    topics: Path = typer.Option(None, help="Topic list, one a line (default: mined from SRC's best docs)."),
+    teacher: str = _TEACHER,
+    teacher_url: str = _TEACHER_URL,
+    teacher_model: str = _TEACHER_MODEL,
+    teacher_key_env: str = _TEACHER_KEY,
+    concurrency: int = _CONCURRENCY,
+    cache: Path = typer.Option(None, help="Answer cache (sqlite); default <out>/../teacher_cache.sqlite."),
+    max_tokens: int = typer.Option(256, help="Tokens per teacher answer."),
+    temperature: float = typer.Option(0.7, help="Teacher sampling temperature."),
+    benchmark: list[Path] = typer.Option(
+        None, help="Eval file/folder to decontaminate against (repeatable)."
+    ),
+    seed: int = typer.Option(0, help="Draws of topic, audience and style; the teacher's sampling seed."),
+    tasks: int = typer.Option(1, help="datatrove tasks (an in-process teacher loads one model per worker)."),
+    workers: int = typer.Option(1, help="Worker processes running the tasks."),
+    executor: str = _EXECUTOR,
+    executor_opt: list[str] = _EXECUTOR_OPT,
+):
+    """Synthetic textbook sections, exercises and Q/A from a teacher, verified by running them."""
+    from ..data.synth import SynthConfig, SynthSettings, synthesize
+
+    _use_executor(executor, executor_opt)
+    if not teacher_url and not teacher:
+        teacher = "smollm2-135m-instruct"  # the embedded real model: no server needed
+    cfg = SynthConfig(
+        requests=requests, kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+        topics_file=str(topics) if topics else None, benchmarks=[str(b) for b in benchmark or []], seed=seed,
+        settings=SynthSettings(max_tokens=max_tokens, temperature=temperature, teacher=_teacher(
+            teacher_url, teacher_model, teacher_key_env, concurrency, cache, teacher)),
+    )  # fmt: skip
+    _show(synthesize(src, out, cfg, tasks=tasks, workers=workers))
 
 
 def register(app: typer.Typer) -> None:

@@ -31,8 +31,13 @@ def speedrun(
     ablate_quality: bool = typer.Option(
         False,
         "--ablate-quality",
-        help="Also train the same model for the same tokens on filtered vs "
-        "unfiltered code and compare them in the report (doubles the pretraining time).",
+        help="Also train the same model for the same tokens on filtered vs unfiltered code (and filtered + "
+        "synthetic when there is a synth stage) and compare them in the report (2-3x the pretraining time).",
+    ),
+    synth_requests: int = typer.Option(
+        None,
+        help="Synthetic textbook/exercise/QA requests for phase 2 (default: the budget's; 0: no synth stage). "
+        "The teacher: --teacher-url, else --teacher, else the embedded SmolLM2-135M-Instruct.",
     ),
     benchmark: list[str] = typer.Option(
         [], help="Extra eval files/folders to decontaminate against (HumanEval always). Repeatable."
@@ -50,7 +55,7 @@ def speedrun(
 
         resolve(teacher)  # fail now, not after the harvest
     cfg = config_from(out=str(out), budget=budget, teacher_url=teacher_url, teacher_model=teacher_model,
-                      teacher_local=teacher, teacher_method=teacher_method, ablate_quality=ablate_quality, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip
+                      teacher_local=teacher, teacher_method=teacher_method, ablate_quality=ablate_quality, synth_requests=synth_requests, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip
     run(cfg)
 
 

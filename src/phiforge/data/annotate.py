@@ -473,6 +473,13 @@ class TeacherConfig:
 
 def make_annotator(cfg: TeacherConfig) -> HeuristicAnnotator | TeacherAnnotator:
     if cfg.local:
+        return TeacherAnnotator(cfg, make_client(cfg))
+    return TeacherAnnotator(cfg) if cfg.url else HeuristicAnnotator()
+
+
+def make_client(cfg: TeacherConfig) -> Client | LocalClient:
+    """The client a teacher config names: the in-process model (`local`) or the endpoint (`url`)."""
+    if cfg.local:
         import torch
 
         from ..infer.engine import Engine  # loaded in each worker process: an engine does not pickle
@@ -480,8 +487,16 @@ def make_annotator(cfg: TeacherConfig) -> HeuristicAnnotator | TeacherAnnotator:
         # fp32 (a GGUF's quantized blocks dequantized): a teacher reads long prompts, and prefill runs
         # dequantize + matmul anyway, so int4 only adds the dequantizing (2.5x slower prefill, measured)
         engine = Engine.load(cfg.local, dtype=torch.float32)
-        return TeacherAnnotator(cfg, LocalClient(engine, model=cfg.local, cache_path=cfg.cache_path))
-    return TeacherAnnotator(cfg) if cfg.url else HeuristicAnnotator()
+        return LocalClient(engine, model=cfg.local, cache_path=cfg.cache_path)
+    if not cfg.url:
+        raise DataError("teacher: neither url nor local is set")
+    try:
+        return Client(
+            cfg.url, cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+            max_retries=cfg.max_retries, timeout=cfg.timeout, backoff=cfg.backoff, cache_path=cfg.cache_path,
+        )  # fmt: skip
+    except TeacherError as e:
+        raise DataError(str(e)) from e
 
 
 class TeacherUnavailable(DataError):
@@ -561,13 +576,7 @@ class TeacherAnnotator:
         if client is None and not cfg.url:
             raise DataError("teacher: url is not set (url=None means the heuristic annotator)")
         self.cfg = cfg
-        try:
-            self.client = client or Client(
-                cfg.url, cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                max_retries=cfg.max_retries, timeout=cfg.timeout, backoff=cfg.backoff, cache_path=cfg.cache_path,
-            )  # fmt: skip
-        except TeacherError as e:
-            raise DataError(str(e)) from e
+        self.client = client or make_client(cfg)
         self.name = self.client.name + ("" if cfg.method == "text" else f" ({cfg.method})")
         self.malformed = 0
         self.answers: list[str] = []

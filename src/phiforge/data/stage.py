@@ -7,6 +7,7 @@ marker, and datatrove's own completion files under `logs/` make the re-run skip 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -23,16 +24,76 @@ def reset(*dirs: Path) -> None:
             shutil.rmtree(d)
 
 
-def run_pipeline(pipeline: list, logging_dir: Path, tasks: int, workers: int, quiet: bool = True) -> dict:
-    """Run `pipeline` with datatrove's LocalPipelineExecutor; return {"<i>. <step name>": {metric: total}}."""
-    workers = max(1, min(workers, tasks))
-    executor = LocalPipelineExecutor(
-        pipeline=pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir)
+EXECUTORS = ("local", "slurm", "ray")
+_default = {"executor": "local", "opts": {}}  # what the CLI's --executor chose, for every stage of a command
+
+
+def use_executor(kind: str, opts: dict | None = None) -> None:
+    """Run every later pipeline of this process on `kind` (the CLI's --executor, one command per process)."""
+    if kind not in EXECUTORS:
+        raise ValueError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
+    make_executor(kind, [], 1, 1, "/nonexistent", opts)  # bad options fail now, before any stage runs
+    _default.update(executor=kind, opts=dict(opts or {}))
+
+
+def make_executor(kind: str, pipeline: list, tasks: int, workers: int, logging_dir, opts: dict | None = None):
+    """datatrove's executor of that kind. slurm needs `partition` and `time` in opts (any other
+    SlurmPipelineExecutor argument may be given too); ray needs a reachable ray cluster (`ray start`)."""
+    common = {"pipeline": pipeline, "tasks": tasks, "logging_dir": str(logging_dir), **(opts or {})}
+    if kind == "local":
+        return LocalPipelineExecutor(workers=max(1, min(workers, tasks)), **common)
+    try:
+        if kind == "slurm":
+            from datatrove.executor.slurm import SlurmPipelineExecutor as Executor
+
+            missing = [k for k in ("partition", "time") if k not in common]
+            if missing:
+                raise ValueError(f"--executor slurm: give {' and '.join(missing)} (--executor-opt key=value)")
+        elif kind == "ray":
+            from datatrove.executor.ray import RayPipelineExecutor as Executor
+
+            if importlib.util.find_spec("ray") is None:  # datatrove only finds out in run()
+                raise ImportError("the ray package is not installed")
+        else:
+            raise ValueError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
+        return Executor(workers=workers, **common)
+    except ImportError as e:  # datatrove checks its extras (ray, submitit) when the executor is built
+        raise ValueError(f"--executor {kind}: {e} (pip install 'datatrove[{kind}]')") from None
+
+
+def run_pipeline(
+    pipeline: list, logging_dir: Path, tasks: int, workers: int, quiet: bool = True, executor=None, opts=None
+) -> dict:
+    """Run `pipeline` on a datatrove executor (local unless told); return {"<i>. <step name>": {metric: total}}.
+
+    A slurm job array is waited for (polling its completion files), so the next stage sees finished output."""
+    kind = executor or _default["executor"]
+    ex = make_executor(
+        kind, pipeline, tasks, workers, logging_dir, opts if opts is not None else _default["opts"]
     )
+    if kind == "slurm" and shutil.which("sbatch") is None:
+        raise ValueError("--executor slurm: no sbatch on PATH (run this on a slurm login node)")
     with quiet_logs() if quiet else contextlib.nullcontext():
-        executor.run()
+        ex.run()
+    if kind == "slurm":
+        _wait_for_tasks(logging_dir, tasks, ex.job_id)
     _raise_on_failed_tasks(logging_dir, tasks)
     return merged_stats(logging_dir)
+
+
+def _wait_for_tasks(logging_dir: Path, tasks: int, job_id, poll: float = 30.0) -> None:
+    """Until every task has its completion file, or the job has left the queue (then some failed)."""
+    import subprocess
+    import time
+
+    from rich.console import Console
+
+    Console(stderr=True).print(f"  waiting for slurm job {job_id}: {tasks} tasks, logs in {logging_dir}")
+    while len(list((Path(logging_dir) / "completions").glob("*"))) < tasks:
+        queued = subprocess.run(["squeue", "-h", "-j", str(job_id)], capture_output=True, text=True).stdout
+        if not queued.strip():
+            return
+        time.sleep(poll)
 
 
 def merged_stats(logging_dir: Path) -> dict:

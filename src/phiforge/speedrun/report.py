@@ -159,7 +159,7 @@ def write(out_dir: str | Path, s: dict, training: dict[str, list[dict]], data_pn
         plot_bars(
             s["ablation_bars"],
             out / "ablation.png",
-            "same model, same tokens: quality-filtered vs unfiltered",
+            s.get("ablation_title", "same model, same tokens: quality-filtered vs unfiltered"),
         )
         images["ablation"] = "ablation.png"
     md = markdown(s, images)

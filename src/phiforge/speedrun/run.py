@@ -32,6 +32,11 @@ from .posttrain import GROUP, REAL_MODEL, PostTrain
 
 console = Console(stderr=True)
 VAL_FRACTION = 0.1  # of documents, by id hash: val shards + the held-out SFT conversations
+# The default budget's synth stage: 16 requests -> ~25 generations of <= 256 tokens with the revisions. Measured
+# 2026-12-01: 36 requests -> 55 generations in 2,135 s on one thread at ~37% of a core (load 9 on 2 vCPUs), i.e.
+# ~15 CPU-s a generation: ~6 minutes on a quiet core, ~15 under that load (benchmarks/RESULTS.md).
+SYNTH_DEFAULT = 16
+SYNTH_WEIGHT = 0.15  # phase 2's share of synthetic tokens when there are any (taken from the quality share)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +56,9 @@ class Budget:
     max_new_tokens: int
     eval_tokens: int  # validation tokens per dataset
     post: PostTrain | None  # the post-training track on the real model (None: not run)
+    synth_requests: int = (
+        0  # synthetic textbooks/exercises/QA asked of the teacher for phase 2 (0: no synth stage)
+    )
 
 
 BUDGETS = {
@@ -69,14 +77,14 @@ BUDGETS = {
         max_bytes=40_000_000, annotate_docs=3000, vocab_size=8192, preset="tiny", seq_len=256, micro_batch=16,
         lr=3e-3, pretrain_tokens=0, pretrain_seconds=720, phase1_share=0.6, sft_epochs=2.0,
         humaneval_limit=None, max_new_tokens=192, eval_tokens=65_536,
-        post=PostTrain(test=48, train=12, k=4, epochs=2),
+        post=PostTrain(test=48, train=12, k=4, epochs=2), synth_requests=SYNTH_DEFAULT,
     ),
     # an evening: a 10M model
     "long": Budget(
         max_bytes=40_000_000, annotate_docs=3000, vocab_size=8192, preset="tiny-10m", seq_len=512,
         micro_batch=16, lr=2e-3, pretrain_tokens=0, pretrain_seconds=4 * 3600, phase1_share=0.6,
         sft_epochs=2.0, humaneval_limit=None, max_new_tokens=384, eval_tokens=131_072,
-        post=PostTrain(test=200, train=48, k=8, epochs=3),
+        post=PostTrain(test=200, train=48, k=8, epochs=3), synth_requests=600,
     ),
 }  # fmt: skip
 
@@ -90,6 +98,7 @@ class SpeedrunConfig:
     teacher_local: str | None = None  # a model run in this process as the teacher (short name, dir, .gguf)
     teacher_method: str = "text"  # text | geval | askllm (data/annotate.py)
     ablate_quality: bool = False
+    synth_requests: int | None = None  # None: the budget's
     benchmarks: tuple[str, ...] = ()  # more eval sets to decontaminate against (HumanEval always)
     seed: int = 0
 
@@ -180,6 +189,36 @@ def instruct_stage(run_dir: Path) -> dict:
     return {**n, "shards": shards}
 
 
+def synth_stage(run_dir: Path, cfg: SpeedrunConfig, requests: int) -> dict:
+    """Synthetic textbook sections, exercises and Q/A about the filtered corpus's topics, verified by
+    execution, as token shards for phase 2 (all train: held-out loss is measured on the quality code)."""
+    from ..data.annotate import TeacherConfig
+    from ..data.pipeline import tokenize
+    from ..data.stage import quiet_logs
+    from ..data.synth import SynthConfig, SynthSettings, synthesize
+
+    if cfg.teacher_url:
+        teacher = TeacherConfig(url=cfg.teacher_url, model=cfg.teacher_model)
+    else:
+        teacher = TeacherConfig(local=cfg.teacher_local or REAL_MODEL)
+    d = run_dir / "data"
+    sc = SynthConfig(requests=requests, benchmarks=list(cfg.benchmarks), seed=cfg.seed,
+                     settings=SynthSettings(teacher=teacher))  # fmt: skip
+    with quiet_logs():
+        r = synthesize(d / "clean", d / "synth", sc)
+        shards = None
+        if r["docs_out"]:
+            shards = tokenize(d / "synth", run_dir / "shards_synth", run_dir / "tokenizer", 0.0, tasks=1,
+                              workers=1, logs=d / "logs" / "shards_synth")  # fmt: skip
+    keep = ("funnel", "dropped", "docs_out", "teacher", "tokens", "diversity", "topics_kept", "seconds")
+    return {**{k: r.get(k) for k in keep}, "requests": requests, "shards": shards}
+
+
+def _synth_usable(syn: dict | None, b: Budget) -> bool:
+    """Enough synthetic train tokens for one training window (the mixture samples windows)."""
+    return bool(syn and syn.get("shards") and syn["shards"]["train"]["tokens"] > b.seq_len + 1)
+
+
 def train_config(run_dir: Path, out: Path, b: Budget, phases: list, seed: int):
     from ..train import TrainConfig
 
@@ -212,20 +251,18 @@ def calibrate_stage(run_dir: Path, b: Budget, seed: int) -> dict:
     return {"tokens": tokens, "tokens_per_s": round(tps, 1), "seconds": b.pretrain_seconds}
 
 
-def pretrain_stage(run_dir: Path, b: Budget, seed: int, tokens: int) -> dict:
+def pretrain_stage(run_dir: Path, b: Budget, seed: int, tokens: int, synth: bool = False) -> dict:
     from ..train import Dataset, Phase, pretrain
 
     t1 = int(tokens * b.phase1_share)
+    w = SYNTH_WEIGHT if synth else 0.0
+    phase2 = [
+        Dataset(str(run_dir / "shards"), 0.7 - w, "quality"),
+        Dataset(str(run_dir / "shards_instruct"), 0.3, "instruct"),
+    ] + ([Dataset(str(run_dir / "shards_synth"), w, "synthetic")] if synth else [])
     phases = [
         Phase("phase1-all-code", t1, [Dataset(str(run_dir / "shards_all"), 1.0, "all-code")]),
-        Phase(
-            "phase2-textbook",
-            tokens - t1,
-            [
-                Dataset(str(run_dir / "shards"), 0.7, "quality"),
-                Dataset(str(run_dir / "shards_instruct"), 0.3, "instruct"),
-            ],
-        ),
+        Phase("phase2-textbook", tokens - t1, phase2),
     ]
     cfg = train_config(run_dir, run_dir / "train", b, phases, seed)
     ckpt = pretrain(cfg, resume=True)  # resumes from the newest checkpoint when there is one
@@ -325,14 +362,22 @@ def _size_mb(p: Path) -> float:
     return _dir_mb(p) if p.is_dir() else p.stat().st_size / 1e6
 
 
-def ablation_stage(run_dir: Path, b: Budget, seed: int, tokens: int) -> dict:
-    """Same model, same seed, same number of tokens: the quality-filtered corpus vs all of it."""
+def ablation_stage(run_dir: Path, b: Budget, seed: int, tokens: int, synth: bool = False) -> dict:
+    """Same model, same seed, same number of tokens: the quality-filtered corpus vs all of it (and, with a
+    synth stage, the filtered corpus with SYNTH_WEIGHT of synthetic tokens mixed in)."""
     from ..train import Dataset, Phase, pretrain
 
+    arms = {"quality": [Dataset(str(run_dir / "shards"), 1.0, "quality")],
+            "unfiltered": [Dataset(str(run_dir / "shards_all"), 1.0, "unfiltered")]}  # fmt: skip
+    if synth:
+        arms["quality+synth"] = [
+            Dataset(str(run_dir / "shards"), 1.0 - SYNTH_WEIGHT, "quality"),
+            Dataset(str(run_dir / "shards_synth"), SYNTH_WEIGHT, "synthetic"),
+        ]
     res = {}
-    for arm, shards in (("quality", "shards"), ("unfiltered", "shards_all")):
+    for arm, datasets in arms.items():
         out = run_dir / "ablation" / arm
-        phases = [Phase(f"{arm}-only", tokens, [Dataset(str(run_dir / shards), 1.0, arm)])]
+        phases = [Phase(f"{arm}-only", tokens, datasets)]
         ckpt = pretrain(train_config(run_dir, out, b, phases, seed), resume=True)
         res[arm] = {"ckpt": str(ckpt), **eval_stage(ckpt, out, run_dir, b, tasks=("humaneval",))}
     return res
@@ -356,7 +401,7 @@ def run(cfg: SpeedrunConfig) -> Path:
         teacher += [cfg.teacher_local, cfg.teacher_method]
     # the pretraining track's stages are keyed by its own fields: a new post-training size redoes none of them
     key = {
-        "budget": {k: v for k, v in asdict(b).items() if k != "post"},
+        "budget": {k: v for k, v in asdict(b).items() if k not in ("post", "synth_requests")},
         "seed": cfg.seed,
         "teacher": teacher,
     }
@@ -383,12 +428,19 @@ def run(cfg: SpeedrunConfig) -> Path:
         lambda: instruct_stage(run_dir),
         lambda r: f"{r['pretrain']:,} docstring->function pairs for phase 2, {r['sft']:,} held out for SFT",
     )
+    syn = synth_stages(run_dir, cfg, st, key_data)
+    use_synth = _synth_usable(syn, b)
     cal = st("calibrate", key_data, lambda: calibrate_stage(run_dir, b, cfg.seed),
              lambda r: f"pretraining budget {r['tokens']:,} tokens" + (f" ({r['tokens_per_s']:,.0f} tok/s x "
                        f"{r['seconds']:.0f} s)" if r["tokens_per_s"] else ""))  # fmt: skip
     key_train = {**key_data, "tokens": cal["tokens"]}
+    if use_synth:  # only then: a run without synthetic data keeps its markers (and its numbers)
+        key_train["synth"] = syn["requests"]
     pre = st(
-        "pretrain", key_train, lambda: pretrain_stage(run_dir, b, cfg.seed, cal["tokens"]), _train_summary
+        "pretrain",
+        key_train,
+        lambda: pretrain_stage(run_dir, b, cfg.seed, cal["tokens"], use_synth),
+        _train_summary,
     )
     sft = st("sft", key_train, lambda: sft_stage(run_dir, b, cfg.seed, pre["ckpt"]), _train_summary)
     fp32 = st("eval", key_train, lambda: eval_stage(Path(sft["ckpt"]), run_dir, run_dir, b), _eval_summary)
@@ -400,12 +452,12 @@ def run(cfg: SpeedrunConfig) -> Path:
         abl = st(
             "ablation",
             key_train,
-            lambda: ablation_stage(run_dir, b, cfg.seed, cal["tokens"]),
+            lambda: ablation_stage(run_dir, b, cfg.seed, cal["tokens"], use_synth),
             _ablation_summary,
         )
     post = posttrain_stages(run_dir, cfg, st)
     sample = _sample(Path(exp["files"]["hf"]))
-    report = _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample, post)
+    report = _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample, post, syn)
     print(sample)
     console.print(f"[bold green]done[/] in {time.time() - st.t0:.0f}s: {report} (+ report.html)")
     console.print(
@@ -414,6 +466,31 @@ def run(cfg: SpeedrunConfig) -> Path:
     if "model" in post:
         console.print(f"      phiforge chat --model {post['model']}   # {REAL_MODEL} after PTS + DPO")
     return report
+
+
+def synth_stages(run_dir: Path, cfg: SpeedrunConfig, st: Stages, key_data: dict) -> dict | None:
+    """The synth stage when the budget (or --synth-requests) asks for one and a teacher is at hand."""
+    from ..infer.load import resolve
+    from ..model import CheckpointError
+
+    n = BUDGETS[cfg.budget].synth_requests if cfg.synth_requests is None else cfg.synth_requests
+    if not n:
+        return None
+    if not cfg.teacher_url:
+        try:
+            resolve(cfg.teacher_local or REAL_MODEL)
+        except CheckpointError as e:
+            console.print(f"[yellow]synth stage skipped[/]: {e}")
+            return None
+    return st("synth", {**key_data, "synth": n, "teacher_url": cfg.teacher_url}, lambda: synth_stage(run_dir, cfg, n),
+              _synth_summary)  # fmt: skip
+
+
+def _synth_summary(r: dict) -> str:
+    f = r["funnel"]
+    toks = r["shards"]["train"]["tokens"] if r.get("shards") else 0
+    return (f"{f['requested']} requested -> {f['parsed']} parsed -> {f['passed']} passed (+{f['revised']} revised) "
+            f"-> {f['kept']} kept, {toks:,} tokens; teacher {r['teacher']}")  # fmt: skip
 
 
 def posttrain_stages(run_dir: Path, cfg: SpeedrunConfig, st: Stages) -> dict:
@@ -449,7 +526,10 @@ def _eval_summary(r: dict) -> str:
 
 def _ablation_summary(r: dict) -> str:
     q, u = r["quality"], r["unfiltered"]
-    return f"bpb quality {q['humaneval_bpb']:.3f} vs unfiltered {u['humaneval_bpb']:.3f}"
+    out = f"bpb quality {q['humaneval_bpb']:.3f} vs unfiltered {u['humaneval_bpb']:.3f}"
+    return out + (
+        f" vs quality+synth {r['quality+synth']['humaneval_bpb']:.3f}" if "quality+synth" in r else ""
+    )
 
 
 def _sample(model_dir: Path) -> str:
@@ -498,6 +578,41 @@ def _verdict(q: dict, u: dict) -> str:
     )
 
 
+ARM_NAMES = {
+    "quality": "quality-filtered",
+    "unfiltered": "unfiltered",
+    "quality+synth": "filtered + synthetic",
+}
+
+
+def _arms_verdict(abl: dict) -> str:
+    """Which of the three arms won each metric, and by how much against each of the others."""
+
+    def cmp(metric, label, lower_better=True):
+        vals = {ARM_NAMES[a]: r[metric] for a, r in abl.items()}
+        if len(set(vals.values())) == 1:
+            return f"{label}: a tie ({next(iter(vals.values())):.4g})"
+        best = (min if lower_better else max)(vals, key=vals.get)
+        rest = ", ".join(
+            f"{n} {v:.4g} ({(vals[best] - v) / max(abs(v), 1e-12):+.1%})"
+            for n, v in vals.items()
+            if n != best
+        )
+        return f"{label}: **{best}** {vals[best]:.4g} vs {rest}"
+
+    return (
+        "Three arms at equal tokens and seed. "
+        + "; ".join(
+            [
+                cmp("humaneval_bpb", "HumanEval bits/byte"),
+                cmp("val_loss_quality", "held-out loss on quality code"),
+                cmp("humaneval_pass@1", "HumanEval pass@1", lower_better=False),
+            ]
+        )  # fmt: skip
+        + "."
+    )
+
+
 def _post_section(post: dict, st: Stages) -> dict:
     """The post-training track in the report: before/after/int4 accuracy, pairs found, seconds per stage."""
     if "skipped" in post:
@@ -527,7 +642,9 @@ def _post_section(post: dict, st: Stages) -> dict:
     }  # fmt: skip
 
 
-def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample, post) -> Path:
+def _write_report(
+    run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, sample, post, syn=None
+) -> Path:
     from . import report
 
     b = BUDGETS[cfg.budget]
@@ -560,6 +677,15 @@ def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, 
             f"(duplicate rate {allc['duplicate_rate']:.1%}, {allc['contaminated']} HumanEval-contaminated docs removed).",
             f"- Instruction reversal: {ins['pretrain']:,} docstring->function pairs for phase 2, {ins['sft']:,} "
             "held out (never pretrained on) for SFT.",
+            *(
+                [
+                    f"- Synthetic (teacher-written, verified by execution): {_synth_summary(syn)}; "
+                    f"{'mixed into phase 2 at ' + format(SYNTH_WEIGHT, '.0%') if _synth_usable(syn, b) else 'too few tokens to mix in'}"
+                    "; synthetic data card: `data/synth/card.md`."
+                ]
+                if syn
+                else []
+            ),
         ],
         "train_lines": [
             f"- {k}: {_train_summary(json.loads((run_dir / 'stages' / f'{k}.json').read_text())['result'])}"
@@ -592,15 +718,17 @@ def _write_report(run_dir, cfg, st, data, allc, ins, cal, fp32, int4, exp, abl, 
     if abl:
         q, u = abl["quality"], abl["unfiltered"]
         s["ablation"] = [
-            {"data": name, **_eval_row(name, r)} for name, r in (("quality-filtered", q), ("unfiltered", u))
+            {"data": ARM_NAMES[a], **_eval_row(ARM_NAMES[a], r)} for a, r in abl.items() if a in ARM_NAMES
         ]
         for row in s["ablation"]:
             row.pop("model")
-        s["ablation_verdict"] = _verdict(q, u)
+        s["ablation_verdict"] = _verdict(q, u) if len(abl) == 2 else _arms_verdict(abl)
         s["ablation_bars"] = {
             name: {"HumanEval bits/byte": r["humaneval_bpb"], "val loss (quality)": r["val_loss_quality"]}
-            for name, r in (("quality", q), ("unfiltered", u))
+            for name, r in abl.items()
         }
+        if len(abl) == 3:
+            s["ablation_title"] = "same model, same tokens: filtered vs unfiltered vs filtered + synthetic"
         training.update(
             {f"ablation-{k}": read_metrics(run_dir / "ablation" / k / "metrics.jsonl") for k in abl}
         )
