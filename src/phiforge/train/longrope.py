@@ -199,9 +199,11 @@ def search_longrope(
     docs: int = 2,
     short_sc: SearchConfig | None = None,
     log: Callable[[str], None] | None = None,
+    search_short: bool = True,
 ) -> tuple[ModelConfig, dict]:
     """Search long factors at `length` (seeded with PI, YaRN and NTK), then short factors at `orig`
-    (seeded with 1s) so text below the switch keeps its quality. Leaves the model on the winning config."""
+    (seeded with 1s) so text below the switch keeps its quality (search_short=False: short factors stay 1).
+    Leaves the model on the winning config."""
     cfg0 = model.cfg
     s = length / orig
     half = cfg0.rotary_dim // 2
@@ -221,7 +223,10 @@ def search_longrope(
         )
 
     short_sc = short_sc or dataclasses.replace(sc, generations=max(1, sc.generations // 2))
-    short_f, short_ppl, hist_short = search(fit_short, [[1.0] * half], 1.0, s, short_sc, log)
+    if search_short:
+        short_f, short_ppl, hist_short = search(fit_short, [[1.0] * half], 1.0, s, short_sc, log)
+    else:
+        short_f, short_ppl, hist_short = [1.0] * half, None, []
     cfg = extended_config(cfg0, length, orig, "longrope", long_f, short_f)
     set_rope(model, cfg)
     report = {
@@ -299,6 +304,7 @@ def extend(
     shards: list[str] = (),
     lr: float = 3e-4,
     log: Callable[[str], None] | None = None,
+    search_short: bool = True,
 ) -> dict:
     """Stretch `model` (a directory, .gguf or short name) to `length` tokens by `method`; LongRoPE searches
     its factors on `heldout` text. Writes out/extended (HF layout + tokenizer) and, with finetune_tokens,
@@ -311,11 +317,11 @@ def extend(
         raise ValueError(f"{model}: already has rope_scaling {m.cfg.rope_kind!r}; extend an unscaled model")
     if tok is None:
         raise ValueError(f"{model}: no tokenizer.json (the held-out text must be tokenized)")
-    orig = orig or m.cfg.original_max_position_embeddings or m.cfg.max_position_embeddings
+    orig = orig or m.cfg.max_position_embeddings  # unscaled: the context it was made for
     rep: dict = {"method": method, "length": length, "orig": orig, "scale": length / orig}
     if method == "longrope":
         cfg, rep["search"] = search_longrope(m, tok.encode(heldout), length, orig, sc or SearchConfig(), docs,
-                                             log=log)  # fmt: skip
+                                             log=log, search_short=search_short)  # fmt: skip
     else:
         cfg = extended_config(m.cfg, length, orig, method)
     set_rope(m, cfg)
@@ -331,3 +337,67 @@ def extend(
         )
     rep["rope_scaling"] = cfg.rope_scaling
     return rep
+
+
+# ---- the cluster recipe (`phiforge extend --dry-run`) ---------------------------------------------------
+
+
+def cluster_recipe(
+    preset: str = "phi-3-mini-4k",
+    length: int = 131072,
+    world: int = 64,
+    peak_flops: float = 989e12,
+    mfu: float = 0.35,
+    finetune_tokens: int = 400 * 8 * 131072,
+    sc: SearchConfig | None = None,
+    docs: int = 5,
+    context_parallel: int = 8,
+) -> list[str]:
+    """What extending `preset` to `length` costs on `world` accelerators, as lines of text. Assumptions, stated
+    in the output: the search evaluates population x (generations + 1) candidates, each a forward pass over
+    `docs` documents of `length` tokens, candidates spread over the GPUs; the fine-tune is one phase at
+    seq_len = length (default 400 steps x 8 sequences, LongRoPE's Llama-2 128k stage), bf16, FSDP and
+    activation checkpointing, each sequence split over `context_parallel` GPUs (ring attention)."""
+    from ..model import get_preset
+    from .config import Dataset, Phase, TrainConfig
+    from .pretrain import dry_run
+
+    sc = sc or SearchConfig(population=64, generations=40)
+    mc = get_preset(preset)
+    orig = mc.original_max_position_embeddings or mc.max_position_embeddings
+    cfg = TrainConfig(
+        preset=preset,
+        model_overrides={"max_position_embeddings": length, "sliding_window": None},
+        phases=[Phase("extend", finetune_tokens, [Dataset("-")])],
+        seq_len=length,
+        micro_batch=1,
+        dtype="bf16",
+        fsdp=True,
+        activation_checkpointing=True,
+    )
+    r = dry_run(cfg, world=world, peak_flops=peak_flops, mfu=mfu)
+    m = r["memory_bytes"]
+    per_token = r["flops"] / r["tokens_trained"]  # training FLOPs per token at this length (fwd + bwd)
+    evals = sc.population * (sc.generations + 1)
+    search_flops = evals * docs * length * per_token / 3  # forward only
+    gib, t_search = 2**30, search_flops / (peak_flops * world * mfu)
+    states = m["weights"] + m["grads"] + m["adamw"]
+    acts = m["activations"] / context_parallel
+    seqs = max(1, world // context_parallel)  # sequences per step: each spans context_parallel GPUs
+    return [
+        f"extend {preset} ({r['params'] / 1e9:.2f}B) from {orig:,} to {length:,} tokens ({length / orig:g}x) "
+        f"on {world} GPUs at {peak_flops / 1e12:,.0f} TFLOP/s peak, {mfu:.0%} MFU (assumed)",
+        f"1. factor search (LongRoPE): population {sc.population} x {sc.generations + 1} generations = {evals:,} "
+        f"candidates x {docs} docs x {length:,} tokens = {evals * docs * length / 1e9:.1f}B tokens forward, "
+        f"{search_flops:.2e} FLOPs: {_dur(t_search)}",
+        f"2. fine-tune at seq_len {length:,}: {r['tokens_trained'] / 1e9:.2f}B tokens ({r['tokens_trained'] // (seqs * length)} steps "
+        f"of {seqs} sequences), {r['flops']:.2e} FLOPs: {_dur(r['seconds_at_mfu'])}",
+        f"   memory per GPU: weights + grads + AdamW {states / gib:.1f} GiB (FSDP over {world}), activations "
+        f"{acts / gib:.1f} GiB (checkpointed, sequence over {context_parallel} GPUs), total {(states + acts) / gib:.1f} GiB",
+        "3. short factors: the same search at the original length (a few % of step 1), then perplexity and "
+        "passkey at 4k..128k (`phiforge extend` writes the checkpoint; benchmarks/longctx.py measures it)",
+    ]
+
+
+def _dur(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min"
