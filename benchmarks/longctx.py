@@ -42,7 +42,7 @@ class Size:
     passkey_lengths: tuple[int, ...]
     passkey_trials: int
     smol_length: int
-    smol_population: int  # SmolLM2: candidates (the 3 seeds PI/YaRN/NTK, no generations past them)
+    smol_population: int  # SmolLM2 search: candidates (the PI/YaRN/NTK seeds first); 0: no search
     smol_passkey: tuple[str, ...]  # which SmolLM2 variants get a passkey trial at smol_length
 
 
@@ -139,26 +139,26 @@ def passkey(engine, lengths, trials, style) -> dict:
 
 
 def run_smollm2(args, size: Size) -> dict:
-    """SmolLM2 8192 -> 16384: LongRoPE factors chosen by perplexity at 16k among the PI, YaRN and NTK seeds
-    (population 3, no generations: each candidate is a 16k forward), short factors 1; YaRN native; passkey
-    (text, depth 0.5, one trial each) for the variants in size.smol_passkey."""
+    """SmolLM2 8192 -> 16384 by factors alone: "none" (positions past 8192 never seen), YaRN (native), and
+    with smol_population > 0 LongRoPE factors chosen by perplexity at 16k among the PI/YaRN/NTK seeds (no
+    generations: each candidate is a 16k forward), short factors 1. Passkey (text, depth 0.5, one trial)
+    for the variants in size.smol_passkey."""
     out = Path(args.out) / "smollm2"
     L = size.smol_length
     model, tok = load("smollm2-135m-instruct", dtype=torch.float32)
     ids = heldout_ids(tok, None)  # SmolLM2's training data is not known: nothing to exclude
     res = {"length": L, "orig": model.cfg.max_position_embeddings, "passkey": {}, "ppl": {}}
-    t = time.time()
-    sc = lr.SearchConfig(population=size.smol_population, generations=0)
-    rep = lr.extend("smollm2-135m-instruct", out, L, tok.decode(ids[: L + 256]), "longrope", sc=sc, docs=1,
-                    search_short=False, log=lambda s: log(f"smollm2 longrope: {s}"))  # fmt: skip
-    res["search"] = {
-        "seconds": round(time.time() - t, 1),
-        **rep["search"],
-        "long_factor": rep["rope_scaling"]["long_factor"],
-    }
+    rep = None
+    if size.smol_population:
+        t = time.time()
+        sc = lr.SearchConfig(population=size.smol_population, generations=0)
+        rep = lr.extend("smollm2-135m-instruct", out, L, tok.decode(ids[: L + 256]), "longrope", sc=sc, docs=1,
+                        search_short=False, log=lambda s: log(f"smollm2 longrope: {s}"))  # fmt: skip
+        res["search"] = {"seconds": round(time.time() - t, 1), **rep["search"],
+                         "long_factor": rep["rope_scaling"]["long_factor"]}  # fmt: skip
     variants = {
         "none": lambda: lr.set_rope(model, model.cfg.replace(max_position_embeddings=L)),
-        "longrope": lambda: load(rep["model"], dtype=torch.float32)[0],
+        "longrope": lambda: load(rep["model"], dtype=torch.float32)[0],  # needs smol_population > 0
         "yarn": lambda: lr.set_rope(model, lr.extended_config(model.cfg, L, res["orig"], "yarn")),
     }
     for name in size.smol_passkey:
@@ -172,19 +172,23 @@ def run_smollm2(args, size: Size) -> dict:
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"none": "black", "pi": "tab:orange", "yarn": "tab:blue", "longrope": "tab:green"}
     for name, curve in res["curves"].items():
         xs = [int(k) for k in curve]
-        style = "--" if name in METHODS else "-"
-        ax.plot(xs, list(curve.values()), style, marker="o", label=name)
+        ax.plot(xs, list(curve.values()), "-" if name.endswith("+ft") or name == "none" else "--",
+                color=colors[name.removesuffix("+ft")], marker="o", ms=4, label=name)  # fmt: skip
     ax.axvline(res["orig"], color="gray", lw=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="perplexity (held-out)",
-           title=f"tiny speedrun model, {res['orig']} -> {res['length']}: dashed = factors only, solid = + fine-tune")  # fmt: skip
-    ax.set_xticks([int(k) for k in res["curves"]["none"]], [str(k) for k in res["curves"]["none"]])
+    ax.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="perplexity, held-out stdlib code",
+           title=f"tiny model {res['orig']} -> {res['length']}: dashed = factors only, solid = + fine-tune")  # fmt: skip
+    ticks = [int(k) for k in res["curves"]["none"]]
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks(ticks, [str(k) for k in ticks])
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +215,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/longctx")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plot", default="docs/longctx.png")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from <out>/results-tiny.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     size = SIZES[args.size]
@@ -218,6 +223,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if args.replot:
+        res = json.loads((out / "results-tiny.json").read_text())
+        res["curves"] = {k: {int(n): v for n, v in c.items()} for k, c in res["curves"].items()}
+        plot(res, Path(args.plot))
+        print(table({**res, "passkey": res["passkey"]}))
+        return
     if args.part in ("tiny", "all"):
         res = run_tiny(args, size)
         (out / "results-tiny.json").write_text(json.dumps(res, indent=1))
