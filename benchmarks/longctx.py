@@ -15,6 +15,7 @@ Writes <out>/results.json, docs/longctx.png and prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -214,11 +215,14 @@ def main() -> None:
     ap.add_argument("--run", default="runs/speedrun-smoke", help="speedrun run dir (made if missing)")
     ap.add_argument("--out", default="runs/longctx")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--smol-variants", help="comma list of none,yarn,longrope (default: the size's)")
     ap.add_argument("--plot", help="default: docs/longctx.png (size default), <out>/longctx.png (smoke)")
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from <out>/results-tiny.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     size = SIZES[args.size]
+    if args.smol_variants:
+        size = dataclasses.replace(size, smol_passkey=tuple(args.smol_variants.split(",")))
     args.part = args.part or ("tiny" if args.size == "smoke" else "all")
     args.plot = args.plot or ("docs/longctx.png" if args.size == "default" else f"{args.out}/longctx.png")
     out = Path(args.out)
