@@ -165,7 +165,7 @@ def run_smollm2(args, size: Size) -> dict:
     for name in size.smol_passkey:
         t = time.time()
         m = variants[name]()
-        rows = passkey_eval(Engine(m, tok), [L], [0.5], 1, "text", seed=0)
+        rows = passkey_eval(Engine(m, tok), [args.smol_passkey_length or L], [0.5], 1, "text", seed=0)
         res["passkey"][name] = rows
         log(f"smollm2 {name}: passkey {rows} ({time.time() - t:.0f} s)")
     return res
@@ -216,6 +216,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/longctx")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smol-variants", help="comma list of none,yarn,longrope (default: the size's)")
+    ap.add_argument("--smol-passkey-length", type=int, help="SmolLM2 passkey length (default: the target)")
     ap.add_argument("--plot", help="default: docs/longctx.png (size default), <out>/longctx.png (smoke)")
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from <out>/results-tiny.json")
     args = ap.parse_args()
