@@ -208,8 +208,6 @@ def search_longrope(
     s = length / orig
     half = cfg0.rotary_dim // 2
     win_long = long_windows(long_ids, length, docs)
-    # perplexity below the switch: the same text cut in windows of the original length
-    win_short = long_windows(long_ids, orig, docs * max(1, length // orig // 2))
 
     def fit_long(f):
         return perplexity(set_rope(model, extended_config(cfg0, length, orig, "longrope", f)), win_long)
@@ -223,6 +221,8 @@ def search_longrope(
         )
 
     short_sc = short_sc or dataclasses.replace(sc, generations=max(1, sc.generations // 2))
+    # perplexity below the switch: the same text cut in windows of the original length
+    win_short = long_windows(long_ids, orig, docs * max(1, length // orig // 2)) if search_short else None
     if search_short:
         short_f, short_ppl, hist_short = search(fit_short, [[1.0] * half], 1.0, s, short_sc, log)
     else:
