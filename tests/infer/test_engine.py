@@ -206,6 +206,28 @@ def test_longrope_reprefill_matches_transformers(tmp_path, monkeypatch, model_fa
     assert r.tokens == hf_generate(hf, [long_prompt], 24)[0]
 
 
+@torch.no_grad()
+def test_chunked_prefill_equals_one_shot(model_factory):
+    """Prompts go through the cache prefill_chunk tokens at a time: the same logits as one forward, also
+    for a LongRoPE prompt past the switch whose first chunks lie below it (they must use the long tables)."""
+    from phiforge.model import KVCache
+
+    m = model_factory(longrope_cfg(), seed=3)
+    one, chunked = Engine(m, prefill_chunk=None), Engine(m, prefill_chunk=7)
+    for n in (20, 40):  # below the switch at 32, past it
+        x = torch.tensor([rand_prompt(n, seed=n)])
+        kind = m.rope.kind_for(n - 1)
+        want = one._prefill(x, KVCache(m.cfg, 1, n), None, kind)
+        got = chunked._prefill(x, KVCache(m.cfg, 1, n), None, kind)
+        assert (got - want).abs().max() < 1e-5 * want.abs().max(), n
+    prompts = [rand_prompt(40, seed=6), rand_prompt(13, seed=5)]  # left-padded, crosses the switch
+    a = one.generate(prompts, greedy(30, logprobs=0))
+    b = chunked.generate(prompts, greedy(30, logprobs=0))
+    assert [r.tokens for r in a] == [r.tokens for r in b] and len(set(a[0].tokens)) > 5
+    for ra, rb in zip(a, b, strict=True):
+        assert max(abs(p - q) for p, q in zip(ra.logprobs, rb.logprobs, strict=True)) < 1e-4
+
+
 # ---------------------------------------------------------------------------------------------------
 # Stop ids
 

@@ -21,9 +21,9 @@ _state = {"debug": False}
 
 def _add_subapps() -> None:
     # one module per command group, each with register(app); this order is --help's order
-    from . import data, deploy, eval, infer, model, pts, rag, safety, serve, speedrun, train
+    from . import data, deploy, eval, extend, infer, model, pts, rag, safety, serve, speedrun, train
 
-    for mod in (model, infer, speedrun, train, pts, eval, deploy, serve, rag, data, safety):
+    for mod in (model, infer, speedrun, train, extend, pts, eval, deploy, serve, rag, data, safety):
         mod.register(app)
 
 

@@ -166,9 +166,14 @@ def use_native_gemv(model: Transformer) -> None:
 
 
 class Engine:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer | None = None):
+    def __init__(
+        self, model: Transformer, tokenizer: Tokenizer | None = None, prefill_chunk: int | None = 2048
+    ):
         self.model = model.eval()
         self.tok = tokenizer
+        # prompts go through the model this many tokens at a time (None: all at once), so a long prompt's
+        # activations and attention scores are bounded by the chunk; the KV cache is sized to the request
+        self.prefill_chunk = prefill_chunk
         self.cfg = model.cfg
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -267,8 +272,8 @@ class Engine:
             else None
         )
         t0 = time.perf_counter()
-        logits = self._forward(ids[:, :T], 0, cache, pads)
         kind = self.model.rope.kind_for(T - 1)  # the longest row has no pads
+        logits = self._prefill(ids[:, :T], cache, pads, kind)
         prefill_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         for step in range(T, total + 1):
@@ -290,7 +295,7 @@ class Engine:
             # factors, so the cache is recomputed once (transformers' generate does the same).
             new_kind = self.model.rope.kind_for(step)
             if new_kind != kind:
-                logits, kind = self._forward(ids[:, : step + 1], 0, cache, pads), new_kind
+                logits, kind = self._prefill(ids[:, : step + 1], cache, pads, new_kind), new_kind
             elif native is not None:
                 logits = native(int(nxt[0]), step, kind)
             else:
@@ -301,14 +306,26 @@ class Engine:
                 r.finish("length", sink)
         return [r.result(prefill_s, decode_s) for r in rows]
 
-    def _forward(self, x: torch.Tensor, pos: int, cache: KVCache, pads: torch.Tensor | None) -> torch.Tensor:
+    def _prefill(self, x: torch.Tensor, cache: KVCache, pads: torch.Tensor | None, kind: str) -> torch.Tensor:
+        """Last-position logits of x (from slot 0), fed `prefill_chunk` tokens at a time through the cache;
+        every chunk uses the rope tables of the whole of x (LongRoPE picks them from its longest position)."""
+        step = self.prefill_chunk or x.shape[1]
+        for a in range(0, x.shape[1], step):
+            logits = self._forward(x[:, a : a + step], a, cache, pads, kind)
+        return logits
+
+    def _forward(
+        self, x: torch.Tensor, pos: int, cache: KVCache, pads: torch.Tensor | None, kind: str | None = None
+    ) -> torch.Tensor:
         T = x.shape[1]
         if pads is None:
-            return self.model(x, pos=pos, cache=cache, last_only=True)
+            return self.model(x, pos=pos, cache=cache, last_only=True, rope_kind=kind)
         # left padding: per-row rotary positions and a mask hiding pad keys
         slots = torch.arange(pos, pos + T, device=x.device)
         positions = (slots[None, :] - pads[:, None]).clamp(min=0)
         keys = torch.arange(pos + T, device=x.device)
         causal = keys[None, :] <= slots[:, None]  # (T, pos+T)
         mask = causal[None] & (keys[None, None, :] >= pads[:, None, None])  # (B, T, pos+T)
-        return self.model(x, pos=pos, cache=cache, positions=positions, mask=mask[:, None], last_only=True)
+        return self.model(
+            x, pos=pos, cache=cache, positions=positions, mask=mask[:, None], last_only=True, rope_kind=kind
+        )

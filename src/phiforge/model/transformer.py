@@ -228,18 +228,22 @@ class Transformer(nn.Module):
         last_only: bool = False,
         targets: torch.Tensor | None = None,
         reduction: str = "mean",
+        rope_kind: str | None = None,
     ):
         """idx (B, T) token ids starting at cache slot `pos`. `positions` (B, T) overrides the rotary
         positions (left-padded batches); `mask` (B, 1, T, pos+T) bool overrides causal masking.
         Returns logits (B, T or 1, V), or the cross-entropy when `targets` is given (-100 ignored;
-        `reduction="sum"` lets a trainer normalise by the token count of a whole distributed batch)."""
+        `reduction="sum"` lets a trainer normalise by the token count of a whole distributed batch).
+        `rope_kind` ("short"/"long") overrides the LongRoPE table choice: a chunk of a long prompt must use
+        the tables of the whole prompt, not of its own last position."""
         B, T = idx.shape
         x = self.embed(idx)
         if self.cfg.mup_embedding_multiplier:
             x = x * self.cfg.mup_embedding_multiplier
         x = self.drop(x)
         max_pos = int(positions.max()) if positions is not None else pos + T - 1
-        cos, sin = self.rope.get(max_pos + 1, self.rope.kind_for(max_pos), x.device, x.dtype)
+        kind = rope_kind or self.rope.kind_for(max_pos)
+        cos, sin = self.rope.get(max_pos + 1, kind, x.device, x.dtype)
         if positions is None:
             cos, sin = cos[pos : pos + T, None], sin[pos : pos + T, None]  # (T, 1, half): broadcast over B
         else:
