@@ -178,7 +178,7 @@ def test_cli_grow_then_train_continues_from_it(small_dir, train_data, tmp_path, 
               "warmup_steps": 1, "eval_every": 0, "save_every": 0, "eval_tokens": 256, "progress": False,
               "phases": [{"name": "p", "tokens": 128, "datasets": [str(train_data["a"])]}]}  # fmt: skip
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    r = phiforge("train", "--recipe", tmp_path / "r.yaml", timeout=300)
+    r = phiforge("train", "--recipe", tmp_path / "r.yaml")
     assert r.returncode == 0, r.stderr
     final = load_model(r.stdout.strip().splitlines()[-1])
     assert final.cfg.hidden_size == 256 and final.cfg.num_hidden_layers == 8
