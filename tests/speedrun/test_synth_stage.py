@@ -86,3 +86,7 @@ def test_three_arm_verdict_names_the_winner_and_the_margins():
     assert "HumanEval pass@1: **filtered + synthetic**" in v
     tie = sr._arms_verdict({a: arm(2.0, 3.0, 0.0) for a in ("quality", "unfiltered", "quality+synth")})
     assert "HumanEval pass@1: a tie (0)" in tie
+    two = sr._arms_verdict({"quality": arm(2.0, 3.0, 0.0), "unfiltered": arm(2.2, 2.9, 0.0)})  # no synth arm
+    assert two.startswith("2 arms at equal tokens and seed.")
+    assert "HumanEval bits/byte: **quality-filtered** 2 vs unfiltered 2.2 (-9.1%)" in two
+    assert "held-out loss on quality code: **unfiltered** 2.9 vs quality-filtered 3 (-3.3%)" in two

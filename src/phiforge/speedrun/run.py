@@ -556,28 +556,6 @@ def _eval_row(name: str, r: dict) -> dict:
     }
 
 
-def _verdict(q: dict, u: dict) -> str:
-    def cmp(metric, label, lower_better=True):
-        a, b = q[metric], u[metric]
-        if a == b:
-            return f"{label}: a tie ({a:.4g})"
-        q_won = (a < b) == lower_better
-        rel = abs(a - b) / max(abs(b), 1e-12)
-        return f"{label}: **{'quality-filtered' if q_won else 'unfiltered'}** ({a:.4g} vs {b:.4g}, {rel:.1%})"
-
-    return (
-        "Outcome at equal tokens. "
-        + "; ".join(
-            [
-                cmp("humaneval_bpb", "HumanEval bits/byte"),
-                cmp("val_loss_quality", "val loss on held-out quality code"),
-                cmp("humaneval_pass@1", "HumanEval pass@1", lower_better=False),
-            ]
-        )
-        + "."
-    )
-
-
 ARM_NAMES = {
     "quality": "quality-filtered",
     "unfiltered": "unfiltered",
@@ -586,7 +564,7 @@ ARM_NAMES = {
 
 
 def _arms_verdict(abl: dict) -> str:
-    """Which of the three arms won each metric, and by how much against each of the others."""
+    """Which arm (of two or three) won each metric, and by how much against each of the others."""
 
     def cmp(metric, label, lower_better=True):
         vals = {ARM_NAMES[a]: r[metric] for a, r in abl.items()}
@@ -601,7 +579,7 @@ def _arms_verdict(abl: dict) -> str:
         return f"{label}: **{best}** {vals[best]:.4g} vs {rest}"
 
     return (
-        "Three arms at equal tokens and seed. "
+        f"{len(abl)} arms at equal tokens and seed. "
         + "; ".join(
             [
                 cmp("humaneval_bpb", "HumanEval bits/byte"),
@@ -716,13 +694,12 @@ def _write_report(
         ],
     }
     if abl:
-        q, u = abl["quality"], abl["unfiltered"]
         s["ablation"] = [
             {"data": ARM_NAMES[a], **_eval_row(ARM_NAMES[a], r)} for a, r in abl.items() if a in ARM_NAMES
         ]
         for row in s["ablation"]:
             row.pop("model")
-        s["ablation_verdict"] = _verdict(q, u) if len(abl) == 2 else _arms_verdict(abl)
+        s["ablation_verdict"] = _arms_verdict(abl)
         s["ablation_bars"] = {
             name: {"HumanEval bits/byte": r["humaneval_bpb"], "val loss (quality)": r["val_loss_quality"]}
             for name, r in abl.items()
