@@ -21,7 +21,6 @@ import torch
 def one(model: str, length: int, chunk: int | None, reps: int, threads: int) -> dict:
     """Runs in the child: builds bench_engine's random model, prefills `length` tokens, decodes 32."""
     from bench_engine import MODELS
-
     from phiforge.infer.engine import Engine
     from phiforge.infer.sampling import SamplingParams
     from phiforge.model import ModelConfig, build
@@ -53,7 +52,9 @@ def main() -> None:
         print(json.dumps(one(a.model, length, chunk, a.reps, a.threads)))
         return
     print(f"model {a.model}, {a.threads} threads, medians of {a.reps}; each setting in its own process")
-    print("length | prefill s one-shot / chunked 2048 = ratio | decode tok/s one-shot / chunked | same tokens")
+    print(
+        "length | prefill s one-shot / chunked 2048 = ratio | decode tok/s one-shot / chunked | same tokens"
+    )
     for length in map(int, a.lengths.split(",")):
         res = {}
         for chunk in (None, 2048):
