@@ -372,8 +372,17 @@ def teacher_server():
     f.close()
 
 
+# fixtures whose first use costs 10-50 s (a 200-step training run, the MiniLM embedder, the real model's GGUF:
+# gguf's reader alone parses its 98k vocabulary strings in ~8 s): every test using one is `slow`, so `make
+# test-fast` never builds them
+SLOW_FIXTURES = {"trained", "embedding", "real_read", "hf_tokenizer"}
+
+
 def pytest_collection_modifyitems(config, items):
     """Files holding `slow` tests run first (stable: each file's own order is kept). Under `make test`'s
     workers a file is one unit of work, and the smoke speedrun's file started last would run alone at the end."""
+    for it in items:
+        if SLOW_FIXTURES & set(getattr(it, "fixturenames", ())):
+            it.add_marker(pytest.mark.slow)
     slow_files = {it.path for it in items if it.get_closest_marker("slow")}
     items.sort(key=lambda it: it.path not in slow_files)

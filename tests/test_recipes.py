@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,11 +34,8 @@ def test_phi_scale_recipes_match_the_published_models():
     assert sum(p.tokens for p in load_recipe(RECIPES[0].with_name("phi3-mini.yaml")).phases) == 3.3e12
 
 
-def test_cli_dry_run_prints_the_estimate():
-    out = subprocess.run(
-        [sys.executable, "-m", "phiforge.cli", "train", "--recipe", str(RECIPES[0].with_name("phi1-1b3.yaml")),
-         "--dry-run", "--world", "8", "--peak-flops", "989e12"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+def test_cli_dry_run_prints_the_estimate(phiforge):
+    out = phiforge("train", "--recipe", RECIPES[0].with_name("phi1-1b3.yaml"), "--dry-run", "--world", "8",
+                   "--peak-flops", "989e12")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "1,418,270,720" in out.stdout and "estimated time" in out.stdout

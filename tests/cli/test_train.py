@@ -11,6 +11,7 @@ from train_helpers import recipe, run
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # builds Phi-3-mini on the meta device, ~9 s
 def test_dry_run_phi3_mini_on_meta():
     cfg = load_recipe(ROOT / "recipes/phi3-mini.yaml")
     r = dry_run(cfg, world=512, peak_flops=989e12)

@@ -283,6 +283,7 @@ def test_score_step_pickles_and_scores(hashed_dir, corpus):
         ScoreStep("/nonexistent/classifier")
 
 
+@pytest.mark.slow  # the data pipeline end to end (make test-fast skips it)
 def test_pipeline_end_to_end(hashed_dir, corpus, tmp_path):
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.readers import JsonlReader

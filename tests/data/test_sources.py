@@ -135,6 +135,7 @@ def test_make_reader_user_files(tmp_path):
         make_reader(str(tmp_path / "x.csvx"))
 
 
+@pytest.mark.slow  # a datatrove executor end to end, ~10 s
 def test_harvest_through_datatrove_executor(tmp_path: Path):
     out = tmp_path / "raw"
     LocalPipelineExecutor(

@@ -41,6 +41,7 @@ def test_decode_linear_only_takes_single_rows_without_grad():
     assert lin.weight.grad is not None
 
 
+@pytest.mark.slow  # a phiforge subprocess, ~11 s
 def test_engine_without_native_kernels_still_generates():
     code = (
         "import torch\n"

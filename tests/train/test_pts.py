@@ -179,6 +179,7 @@ def engine(train_data):
     return Engine(build(cfg, seed=0), tok)
 
 
+@pytest.mark.slow  # a real engine's rollouts, ~10 s
 def test_real_engine_pairs_carry_the_sampled_ids(engine, tmp_path):
     # a random model and an oracle that is right about half the time: some problems land in the band
     def coin(jobs):

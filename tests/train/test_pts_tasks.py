@@ -114,6 +114,7 @@ So, Dan has 20 + 20 = 40 coins now.
 The answer is 40."""
 
 
+@pytest.mark.slow  # reads the real model's GGUF (~9 s)
 def test_arith_budget_fits_a_step_by_step_chat_answer():
     # at 64 tokens, 15 of 16 such answers were cut before their final number and all scored wrong
     from phiforge.infer import load as loader

@@ -346,7 +346,8 @@ def dry_run(cfg: TrainConfig, world: int = 1, peak_flops: float | None = None, m
     }
 
 
-def print_dry_run(r: dict, file=sys.stdout) -> None:
+def print_dry_run(r: dict, file=None) -> None:
+    # file=None, not sys.stdout: a default is bound at import, and would miss a later redirect_stdout
     gib = 2**30
     m = r["memory_bytes"]
     src = "measured fp32 matmul peak of this process" if r["peak_measured"] else "given"
@@ -362,7 +363,7 @@ def print_dry_run(r: dict, file=sys.stdout) -> None:
         f"estimated time at {r['mfu_assumed']:.0%} MFU: {_dur(r['seconds_at_mfu'])}"
         f" (at 100%: {_dur(r['seconds_at_mfu'] * r['mfu_assumed'])})",
     ]
-    print("\n".join(lines), file=file)
+    print("\n".join(lines), file=file or sys.stdout)
 
 
 def _dur(s: float) -> str:

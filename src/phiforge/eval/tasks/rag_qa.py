@@ -20,6 +20,7 @@ the retrieval variant puts the chunks `phiforge.rag` retrieves from `--rag-index
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import random
 import re
@@ -58,6 +59,13 @@ def _top_level(path):
         return ast.parse(text or "").body
     except (SyntaxError, ValueError):
         return []
+
+
+@functools.cache  # parsing the stdlib takes seconds; closed-book and retrieval runs build the same set
+def _stdlib_candidates(max_bytes: int) -> dict[str, list[dict]]:
+    from ...rag.index import stdlib_files
+
+    return _candidates(stdlib_files(max_bytes), stdlib_files(None))
 
 
 def _candidates(files, all_files) -> dict[str, list[dict]]:
@@ -110,9 +118,7 @@ def _candidates(files, all_files) -> dict[str, list[dict]]:
 def build(n: int = N_ITEMS, seed: int = SEED, max_bytes: int = CORPUS_BYTES) -> list[dict]:
     """The question set: n items taken round-robin over the three kinds, each kind shuffled by `seed`;
     at most two default questions per function, so one long signature does not fill the set."""
-    from ...rag.index import stdlib_files
-
-    cands = _candidates(stdlib_files(max_bytes), stdlib_files(None))
+    cands = copy.deepcopy(_stdlib_candidates(max_bytes))  # build mutates the items it takes
     rng = random.Random(seed)
     pools = []
     for kind in REPLY:
