@@ -9,12 +9,13 @@ the chain is phiforge.speedrun.posttrain's, the one `make run`'s post-training t
 2. accuracy before: greedy, chat-prompted exactly as PTS samples (pts_tasks.accuracy), arith test split;
 3. `phiforge pts` on the arith train split -> pts/pairs.jsonl and, as many, pts/pairs.whole.jsonl;
 4. `phiforge dpo` from base/ on each pair file (same beta, lr, steps) -> accuracy after each;
-5. results.json and accuracy.png, written atomically.
+5. OUT/SIZE-seedN/results.json, and OUT/SIZE-accuracy.png over every seed run so far, written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -24,12 +25,11 @@ import torch
 from phiforge.eval.tasks.arith import Knobs
 from phiforge.io import pyplot, save_png, write_json
 from phiforge.speedrun import posttrain
+from phiforge.speedrun.run import BUDGETS
 from phiforge.train import pts
 
-SIZES = {  # test problems, train problems searched, K, DPO epochs
-    "smoke": dict(test=16, train=6, k=4, epochs=1),
-    "default": dict(test=200, train=48, k=8, epochs=3),
-}
+# the sizes of `make run`'s post-training track (speedrun.BUDGETS[...].post): the bench adds the whole-answer arm
+SIZES = {name: b.post for name, b in BUDGETS.items() if b.post is not None}
 
 
 def measure(model: Path, test: list, batch: int) -> float:
@@ -60,13 +60,17 @@ def main() -> None:
     size, out, t0 = SIZES[a.size], a.out / f"{a.size}-seed{a.seed}", time.perf_counter()
     knobs = Knobs(a.steps, a.max_operand, a.ops)
     base = posttrain.real_base(a.out / "base")  # shared with post_train_safety.py
-    test = posttrain.problems(size["test"], "test", knobs)
-    res = {"size": a.size, "seed": a.seed, "knobs": vars(knobs), "lr": a.lr, "beta": a.beta, **size}
-    res["before"] = measure(base, test, a.batch)
+    test = posttrain.problems(size.test, "test", knobs)
+    res = {"size": a.size, "seed": a.seed, "knobs": vars(knobs), "lr": a.lr, "beta": a.beta}
+    res |= dict(test=size.test, train=size.train, k=size.k, epochs=size.epochs)
+    before = a.out / f"{a.size}-before.json"  # greedy, so one figure serves every seed
+    if not before.is_file():
+        write_json(before, {"before": measure(base, test, a.batch)})
+    res["before"] = json.loads(before.read_text())["before"]
 
     pairs = out / "pts" / "pairs.jsonl"
-    train = posttrain.problems(size["train"], "train", knobs)
-    res["search"] = posttrain.search(base, train, pairs, size["k"], a.seed, a.batch)
+    train = posttrain.problems(size.train, "train", knobs)
+    res["search"] = posttrain.search(base, train, pairs, size.k, a.seed, a.batch)
     print(res["search"], flush=True)
     arms = {"pts": pairs, "whole": pts.paths(pairs)["whole"]}
     for arm, data in arms.items():
@@ -75,30 +79,35 @@ def main() -> None:
             print(f"{arm}: no pairs; DPO skipped", flush=True)
             res[arm] = None
             continue
-        ckpt = posttrain.dpo(base, data, out / f"dpo-{arm}", epochs=size["epochs"], lr=a.lr, beta=a.beta,
+        ckpt = posttrain.dpo(base, data, out / f"dpo-{arm}", epochs=size.epochs, lr=a.lr, beta=a.beta,
                              seed=a.seed)  # fmt: skip
         res[arm] = measure(ckpt, test, a.batch)
     res["seconds"] = round(time.perf_counter() - t0)
     write_json(out / "results.json", res)
-    plot(res, out / "accuracy.png")
-    print(res)
+    runs = [json.loads(p.read_text()) for p in sorted(a.out.glob(f"{a.size}-seed*/results.json"))]
+    plot(runs, a.out / f"{a.size}-accuracy.png")
+    for r in runs:
+        print(f"seed {r['seed']}: before {r['before']:.3f}, PTS ({r['pts_pairs']} pairs) {r['pts']}, "
+              f"whole answers ({r['whole_pairs']} pairs) {r['whole']}")  # fmt: skip
 
 
-def plot(res: dict, path: Path) -> None:
+def plot(runs: list[dict], path: Path) -> None:
+    """One group of bars per arm, one bar per seed: the spread between seeds is the point."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    names = [
-        "before",
-        f"DPO on PTS\n({res['pts_pairs']} pairs)",
-        f"DPO on whole answers\n({res['whole_pairs']})",
-    ]
-    vals = [res["before"], res["pts"] or 0, res["whole"] or 0]
-    ax.bar(names, [100 * v for v in vals], color=["#999", "#3b7dd8", "#e0883a"])
-    for i, v in enumerate(vals):
-        ax.text(i, 100 * v + 1, f"{100 * v:.1f}%", ha="center")
-    ax.set_ylabel(f"greedy accuracy, {res['test']} held-out arith problems")
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    arms = [("before", "before"), ("pts", "DPO on PTS pairs"), ("whole", "DPO on whole answers")]
+    width = 0.8 / len(runs)
+    for j, r in enumerate(runs):
+        vals = [100 * (r[k] or 0) for k, _ in arms]
+        xs = [i + (j - (len(runs) - 1) / 2) * width for i in range(len(arms))]
+        ax.bar(xs, vals, width, label=f"seed {r['seed']}")
+        for x, v in zip(xs, vals, strict=True):
+            ax.text(x, v + 1, f"{v:.0f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(arms)), [name for _, name in arms])
+    ax.set_ylabel(f"greedy accuracy (%), {runs[0]['test']} held-out\narith problems")
     ax.set_ylim(0, 100)
-    ax.set_title(f"SmolLM2-135M-Instruct, seed {res['seed']}")
+    ax.legend(fontsize=8)
+    ax.set_title("SmolLM2-135M-Instruct: PTS vs whole-answer DPO pairs")
     save_png(fig, path)
 
 
