@@ -90,3 +90,19 @@ def test_no_pairs_no_dpo_and_the_report_says_so(tmp_path, monkeypatch):
     assert post["after"] == post["before"] and not (tmp_path / "post" / "dpo").exists()
     md = "\n".join(report._post_markdown(_post_section(post, st)))
     assert "no PTS pairs: DPO skipped" in md and "Chat with it: `phiforge chat --model" in md
+
+
+def test_annotate_docs_overrides_the_budgets_sample(tmp_path, monkeypatch):
+    """--annotate-docs reaches the data stage (an LLM teacher labels fewer documents than the heuristic)."""
+    run_mod = importlib.import_module("phiforge.speedrun.run")  # the module: the package exports run()
+    seen = []
+
+    def stop(run_dir, b, cfg):
+        seen.append(b.annotate_docs)
+        raise KeyboardInterrupt  # nothing after the first stage is needed
+
+    monkeypatch.setattr(run_mod, "data_stage", stop)
+    for docs in (None, 120):
+        with pytest.raises(KeyboardInterrupt):
+            run_mod.run(SpeedrunConfig(out=str(tmp_path / str(docs)), budget="smoke", annotate_docs=docs))
+    assert seen == [run_mod.BUDGETS["smoke"].annotate_docs, 120]

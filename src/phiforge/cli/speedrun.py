@@ -39,6 +39,11 @@ def speedrun(
         help="Synthetic textbook/exercise/QA requests for phase 2 (default: the budget's; 0: no synth stage). "
         "The teacher: --teacher-url, else --teacher, else the embedded SmolLM2-135M-Instruct.",
     ),
+    annotate_docs: int = typer.Option(
+        None,
+        help="Documents the teacher labels for the quality classifier (default: the budget's: 600 smoke, "
+        "3000 default). An in-process LLM teacher takes seconds per document on a CPU.",
+    ),
     benchmark: list[str] = typer.Option(
         [], help="Extra eval files/folders to decontaminate against (HumanEval always). Repeatable."
     ),
@@ -55,7 +60,7 @@ def speedrun(
 
         resolve(teacher)  # fail now, not after the harvest
     cfg = config_from(out=str(out), budget=budget, teacher_url=teacher_url, teacher_model=teacher_model,
-                      teacher_local=teacher, teacher_method=teacher_method, ablate_quality=ablate_quality, synth_requests=synth_requests, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip
+                      teacher_local=teacher, teacher_method=teacher_method, ablate_quality=ablate_quality, synth_requests=synth_requests, annotate_docs=annotate_docs, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip
     run(cfg)
 
 

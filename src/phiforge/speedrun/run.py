@@ -99,6 +99,9 @@ class SpeedrunConfig:
     teacher_method: str = "text"  # text | geval | askllm (data/annotate.py)
     ablate_quality: bool = False
     synth_requests: int | None = None  # None: the budget's
+    annotate_docs: int | None = (
+        None  # None: the budget's teacher-labelled sample (an LLM teacher costs s/doc)
+    )
     benchmarks: tuple[str, ...] = ()  # more eval sets to decontaminate against (HumanEval always)
     seed: int = 0
 
@@ -393,6 +396,8 @@ def run(cfg: SpeedrunConfig) -> Path:
     if cfg.budget not in BUDGETS:
         raise ValueError(f"--budget {cfg.budget!r}: expected one of {', '.join(BUDGETS)}")
     b = BUDGETS[cfg.budget]
+    if cfg.annotate_docs is not None:  # part of the budget, so of every stage's key
+        b = dataclasses.replace(b, annotate_docs=cfg.annotate_docs)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     st = Stages(run_dir)
