@@ -62,7 +62,14 @@ def worker(kind: str, path: str, a) -> dict:
     if kind == "llama":
         from llama_cpp import Llama
 
-        llm = Llama(path, n_ctx=a.long + 64, n_threads=a.threads, n_batch=a.long, verbose=False)
+        llm = Llama(
+            path,
+            n_ctx=a.long + 64,
+            n_threads=a.threads,
+            n_threads_batch=a.threads,
+            n_batch=a.long,
+            verbose=False,
+        )
         llama_run(llm, short[:8], 4)  # warm-up
         out = llama_run(llm, short, a.new)
         out["prefill_long_ms"] = llama_run(llm, long, 1)["prefill_ms"]

@@ -120,9 +120,7 @@ def export_gguf(
         "f32": gguf.LlamaFileType.ALL_F32,
         "f16": gguf.LlamaFileType.MOSTLY_F16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }.get(
-        kind, gguf.LlamaFileType.MOSTLY_Q4_0
-    )
+    }.get(kind, gguf.LlamaFileType.MOSTLY_Q4_0)
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, ARCH)
         w.add_name(model_dir.resolve().name)

@@ -134,13 +134,52 @@ static inline float hsum8(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+
+/* sum_g m[g] xs[g]: the mins' share of a row's dot product, 8 groups per step (dot_q and the tiles share it,
+ * so a row's result has the same bits whether it is decoded alone or in a batch) */
+static inline float mins_dot(const uint16_t *m, const float *xs, int64_t ng) {
+    __m256 t = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8)
+        t = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g))), _mm256_loadu_ps(xs + g), t);
+    float r = hsum8(t);
+    for (; g < ng; ++g) r += h2f(m[g]) * xs[g];
+    return r;
+}
+#endif
+
+#ifdef PF_AVX2
+/* dot_q for 32-weight groups: straight-line, the scales of 8 groups converted at a time (same sums, same bits) */
+static inline __attribute__((always_inline)) float dot_q32(const uint8_t *w, const uint16_t *s, const uint16_t *m,
+                                                           const int8_t *xq, const float *d, const float *xs,
+                                                           int64_t ng, const int bits) {
+    __m256 acc = _mm256_setzero_ps();
+    float sc[8];
+    for (int64_t g = 0; g < ng; ++g) {
+        if (g % 8 == 0 && g + 8 <= ng)
+            _mm256_storeu_ps(sc, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g))),
+                                               _mm256_loadu_ps(d + g)));
+        const float scale = g - g % 8 + 8 <= ng ? sc[g % 8] : h2f(s[g]) * d[g];
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + g * 32)), zero = _mm256_setzero_si256();
+        __m256i p;
+        if (bits == 4) {
+            p = dot4(zero, unpack4(w + g * 16), xv);
+            if (WIDEN4) p = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+        } else {
+            p = dot8(zero, _mm256_sign_epi8(xv, xv), _mm256_loadu_si256((const __m256i *)(w + g * 32)), xv);
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale), acc);
+    }
+    return hsum8(acc) + mins_dot(m, xs, ng);
+}
 #endif
 
 static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const int8_t *xq, const float *d,
                    const float *xs, int64_t K, int64_t G, int bits) {
     const int64_t ng = K / G, upg = G / 32; /* 32-weight units per group */
-    float tail = 0.f;
 #ifdef PF_AVX2
+    if (upg == 1) /* G = 32 (GGUF's Q4_0/Q4_1/Q8_0) */
+        return bits == 4 ? dot_q32(w, s, m, xq, d, xs, ng, 4) : dot_q32(w, s, m, xq, d, xs, ng, 8);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
         __m256i isum = _mm256_setzero_si256();
@@ -162,11 +201,10 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
             }
         }
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(s[g]) * d[g]), acc);
-        tail += h2f(m[g]) * xs[g];
     }
-    return hsum8(acc) + tail;
+    return hsum8(acc) + mins_dot(m, xs, ng);
 #else
-    float acc = 0.f;
+    float acc = 0.f, tail = 0.f;
     for (int64_t g = 0; g < ng; ++g) {
         int32_t isum = 0;
         for (int64_t u = 0; u < upg; ++u) {
@@ -258,9 +296,7 @@ static void qgemm_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m, 
             tile_q(wr, sr, xq + i * K, d + i * ng, K, G, 8, acc);
         for (int ii = 0; ii < PF_MR && i + ii < M; ++ii)
             for (int r = 0; r < PF_NR && r0 + r < N; ++r) {
-                float tail = 0.f; /* summed as dot_q does: a row gives the same bits in any batch */
-                for (int64_t g = 0; g < ng; ++g) tail += h2f(mr[r][g]) * xs[(i + ii) * ng + g];
-                const float v = hsum8(acc[ii][r]) + tail;
+                const float v = hsum8(acc[ii][r]) + mins_dot(mr[r], xs + (i + ii) * ng, ng); /* as dot_q */
                 y[(i + ii) * N + r0 + r] = b ? v + b[r0 + r] : v;
             }
     }
@@ -305,6 +341,19 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
             y[i * N + r] = b ? v + b[r] : v;
         }
     }
+}
+
+/* q . k in 8 lanes (a plain `d += q[e] * k[e]` loop stays scalar: gcc keeps the order of float sums) */
+static inline float dot_f32(const float *a, const float *b, int64_t n) {
+    float acc[8] = {0};
+    int64_t e = 0;
+    for (; e + 8 <= n; e += 8)
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; ++l) acc[l] += a[e + l] * b[e + l];
+    float d = 0.f;
+    for (int l = 0; l < 8; ++l) d += acc[l];
+    for (; e < n; ++e) d += a[e] * b[e];
+    return d;
 }
 
 /* one linear layer of a decode step: fp32 (bits 32, w is float) or quantized */
@@ -372,9 +421,7 @@ static void decode_layer(float *x, const float *ln1, const Lin *lin, const float
         const float *kc = k_cache + (head / group) * max_len * hd, *vc = v_cache + (head / group) * max_len * hd;
         float *s = scores + head * L, *out = att + head * hd, mx = -INFINITY, sum = 0.f;
         for (int64_t t = t0; t < L; ++t) {
-            float d = 0.f;
-            for (int64_t e = 0; e < hd; ++e) d += q[e] * kc[t * hd + e];
-            s[t] = d * scale;
+            s[t] = dot_f32(q, kc + t * hd, hd) * scale;
             mx = s[t] > mx ? s[t] : mx;
         }
         for (int64_t t = t0; t < L; ++t) sum += (s[t] = expf(s[t] - mx));
