@@ -108,9 +108,8 @@ def main() -> None:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         res[v] = json.loads(p.stdout.strip().splitlines()[-1])
         print(f"{v}: {res[v].pop('isa')} load {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
-    cols = [(v, "int") for v in res if v != "torch"] + [
-        ("torch", k) for k in ("dequant-alloc", "dequant-buffer", "fp32")
-    ]
+    cols = [(v, "int") for v in res if v != "torch"]
+    cols += [("torch", k) for k in ("dequant-alloc", "dequant-buffer", "fp32") if "torch" in res]
     print(
         f"int{a.bits} g128, {a.threads} thread(s), GMAC/s (multiply-adds per CPU second), medians of {a.reps}"
     )

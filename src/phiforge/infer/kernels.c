@@ -237,7 +237,7 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
 #define PF_NR 2
 #endif
 
-static inline __attribute__((always_inline)) void tile_q(const uint8_t *const *wr, const uint16_t *const *sr,
+static inline __attribute__((always_inline)) void tile_q(const uint8_t *const *wr, const float *const *sr,
                                                          const int8_t *xq, const float *d, int64_t K, int64_t G,
                                                          const int bits, __m256 acc[PF_MR][PF_NR]) {
     const int64_t ng = K / G, upg = G / 32;
@@ -246,7 +246,7 @@ static inline __attribute__((always_inline)) void tile_q(const uint8_t *const *w
     for (int64_t g = 0; g < ng; ++g) {
         __m256 sc[PF_MR][PF_NR];
         for (int i = 0; i < PF_MR; ++i)
-            for (int r = 0; r < PF_NR; ++r) sc[i][r] = _mm256_set1_ps(h2f(sr[r][g]) * d[i * ng + g]);
+            for (int r = 0; r < PF_NR; ++r) sc[i][r] = _mm256_set1_ps(sr[r][g] * d[i * ng + g]);
         __m256i p[PF_MR][PF_NR]; /* int32 sums, or int16 sums of <= 8 units (WIDEN4) */
         for (int i = 0; i < PF_MR; ++i)
             for (int r = 0; r < PF_NR; ++r) p[i][r] = _mm256_setzero_si256();
@@ -283,10 +283,13 @@ static void qgemm_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m, 
                         int64_t r0, int64_t N, int64_t K, int64_t G, int bits) {
     const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
     const uint8_t *wr[PF_NR];
-    const uint16_t *sr[PF_NR], *mr[PF_NR];
+    const uint16_t *mr[PF_NR];
+    float sf[PF_NR][ng]; /* the rows' scales in fp32 once, not once per tile of activation rows */
+    const float *sr[PF_NR];
     for (int r = 0; r < PF_NR; ++r) {
         const int64_t rr = r0 + r < N ? r0 + r : N - 1;
-        wr[r] = w + rr * row_bytes, sr[r] = s + rr * ng, mr[r] = m + rr * ng;
+        wr[r] = w + rr * row_bytes, mr[r] = m + rr * ng, sr[r] = sf[r];
+        for (int64_t g = 0; g < ng; ++g) sf[r][g] = h2f(s[rr * ng + g]);
     }
     for (int64_t i = i0; i < i1; i += PF_MR) {
         __m256 acc[PF_MR][PF_NR];
