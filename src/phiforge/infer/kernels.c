@@ -236,6 +236,7 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
 #ifndef PF_NR
 #define PF_NR 2
 #endif
+_Static_assert(PF_MR <= 8, "kernels.py's qscratch() pads activation rows to a multiple of 8");
 
 static inline __attribute__((always_inline)) void tile_q(const uint8_t *const *wr, const float *const *sr,
                                                          const int8_t *xq, const float *d, int64_t K, int64_t G,
