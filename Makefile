@@ -42,8 +42,17 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# every speed benchmark, llama.cpp included (its optional extra is built here when missing: ~5 minutes), into a
+# dated file; run it on a quiet machine (each benchmark alternates engines, one process per measurement)
+BENCH_OUT = benchmarks/out/bench-$(shell date -u +%Y-%m-%d-%H%M).txt
+BENCHES ?= bench_engine.py bench_quant.py bench_real.py bench_qgemm.py
+
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_engine.py
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
+		CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install --quiet "llama-cpp-python>=0.3"
+	mkdir -p benchmarks/out
+	bash -o pipefail -c '{ date -u; uptime; for b in $(BENCHES); do echo "== $$b"; \
+		$(BIN)/python benchmarks/$$b || exit 1; done; } 2>&1 | tee $(BENCH_OUT)'
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -132,12 +132,7 @@ def main() -> None:
             f"{r['ours_pre']:7.0f} / {r['hf_pre']:7.0f} = {r['ours_pre'] / r['hf_pre']:4.2f}x",
             flush=True,
         )
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        print(
-            "llama.cpp: skipped (llama-cpp-python not installed; `pip install -e .[llama]` and GGUF export, issue 6)"
-        )
+    print("llama.cpp on the same shapes (F32 and Q4_0, separate processes): benchmarks/bench_quant.py")
 
 
 if __name__ == "__main__":

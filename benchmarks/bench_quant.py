@@ -1,109 +1,141 @@
-"""Quantized decode speed and memory: phiforge fp32 / int8 / int4 vs llama.cpp F16 / Q8_0 / Q4_0 on the same weights.
+"""phiforge fp32 / int8 / int4 vs llama.cpp F32 / Q8_0 / Q4_0 on the same random weights: prefill, decode, batch.
 
 For each model (random weights, saved, quantized with `quantize_checkpoint` and exported with `export_gguf`
-exactly as the CLI does): batch-1 decode tokens/s after a 32-token prompt (time of N new tokens minus time of
-1, as bench_engine.py), weight memory, and ratios against phiforge fp32 and against llama.cpp in the same
-run. Runs alternate between implementations and report medians, because this machine is shared.
+exactly as the CLI does), each engine in its own process, engines alternating (benchmarks/timing.py):
+  prefill ms of a 32-token and a --long-token prompt (time to the first token's logits),
+  batch-1 decode tokens/s after the 32-token prompt (per-token timestamps),
+  phiforge only: decode tokens/s of --batch rows at once (summed over rows) and its ratio to one row.
+Medians over --reps processes with [min-max]; ratios against llama.cpp at the same bits (>1: phiforge faster).
 llama.cpp columns need llama-cpp-python (`CMAKE_ARGS=-DGGML_NATIVE=ON pip install llama-cpp-python`).
 
-    python benchmarks/bench_quant.py [--models small,mini4] [--threads 2] [--new 64] [--reps 3]
+    python benchmarks/bench_quant.py [--models small,mini4] [--kinds fp32,int4] [--threads 2] [--reps 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import os
 import tempfile
-import time
 from pathlib import Path
 
-import torch
+from timing import alternate, llama_run, median, phiforge_run, spread
 
-from bench_engine import MODELS  # noqa: E402  the same shapes as the engine benchmark (ANCHORS.md)
-from phiforge.infer.engine import Engine
-from phiforge.infer.gguf_export import export_gguf
-from phiforge.infer.quant import load_quantized, model_bytes, quantize_checkpoint
-from phiforge.infer.sampling import SamplingParams
-from phiforge.model import ModelConfig, build, save_model
-from phiforge.tokenizer import train_bpe
+GGUF = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0"}  # phiforge kind -> llama.cpp type of the same bits
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def prepare(name: str, kinds: list[str], work: Path, llama: bool) -> dict[str, list[str]]:
+    """Write the checkpoints and GGUF files; engine name -> worker arguments."""
 
+    from bench_engine import MODELS  # the same shapes as the engine benchmark (ANCHORS.md)
+    from phiforge.infer.gguf_export import export_gguf
+    from phiforge.infer.quant import quantize_checkpoint
+    from phiforge.model import ModelConfig, build, save_model
+    from phiforge.tokenizer import train_bpe
 
-def ours(engine: Engine, prompt: list[int], new: int):
-    def run(n):
-        engine.generate([prompt], SamplingParams(max_new_tokens=n, ignore_eos=True))
-
-    return lambda: (new - 1) / (_timed(lambda: run(new)) - _timed(lambda: run(1)))
-
-
-def theirs(llm, prompt: list[int], new: int):
-    def run(n):
-        llm.reset()
-        llm.eval(prompt)
-        for i in range(n - 1):
-            llm.eval([prompt[i % len(prompt)]])  # decode cost does not depend on which token
-
-    return lambda: (new - 1) / (_timed(lambda: run(new)) - _timed(lambda: run(1)))
-
-
-def bench_model(name: str, new: int, reps: int, threads: int, work: Path) -> list[tuple]:
     cfg = ModelConfig(
         max_position_embeddings=2048, eos_token_id=0, pad_token_id=0, bos_token_id=None, **MODELS[name]
     )
-    src = work / name / "fp32"
+    src = work / "fp32"
     save_model(build(cfg, seed=0), src)
     train_bpe(["def f(x):\n    return x + 1\n" * 50], vocab_size=300, out_dir=src)  # GGUF pads the vocab
+    engines = {}
+    for k in kinds:
+        d = src if k == "fp32" else work / k
+        if k != "fp32":
+            quantize_checkpoint(src, d, int(k[3:]), 128)
+        engines[f"phiforge {k}"] = ["phiforge", str(d)]
+    if llama:
+        for k in kinds:
+            f = export_gguf(src, work / f"{GGUF[k]}.gguf", GGUF[k])
+            engines[f"llama.cpp {GGUF[k]}"] = ["llama", str(f)]
+    return engines
+
+
+def worker(kind: str, path: str, a) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(300, cfg.vocab_size, (32,), generator=g).tolist()
-    rows = {"fp32": Engine.load(src)}
-    for bits in (8, 4):
-        quantize_checkpoint(src, work / name / f"int{bits}", bits, 128)
-        rows[f"int{bits}"] = Engine(load_quantized(work / name / f"int{bits}"))
-    runs = {k: ours(e, prompt, new) for k, e in rows.items()}
-    mem = {k: model_bytes(e.model) for k, e in rows.items()}
-    try:
-        import llama_cpp
-    except ImportError:
-        llama_cpp = None
-        print("llama.cpp: skipped (llama-cpp-python not installed)")
-    if llama_cpp is not None:
-        for kind in ("f16", "q8_0", "q4_0"):
-            f = export_gguf(src, work / name / f"{kind}.gguf", kind)
-            llm = llama_cpp.Llama(str(f), n_ctx=256, n_threads=threads, n_batch=64, verbose=False)
-            runs[f"llama {kind}"] = theirs(llm, prompt, new)
-            mem[f"llama {kind}"] = f.stat().st_size
-    res = {k: [] for k in runs}
-    for _ in range(reps):
-        for k, fn in runs.items():
-            res[k].append(fn())
-    return [(k, statistics.median(v), mem[k]) for k, v in res.items()]
+    prompts = torch.randint(300, 32000, (a.batch, a.long), generator=g).tolist()
+    short, long = prompts[0][:32], prompts[0]
+    if kind == "llama":
+        from llama_cpp import Llama
+
+        llm = Llama(
+            path,
+            n_ctx=a.long + 64,
+            n_threads=a.threads,
+            n_threads_batch=a.threads,
+            n_batch=a.long,
+            verbose=False,
+        )
+        llama_run(llm, short[:8], 4)  # warm-up
+        out = llama_run(llm, short, a.new)
+        out["prefill_long_ms"] = llama_run(llm, long, 1)["prefill_ms"]
+        return out
+    from phiforge.infer.engine import Engine
+
+    engine = Engine.load(path)
+    phiforge_run(engine, [short[:8]], 4)  # warm-up
+    out = phiforge_run(engine, [short], a.new)
+    out["prefill_long_ms"] = phiforge_run(engine, [long], 1)["prefill_ms"]
+    if a.batch > 1:
+        out["batch_tps"] = phiforge_run(engine, [p[:32] for p in prompts], a.new)["decode_tps"]
+    return out
+
+
+def report(name: str, res: dict, a) -> None:
+    print(
+        f"\n{name}: {a.threads} thread(s), prompt 32 / {a.long}, {a.new} new, medians of {a.reps} [min-max]"
+    )
+    head = ("engine", "prefill 32 ms", f"prefill {a.long} ms", "decode tok/s", f"batch {a.batch} tok/s")
+    print(f"{head[0]:<16}" + "".join(f"{h:>22}" for h in head[1:]) + "   vs llama.cpp: pre32 pre-long decode")
+    for e, runs in res.items():
+        if "skipped" in runs[0]:
+            print(f"{e:<16} skipped: {runs[0]['skipped']}")
+            continue
+        cells = [spread(runs, k, ".0f") for k in ("prefill_ms", "prefill_long_ms")]
+        cells += [spread(runs, "decode_tps")]
+        bt, one = median(runs, "batch_tps"), median(runs, "decode_tps")
+        cells.append(f"{bt:.1f} ({bt / one:.1f}x)" if bt else "-")
+        ref = res.get(f"llama.cpp {GGUF.get(e.split()[-1], '')}", [{}])
+        ratios = ""
+        if e.startswith("phiforge") and ref and "skipped" not in ref[0]:
+            r = [median(ref, k) / median(runs, k) for k in ("prefill_ms", "prefill_long_ms")]
+            r.append(median(runs, "decode_tps") / median(ref, "decode_tps"))
+            ratios = "   " + " ".join(f"{x:5.2f}x" for x in r)
+        print(f"{e:<16}" + "".join(f"{c:>22}" for c in cells) + ratios, flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="small,mini4")
+    ap.add_argument("--kinds", default="fp32,int4", help="phiforge kinds among fp32,int8,int4")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--new", type=int, default=64, help="decode steps timed")
+    ap.add_argument("--long", type=int, default=512, help="the long prompt's tokens")
+    ap.add_argument("--batch", type=int, default=32, help="rows of the batched decode (phiforge; 1: skip)")
     ap.add_argument("--reps", type=int, default=3)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, {args.threads} threads, batch-1 decode after 32 prompt tokens, {args.new} new"
-    )
-    for name in args.models.split(","):
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(worker(*a.worker, a)))
+        return
+    try:
+        import llama_cpp  # noqa: F401
+
+        llama = True
+    except ImportError:
+        llama = False
+        print("llama.cpp: skipped (llama-cpp-python not installed)")
+    flags = ["--threads", str(a.threads), "--new", str(a.new), "--long", str(a.long), "--batch", str(a.batch)]
+    for name in a.models.split(","):
         with tempfile.TemporaryDirectory() as d:
-            rows = bench_model(name, args.new, args.reps, args.threads, Path(d))
-        tps = dict((k, v) for k, v, _ in rows)
-        print(f"\n{name}: {'':14s} tok/s   weights     vs fp32   vs llama.cpp (same bits)")
-        pair = {"fp32": "llama f16", "int8": "llama q8_0", "int4": "llama q4_0"}
-        for k, v, m in rows:
-            vs = f"{v / tps[pair[k]]:5.2f}x" if pair.get(k) in tps else ""
-            print(f"  {k:16s} {v:8.1f} {m / 1e6:8.1f} MB   {v / tps['fp32']:5.2f}x   {vs}", flush=True)
+            engines = prepare(name, a.kinds.split(","), Path(d), llama)
+            res = alternate(__file__, {e: [*args, *flags] for e, args in engines.items()}, a.reps)
+        report(name, res, a)
+    print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """The real model's speed: SmolLM2-135M-Instruct (the installed Q4_1 GGUF) in phiforge vs transformers and
 llama.cpp on the same file.
 
-Engines, each in its own subprocess (one engine's threads and caches never slow another's):
+Engines, each measurement in its own subprocess, engines taking turns (benchmarks/timing.py):
   phiforge-int4   the GGUF's Q4_1 blocks kept as they are (int4 kernels, no second rounding)
   phiforge-fp32   the same file dequantized to fp32
   transformers    AutoModelForCausalLM.from_pretrained(dir, gguf_file=...) (dequantizes to fp32)
   llama.cpp       llama-cpp-python on the same file, when installed (optional; else the column says so)
-Measured separately: prefill of a 512-token prompt (ms, KV cache filled, the first token's logits) and batch-1
-greedy decode (tokens/s over `--new` steps after a 32-token prompt). Medians of `--reps` runs.
+Measured separately: prefill of a 32- and a 512-token prompt (ms to the first token's logits) and batch-1
+greedy decode (tokens/s from per-token timestamps over `--new` steps after the 32-token prompt). Medians of
+`--reps` processes per engine, [min-max].
 
     python benchmarks/bench_real.py [--threads 2] [--new 64] [--reps 3]
 """
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
+import os
 import time
 from pathlib import Path
+
+from timing import alternate, llama_run, median, phiforge_run, spread
 
 MODEL = "smollm2-135m-instruct"
 ENGINES = ("phiforge-int4", "phiforge-fp32", "transformers", "llama.cpp")
@@ -32,31 +33,19 @@ def _prompts(tok_encode) -> tuple[list[int], list[int]]:
     return ids[:512], ids[:32]
 
 
-def _median(fn, reps: int) -> float:
-    return statistics.median(fn() for _ in range(reps))
-
-
-def run_phiforge(dtype: str, new: int, reps: int) -> dict:
+def run_phiforge(dtype: str, new: int) -> dict:
     import torch
 
     from phiforge.infer.engine import Engine
-    from phiforge.infer.sampling import SamplingParams
 
     engine = Engine.load(MODEL, dtype=torch.float32 if dtype == "fp32" else None)
     long, short = _prompts(engine.tok.encode)
-    one = SamplingParams(max_new_tokens=1, ignore_eos=True)
-    engine.generate([short], SamplingParams(max_new_tokens=4, ignore_eos=True))  # warm-up
-
-    def prefill():
-        return engine.generate([long], one)[0].prefill_s
-
-    def decode():
-        return engine.generate([short], SamplingParams(max_new_tokens=new, ignore_eos=True))[0].decode_tps
-
-    return {"prefill_ms": 1e3 * _median(prefill, reps), "decode_tps": _median(decode, reps)}
+    phiforge_run(engine, [short[:8]], 4)  # warm-up
+    out = phiforge_run(engine, [short], new)
+    return {**out, "prefill_long_ms": phiforge_run(engine, [long], 1)["prefill_ms"]}
 
 
-def run_transformers(new: int, reps: int) -> dict:
+def run_transformers(new: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,61 +57,51 @@ def run_transformers(new: int, reps: int) -> dict:
     long, short = _prompts(lambda s: tok(s, add_special_tokens=False).input_ids)
 
     @torch.inference_mode()
-    def prefill():
+    def run(ids: list[int], n: int) -> dict:
         t = time.perf_counter()
-        model(torch.tensor([long]), use_cache=True)
-        return time.perf_counter() - t
-
-    @torch.inference_mode()
-    def decode():
-        out = model(torch.tensor([short]), use_cache=True)
+        out = model(torch.tensor([ids]), use_cache=True)
         nxt = out.logits[:, -1:].argmax(-1)
-        t = time.perf_counter()
-        for _ in range(new - 1):  # the first new token comes from the prefill, as in Engine's decode_tps
+        stamps = [time.perf_counter()]
+        for _ in range(n - 1):
             out = model(nxt, past_key_values=out.past_key_values, use_cache=True)
             nxt = out.logits[:, -1:].argmax(-1)
-        return (new - 1) / (time.perf_counter() - t)
+            stamps.append(time.perf_counter())
+        r = {"prefill_ms": 1e3 * (stamps[0] - t)}
+        if n > 1:
+            r["decode_tps"] = (n - 1) / (stamps[-1] - stamps[0])
+        return r
 
-    decode()  # warm-up
-    return {"prefill_ms": 1e3 * _median(prefill, reps), "decode_tps": _median(decode, reps)}
+    run(short[:8], 4)  # warm-up
+    return {**run(short, new), "prefill_long_ms": run(long, 1)["prefill_ms"]}
 
 
-def run_llama_cpp(new: int, reps: int, threads: int) -> dict:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
+def run_llama_cpp(new: int, threads: int) -> dict:
+    from llama_cpp import Llama
+
     from phiforge.infer.load import resolve
 
-    llm = Llama(str(resolve(MODEL)), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
+    llm = Llama(
+        str(resolve(MODEL)),
+        n_ctx=1024,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=512,
+        verbose=False,
+    )
     long, short = _prompts(lambda s: llm.tokenize(s.encode(), add_bos=False))
-
-    def prefill():
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(long)
-        return time.perf_counter() - t
-
-    def decode():
-        llm.reset()
-        llm.eval(short)
-        t = time.perf_counter()
-        for _ in range(new - 1):
-            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
-        return (new - 1) / (time.perf_counter() - t)
-
-    return {"prefill_ms": 1e3 * _median(prefill, reps), "decode_tps": _median(decode, reps)}
+    llama_run(llm, short[:8], 4)  # warm-up
+    return {**llama_run(llm, short, new), "prefill_long_ms": llama_run(llm, long, 1)["prefill_ms"]}
 
 
-def worker(engine: str, threads: int, new: int, reps: int) -> dict:
+def worker(engine: str, threads: int, new: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     if engine.startswith("phiforge"):
-        return run_phiforge(engine.split("-")[1], new, reps)
+        return run_phiforge(engine.split("-")[1], new)
     if engine == "transformers":
-        return run_transformers(new, reps)
-    return run_llama_cpp(new, reps, threads)
+        return run_transformers(new)
+    return run_llama_cpp(new, threads)
 
 
 def main() -> None:
@@ -134,46 +113,48 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.threads, a.new, a.reps)))
+        print(json.dumps(worker(a.worker, a.threads, a.new)))
         return
-    rows = {}
-    for e in a.engines.split(","):
-        cmd = [sys.executable, __file__, "--worker", e, "--threads", str(a.threads), "--new", str(a.new),
-               "--reps", str(a.reps)]  # fmt: skip
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode:
-            rows[e] = {"skipped": f"failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}"}
-        else:
-            rows[e] = json.loads(p.stdout.strip().splitlines()[-1])
-        print(e, rows[e], file=sys.stderr)
-    ref = rows.get("transformers", {})
-    lcpp = rows.get("llama.cpp", {})
-    print(f"SmolLM2-135M-Instruct Q4_1 GGUF, {a.threads} threads, medians of {a.reps}")
-    heads = (
+    engines = a.engines.split(",")
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        engines = [e for e in engines if e != "llama.cpp"]
+        print("llama.cpp: skipped (llama-cpp-python is not installed: pip install llama-cpp-python)")
+    flags = ["--threads", str(a.threads), "--new", str(a.new)]
+    res = alternate(__file__, {e: [e, *flags] for e in engines}, a.reps)
+    print(
+        f"SmolLM2-135M-Instruct Q4_1 GGUF, {a.threads} thread(s), {a.new} new, medians of {a.reps} [min-max]"
+    )
+    head = (
         "engine",
+        "prefill 32 ms",
         "prefill 512 ms",
         "decode tok/s",
         "decode vs HF",
-        "prefill vs llama.cpp",
-        "decode vs llama.cpp",
+        "vs llama.cpp: pre512 decode",
     )
-    print(f"{heads[0]:<15}" + "".join(f"{h:>21}" for h in heads[1:]))
+    print(f"{head[0]:<15}" + "".join(f"{h:>22}" for h in head[1:]))
+    ref, lcpp = res.get("transformers", [{}]), res.get("llama.cpp", [{}])
 
-    def ratio(x: float, y: float | None) -> str:  # "-" where the reference engine was not measured
-        return f"{x / y:.2f}x" if y else "-"
+    def ratio(x: float | None, y: float | None) -> str:  # "-" where an engine was not measured
+        return f"{x / y:.2f}x" if x and y else "-"
 
-    for e, r in rows.items():
-        if "skipped" in r:
-            print(f"{e:<15} skipped: {r['skipped']}")
+    for e, runs in res.items():
+        if "skipped" in runs[0]:
+            print(f"{e:<15} skipped: {runs[0]['skipped']}")
             continue
+        dec = median(runs, "decode_tps")
         cells = (
-            f"{r['prefill_ms']:.0f}",
-            f"{r['decode_tps']:.1f}",
-            ratio(r["decode_tps"], ref.get("decode_tps")),
-            ratio(lcpp["prefill_ms"], r["prefill_ms"]) if "prefill_ms" in lcpp else "-",  # >1: faster
-            ratio(r["decode_tps"], lcpp.get("decode_tps")),
+            spread(runs, "prefill_ms", ".0f"),
+            spread(runs, "prefill_long_ms", ".0f"),
+            spread(runs, "decode_tps"),
+            ratio(dec, median(ref, "decode_tps")),
+            f"{ratio(median(lcpp, 'prefill_long_ms'), median(runs, 'prefill_long_ms'))} "
+            f"{ratio(dec, median(lcpp, 'decode_tps'))}",
         )
-        print(f"{e:<15}" + "".join(f"{c:>21}" for c in cells))
+        print(f"{e:<15}" + "".join(f"{c:>22}" for c in cells))
+    print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

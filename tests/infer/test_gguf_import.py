@@ -13,6 +13,7 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
+from phiforge.infer import kernels  # noqa: E402
 from phiforge.infer.gguf_export import export_gguf  # noqa: E402
 from phiforge.infer.gguf_import import QTensor, convert_gguf, load_gguf, read_gguf  # noqa: E402
 from phiforge.infer.quant import QuantEmbedding, QuantLinear  # noqa: E402
@@ -87,8 +88,13 @@ def test_own_q4_0_keeps_the_integer_weights(own):
     assert isinstance(dq.blocks[0].attn.qkv, torch.nn.Linear)
     ids = torch.tensor([tok.encode(texts[0][:400])])
     with torch.inference_mode():
-        a, b = q(ids), dq(ids)
-    assert (a - b).abs().max() <= 1e-4 * b.abs().max()  # prefill dequantizes the same integers
+        b = dq(ids)
+        with pytest.MonkeyPatch.context() as mp:  # the PyTorch path (no native kernels) dequantizes them
+            mp.setattr(kernels, "library", lambda: None)
+            a = q(ids)
+        c = q(ids)  # the integer kernel: activations rounded to int8 too
+    assert (a - b).abs().max() <= 1e-4 * b.abs().max()  # the same integers
+    assert (c.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
 
 
 # ---- the real model: SmolLM2-135M-Instruct (Q4_1) against transformers' GGUF loader ----

@@ -4,6 +4,7 @@ other, the checkpoint round trip, the memory estimate against real bytes, and pe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,11 +42,12 @@ def test_quantize_roundtrip_error_within_half_step(bits, group):
 @needs_kernels
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("rows", [1, 5, 33])
 def test_native_kernel_equals_dequantized_product(bits, group, rows):
-    # the kernel's definition: dequantized weights times int8-rounded activations, fp32 sums
+    # the kernel's definition: dequantized weights times int8-rounded activations, fp32 sums. 101 weight rows
+    # and 5 or 33 activation rows leave partial tiles on both sides of the many-row kernel.
     torch.manual_seed(0)
-    w, b, x = torch.randn(100, 384) * 0.02, torch.randn(100), torch.randn(rows, 384)
+    w, b, x = torch.randn(101, 384) * 0.02, torch.randn(101), torch.randn(rows, 384)
     q, s, m = quant.quantize_weight(w, bits, group)
     ref = _qdq_act(x, group) @ quant.dequantize_weight(q, s, m, bits, group).t() + b
     out = kernels.qgemm(x, q, s, m, b, bits, group)
@@ -53,6 +55,80 @@ def test_native_kernel_equals_dequantized_product(bits, group, rows):
     # and it stays close to the fp32 product (int4 g128 ~5-10% of the largest output, int8 ~1%)
     tol = 0.15 if bits == 4 else 0.02
     assert (out - (x @ w.t() + b)).abs().max() < tol * (x @ w.t() + b).abs().max()
+    # a row's result does not depend on the rows batched with it (batch-1 decode == batched decode)
+    assert torch.equal(out[-1:], kernels.qgemm(x[-1:], q, s, m, b, bits, group))
+
+
+_ISA_CHECK = """
+import torch
+from phiforge.infer import kernels, quant
+print(kernels.isa())
+for bits in (4, 8):
+    for group, rows in ((32, 1), (128, 7), (512, 33)):  # 512: int16 sums widened every 8 units on AVX2
+        torch.manual_seed(bits + rows)
+        w, x = torch.randn(37, 1024) * 0.02, torch.randn(rows, 1024)
+        q, s, m = quant.quantize_weight(w, bits, group)
+        xg = x.reshape(rows, -1, group)
+        d = xg.abs().amax(-1, keepdim=True) / 127
+        xq = (torch.round(xg / d) * d).reshape(rows, -1)
+        ref = xq @ quant.dequantize_weight(q, s, m, bits, group).t()
+        out = kernels.qgemm(x, q, s, m, None, bits, group)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+"""
+
+
+def _cpu_has(*flags: str) -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split()
+    return all(f in line for f in flags)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("flags", "isa", "cpu"),
+    [
+        ("-mno-avx2", "scalar", ()),
+        ("-mno-avx512f", "avx2", ("avx2", "fma", "f16c")),
+        (
+            "-mavx512f -mavx512bw -mavx512vl -mavx512vnni",
+            "avx512vnni",
+            ("avx512bw", "avx512vl", "avx512_vnni"),
+        ),
+    ],
+)
+def test_every_instruction_set_path_equals_its_definition(flags, isa, cpu, tmp_path):
+    # each path is built on its own (PHIFORGE_KERNEL_FLAGS, its own cache) and checked against the dequantized
+    # product where this CPU has its instructions; where it has not, the path must still compile
+    import os
+    import subprocess
+    import sys
+
+    if not _cpu_has(*cpu):
+        cc = [
+            os.environ.get("CC", "gcc"),
+            "-O3",
+            "-march=native",
+            *flags.split(),
+            "-fopenmp",
+            "-shared",
+            "-fPIC",
+        ]
+        subprocess.run([*cc, str(kernels.SRC), "-o", str(tmp_path / "k.so")], check=True, timeout=120)
+        pytest.skip(f"the {isa} path compiles; this CPU lacks {cpu} to run it")
+    env = {
+        **os.environ,
+        "PHIFORGE_KERNEL_FLAGS": flags,
+        "XDG_CACHE_HOME": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+    }
+    p = subprocess.run(
+        [sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split()[0] == isa
 
 
 def test_quantize_model_replaces_every_linear_and_the_embedding():
@@ -134,7 +210,7 @@ def test_engine_loads_quantized_and_batches(trained, quantized_dirs):
     ids = [eng.tok.encode(t) for t in prompts]
     batch = [r.tokens for r in eng.generate(ids, p)]  # left-padded: PyTorch path with masks
     assert batch == solo
-    # a long prompt goes through the dequantize + matmul prefill
+    # a long prompt goes through the many-row integer kernel
     long = eng.tok.encode(held[:3000])[:300]
     assert len(eng.generate([long], p)[0].tokens) == 12
     chat = eng.chat([{"role": "user", "content": "hello"}], SamplingParams(max_new_tokens=4, seed=0))

@@ -27,7 +27,7 @@ from ..tokenizer import PHI3_CHAT_TEMPLATE
 from .load import load_model
 from .quant import dequantized_state
 
-TYPES = ("f16", "q8_0", "q4_0")
+TYPES = ("f32", "f16", "q8_0", "q4_0")
 ARCH = "phi3"
 
 
@@ -35,7 +35,7 @@ def _qtype(kind: str, name: str, tensor: torch.Tensor):
     import gguf
 
     Q = gguf.GGMLQuantizationType
-    if tensor.dim() == 1:
+    if tensor.dim() == 1 or kind == "f32":
         return Q.F32
     if kind == "f16":
         return Q.F16
@@ -116,9 +116,11 @@ def export_gguf(
     if "lm_head.weight" not in sd:  # tied: llama.cpp's phi3 graph reads output.weight
         sd["lm_head.weight"] = sd["embed.weight"]
 
-    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}.get(
-        kind, gguf.LlamaFileType.MOSTLY_Q4_0
-    )
+    ftype = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }.get(kind, gguf.LlamaFileType.MOSTLY_Q4_0)
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, ARCH)
         w.add_name(model_dir.resolve().name)

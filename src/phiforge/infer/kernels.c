@@ -35,11 +35,27 @@ void gemv_f32(const float *x, const float *w, const float *b, float *y, int64_t 
  * Decode is bound by streaming weights, so the activation row is quantized to int8 per group
  * (x ~ d[g] * xq) and each group's dot product is an integer one: sum_j w_j x_j =
  * s[g] d[g] sum_j q_j xq_j + m[g] xs[g], with xs[g] = d[g] sum_j xq_j (exactly dequant(W) . dequant(x)).
- * AVX2 does 32 products per maddubs; reading 1/8 (int4) or 1/4 (int8) of fp32's bytes is the win. */
+ * AVX2 does 32 products per maddubs; reading 1/8 (int4) or 1/4 (int8) of fp32's bytes is the win.
+ * The instruction set is chosen at build time from the compiler's macros (-march=native, or the flags in
+ * PHIFORGE_KERNEL_FLAGS): AVX-512 VNNI (dpbusd: 32 products summed into int32 in one instruction, 256-bit
+ * through AVX512VL), else AVX2 (maddubs + madd), else plain C. `kernel_isa()` names the one built. */
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define PF_AVX2 1
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512BW__)
+#define PF_VNNI 1
 #endif
+#endif
+
+const char *kernel_isa(void) {
+#if defined(PF_VNNI)
+    return "avx512vnni";
+#elif defined(PF_AVX2)
+    return "avx2";
+#else
+    return "scalar";
+#endif
+}
 
 static inline float h2f(uint16_t h) {
 #ifdef PF_AVX2
@@ -84,54 +100,111 @@ static void quantize_act(const float *x, int8_t *xq, float *d, float *xs, int64_
 }
 
 #ifdef PF_AVX2
+/* 16 bytes of int4 (32 weights, Q4_0 order) -> 32 bytes 0..15: low nibbles in the low lane, high in the high */
+static inline __m256i unpack4(const uint8_t *p) {
+    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0f));
+}
+
+/* acc (8 x int32) += sums of 4 adjacent products ax * (w with x's sign): signed x signed as unsigned |x| x signed
+ * (both in -127..127, so a maddubs pair, <= 2 * 127 * 127, never saturates) */
+static inline __m256i dot8(__m256i acc, __m256i ax, __m256i w, __m256i x) {
+#ifdef PF_VNNI
+    return _mm256_dpbusd_epi32(acc, ax, _mm256_sign_epi8(w, x));
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x)), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* int4 units: w unsigned 0..15, x signed. VNNI sums into int32; AVX2's maddubs gives int16 pair sums (<= 2 * 15 *
+ * 127 = 3810), which callers add up over <= 8 units and widen (WIDEN4) */
+#ifdef PF_VNNI
+#define WIDEN4 0
+static inline __m256i dot4(__m256i acc, __m256i w, __m256i x) { return _mm256_dpbusd_epi32(acc, w, x); }
+#else
+#define WIDEN4 1
+static inline __m256i dot4(__m256i acc, __m256i w, __m256i x) {
+    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x));
+}
+#endif
+
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+
+/* sum_g m[g] xs[g]: the mins' share of a row's dot product, 8 groups per step (dot_q and the tiles share it,
+ * so a row's result has the same bits whether it is decoded alone or in a batch) */
+static inline float mins_dot(const uint16_t *m, const float *xs, int64_t ng) {
+    __m256 t = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8)
+        t = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g))), _mm256_loadu_ps(xs + g), t);
+    float r = hsum8(t);
+    for (; g < ng; ++g) r += h2f(m[g]) * xs[g];
+    return r;
+}
+#endif
+
+#ifdef PF_AVX2
+/* dot_q for 32-weight groups: straight-line, the scales of 8 groups converted at a time (same sums, same bits) */
+static inline __attribute__((always_inline)) float dot_q32(const uint8_t *w, const uint16_t *s, const uint16_t *m,
+                                                           const int8_t *xq, const float *d, const float *xs,
+                                                           int64_t ng, const int bits) {
+    __m256 acc = _mm256_setzero_ps();
+    float sc[8];
+    for (int64_t g = 0; g < ng; ++g) {
+        if (g % 8 == 0 && g + 8 <= ng)
+            _mm256_storeu_ps(sc, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g))),
+                                               _mm256_loadu_ps(d + g)));
+        const float scale = g - g % 8 + 8 <= ng ? sc[g % 8] : h2f(s[g]) * d[g];
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + g * 32)), zero = _mm256_setzero_si256();
+        __m256i p;
+        if (bits == 4) {
+            p = dot4(zero, unpack4(w + g * 16), xv);
+            if (WIDEN4) p = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+        } else {
+            p = dot8(zero, _mm256_sign_epi8(xv, xv), _mm256_loadu_si256((const __m256i *)(w + g * 32)), xv);
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale), acc);
+    }
+    return hsum8(acc) + mins_dot(m, xs, ng);
+}
 #endif
 
 static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const int8_t *xq, const float *d,
                    const float *xs, int64_t K, int64_t G, int bits) {
     const int64_t ng = K / G, upg = G / 32; /* 32-weight units per group */
-    float tail = 0.f;
 #ifdef PF_AVX2
+    if (upg == 1) /* G = 32 (GGUF's Q4_0/Q4_1/Q8_0) */
+        return bits == 4 ? dot_q32(w, s, m, xq, d, xs, ng, 4) : dot_q32(w, s, m, xq, d, xs, ng, 8);
     __m256 acc = _mm256_setzero_ps();
-    const __m128i lo4 = _mm_set1_epi8(0x0f);
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t g = 0; g < ng; ++g) {
         __m256i isum = _mm256_setzero_si256();
         if (bits == 4) {
-            /* a maddubs pair is <= 2 * 15 * 127 = 3810, so 8 units sum in int16 before widening */
-            for (int64_t u0 = 0; u0 < upg; u0 += 8) {
+            for (int64_t u0 = 0; u0 < upg; u0 += 8) { /* WIDEN4: int16 sums of <= 8 units */
                 __m256i p = _mm256_setzero_si256();
                 for (int64_t u = u0; u < upg && u < u0 + 8; ++u) {
                     const int64_t k = g * upg + u;
-                    const __m128i b = _mm_loadu_si128((const __m128i *)(w + k * 16));
-                    const __m256i wq =
-                        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), lo4), _mm_and_si128(b, lo4));
-                    p = _mm256_add_epi16(
-                        p, _mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)(xq + k * 32))));
+                    p = dot4(p, unpack4(w + k * 16), _mm256_loadu_si256((const __m256i *)(xq + k * 32)));
                 }
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+                isum = _mm256_add_epi32(isum, WIDEN4 ? _mm256_madd_epi16(p, _mm256_set1_epi16(1)) : p);
             }
         } else {
             for (int64_t u = 0; u < upg; ++u) {
                 const int64_t k = g * upg + u;
                 const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k * 32));
                 const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k * 32));
-                /* signed x signed: |x| times w carrying x's sign (both in -127..127: no saturation) */
-                const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+                isum = dot8(isum, _mm256_sign_epi8(xv, xv), wv, xv);
             }
         }
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(s[g]) * d[g]), acc);
-        tail += h2f(m[g]) * xs[g];
     }
-    return hsum8(acc) + tail;
+    return hsum8(acc) + mins_dot(m, xs, ng);
 #else
-    float acc = 0.f;
+    float acc = 0.f, tail = 0.f;
     for (int64_t g = 0; g < ng; ++g) {
         int32_t isum = 0;
         for (int64_t u = 0; u < upg; ++u) {
@@ -152,14 +225,118 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
 #endif
 }
 
-/* y (M, N) = x (M, K) . dequant(W (N, K))^T (+ b). qscratch: >= M K bytes + 2 M (K / G) floats.
- * Rows of W are split across threads; each row is read once for all M inputs (it stays in L1). */
+#ifdef PF_AVX2
+/* Many rows (prefill, batched decode): an MR x NR tile of outputs (MR activation rows, NR weight rows) is
+ * computed together, so each 32-weight unit is unpacked once for MR activation rows and each activation unit
+ * loaded once for NR weight rows; the MR x NR accumulators live in registers. Per group the integer sums
+ * become fp32 once (int4 on AVX2: int16 sums of up to 8 maddubs units, as in dot_q). */
+#ifndef PF_MR
+#define PF_MR 4
+#endif
+#ifndef PF_NR
+#define PF_NR 2
+#endif
+_Static_assert(PF_MR <= 8, "kernels.py's qscratch() pads activation rows to a multiple of 8");
+
+static inline __attribute__((always_inline)) void tile_q(const uint8_t *const *wr, const float *const *sr,
+                                                         const int8_t *xq, const float *d, int64_t K, int64_t G,
+                                                         const int bits, __m256 acc[PF_MR][PF_NR]) {
+    const int64_t ng = K / G, upg = G / 32;
+    for (int i = 0; i < PF_MR; ++i)
+        for (int r = 0; r < PF_NR; ++r) acc[i][r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        __m256 sc[PF_MR][PF_NR];
+        for (int i = 0; i < PF_MR; ++i)
+            for (int r = 0; r < PF_NR; ++r) sc[i][r] = _mm256_set1_ps(sr[r][g] * d[i * ng + g]);
+        __m256i p[PF_MR][PF_NR]; /* int32 sums, or int16 sums of <= 8 units (WIDEN4) */
+        for (int i = 0; i < PF_MR; ++i)
+            for (int r = 0; r < PF_NR; ++r) p[i][r] = _mm256_setzero_si256();
+        for (int64_t u = 0; u < upg; ++u) {
+            const int64_t k = g * upg + u;
+            __m256i wv[PF_NR];
+            for (int r = 0; r < PF_NR; ++r)
+                wv[r] = bits == 4 ? unpack4(wr[r] + k * 16) : _mm256_loadu_si256((const __m256i *)(wr[r] + k * 32));
+            for (int i = 0; i < PF_MR; ++i) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * K + k * 32));
+                const __m256i ax = _mm256_sign_epi8(xv, xv);
+                for (int r = 0; r < PF_NR; ++r)
+                    p[i][r] = bits == 4 ? dot4(p[i][r], wv[r], xv) : dot8(p[i][r], ax, wv[r], xv);
+            }
+            if (bits == 4 && WIDEN4 && ((u & 7) == 7 || u == upg - 1)) /* int16 -> int32 before overflow */
+                for (int i = 0; i < PF_MR; ++i)
+                    for (int r = 0; r < PF_NR; ++r) {
+                        const __m256i s32 = _mm256_madd_epi16(p[i][r], _mm256_set1_epi16(1));
+                        acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), sc[i][r], acc[i][r]);
+                        p[i][r] = _mm256_setzero_si256();
+                    }
+        }
+        if (bits == 8 || !WIDEN4)
+            for (int i = 0; i < PF_MR; ++i)
+                for (int r = 0; r < PF_NR; ++r)
+                    acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[i][r]), sc[i][r], acc[i][r]);
+    }
+}
+
+/* rows i0.. (a multiple of PF_MR, padded with zero rows) x weight rows r0..r0+PF_NR (the last tile repeats
+ * row N-1 and drops it) */
+static void qgemm_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
+                        const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0, int64_t i1,
+                        int64_t r0, int64_t N, int64_t K, int64_t G, int bits) {
+    const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
+    const uint8_t *wr[PF_NR];
+    const uint16_t *mr[PF_NR];
+    float sf[PF_NR][ng]; /* the rows' scales in fp32 once, not once per tile of activation rows */
+    const float *sr[PF_NR];
+    for (int r = 0; r < PF_NR; ++r) {
+        const int64_t rr = r0 + r < N ? r0 + r : N - 1;
+        wr[r] = w + rr * row_bytes, mr[r] = m + rr * ng, sr[r] = sf[r];
+        for (int64_t g = 0; g < ng; ++g) sf[r][g] = h2f(s[rr * ng + g]);
+    }
+    for (int64_t i = i0; i < i1; i += PF_MR) {
+        __m256 acc[PF_MR][PF_NR];
+        if (bits == 4)
+            tile_q(wr, sr, xq + i * K, d + i * ng, K, G, 4, acc);
+        else
+            tile_q(wr, sr, xq + i * K, d + i * ng, K, G, 8, acc);
+        for (int ii = 0; ii < PF_MR && i + ii < M; ++ii)
+            for (int r = 0; r < PF_NR && r0 + r < N; ++r) {
+                const float v = hsum8(acc[ii][r]) + mins_dot(mr[r], xs + (i + ii) * ng, ng); /* as dot_q */
+                y[(i + ii) * N + r0 + r] = b ? v + b[r0 + r] : v;
+            }
+    }
+}
+#endif
+
+/* y (M, N) = x (M, K) . dequant(W (N, K))^T (+ b). qscratch: >= Mp K bytes + 2 Mp (K / G) floats + 64, with
+ * Mp = M rounded up to a multiple of 8 (the tiles read whole tiles of rows). Weight rows are split across
+ * threads; with one row each is a dot_q (it stays in L1), with more rows they go through MR x NR tiles, the
+ * activation rows in chunks that stay in L2 while every weight tile passes over them. */
 void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
            int64_t M, int64_t N, int64_t K, int64_t G, int bits, void *qscratch, int nthreads) {
     const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
+#ifdef PF_AVX2
+    const int64_t Mp = M > 1 ? (M + PF_MR - 1) / PF_MR * PF_MR : M;
+#else
+    const int64_t Mp = M;
+#endif
     int8_t *xq = (int8_t *)qscratch;
-    float *d = (float *)(xq + ((M * K + 63) & ~(int64_t)63)), *xs = d + M * ng;
+    float *d = (float *)(xq + ((Mp * K + 63) & ~(int64_t)63)), *xs = d + Mp * ng;
     for (int64_t i = 0; i < M; ++i) quantize_act(x + i * K, xq + i * K, d + i * ng, xs + i * ng, K, G);
+    memset(xq + M * K, 0, (Mp - M) * K);
+    memset(d + M * ng, 0, (Mp - M) * ng * sizeof(float));
+    memset(xs + M * ng, 0, (Mp - M) * ng * sizeof(float));
+#ifdef PF_AVX2
+    if (M > 1) {
+        const int64_t chunk = ((256 << 10) / K + PF_MR - 1) / PF_MR * PF_MR; /* ~256 KB of int8 rows */
+        for (int64_t i0 = 0; i0 < Mp; i0 += chunk) {
+            const int64_t i1 = i0 + chunk < Mp ? i0 + chunk : Mp;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+            for (int64_t r0 = 0; r0 < N; r0 += PF_NR)
+                qgemm_tiles(w, s, m, b, y, xq, d, xs, M, i0, i1, r0, N, K, G, bits);
+        }
+        return;
+    }
+#endif
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < N; ++r) {
         for (int64_t i = 0; i < M; ++i) {
@@ -168,6 +345,19 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
             y[i * N + r] = b ? v + b[r] : v;
         }
     }
+}
+
+/* q . k in 8 lanes (a plain `d += q[e] * k[e]` loop stays scalar: gcc keeps the order of float sums) */
+static inline float dot_f32(const float *a, const float *b, int64_t n) {
+    float acc[8] = {0};
+    int64_t e = 0;
+    for (; e + 8 <= n; e += 8)
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; ++l) acc[l] += a[e + l] * b[e + l];
+    float d = 0.f;
+    for (int l = 0; l < 8; ++l) d += acc[l];
+    for (; e < n; ++e) d += a[e] * b[e];
+    return d;
 }
 
 /* one linear layer of a decode step: fp32 (bits 32, w is float) or quantized */
@@ -235,9 +425,7 @@ static void decode_layer(float *x, const float *ln1, const Lin *lin, const float
         const float *kc = k_cache + (head / group) * max_len * hd, *vc = v_cache + (head / group) * max_len * hd;
         float *s = scores + head * L, *out = att + head * hd, mx = -INFINITY, sum = 0.f;
         for (int64_t t = t0; t < L; ++t) {
-            float d = 0.f;
-            for (int64_t e = 0; e < hd; ++e) d += q[e] * kc[t * hd + e];
-            s[t] = d * scale;
+            s[t] = dot_f32(q, kc + t * hd, hd) * scale;
             mx = s[t] > mx ? s[t] : mx;
         }
         for (int64_t t = t0; t < L; ++t) sum += (s[t] = expf(s[t] - mx));

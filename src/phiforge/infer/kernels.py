@@ -3,6 +3,8 @@
 No torch headers and no build step at install time: `gcc -O3 -march=native -fopenmp` on one small C
 file takes about a second, the .so is cached under ~/.cache/phiforge keyed by the source hash and the
 machine, and everything falls back to PyTorch when no compiler is present (or PHIFORGE_KERNELS=0).
+PHIFORGE_KERNEL_FLAGS adds compiler flags (part of the cache key): `-mno-avx512f` builds the AVX2 path on an
+AVX-512 machine, `-mno-avx2` the plain-C one; tests use it to check every path this CPU can run.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def library() -> ctypes.CDLL | None:
     if cc is None:
         return _unavailable("no C compiler (gcc/cc) on PATH")
     src = SRC.read_bytes()
+    extra = os.environ.get("PHIFORGE_KERNEL_FLAGS", "").split()
     # -march=native: the binary is only valid for this CPU, so its flags are part of the cache key
-    key = hashlib.sha256(src + _cpu_flags() + cc.encode()).hexdigest()[:16]
+    key = hashlib.sha256(src + _cpu_flags() + cc.encode() + " ".join(extra).encode()).hexdigest()[:16]
     cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phiforge"
     so = cache_dir / f"kernels-{key}.so"
     if not so.exists():
@@ -47,7 +50,18 @@ def library() -> ctypes.CDLL | None:
             return _unavailable(f"cannot write {cache_dir}: {e}")
         try:  # atomic: concurrent processes never load a half-written library
             with atomic_path(so) as tmp:
-                cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SRC), "-o", str(tmp)]
+                cmd = [
+                    cc,
+                    "-O3",
+                    "-march=native",
+                    *extra,
+                    "-fopenmp",
+                    "-shared",
+                    "-fPIC",
+                    str(SRC),
+                    "-o",
+                    str(tmp),
+                ]
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as e:
             detail = getattr(e, "stderr", b"") or str(e).encode()
@@ -55,6 +69,7 @@ def library() -> ctypes.CDLL | None:
                 f"{cc} failed: {detail.decode(errors='replace').strip().splitlines()[0][:200]}"
             )
     lib = ctypes.CDLL(str(so))
+    lib.kernel_isa.restype = ctypes.c_char_p
     f = lib.gemv_f32
     f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
     f.restype = None
@@ -220,8 +235,16 @@ def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tens
     return out
 
 
+def isa() -> str:
+    """The instruction set the loaded kernels were built for: "avx512vnni", "avx2", "scalar" (or "none")."""
+    lib = library()
+    return lib.kernel_isa().decode() if lib is not None else "none"
+
+
 def qscratch(rows: int, k: int, group: int) -> torch.Tensor:
-    """Bytes `qgemm` needs for `rows` activation rows of width <= k: int8 copies + 2 floats per group."""
+    """Bytes `qgemm` needs for `rows` activation rows of width <= k: int8 copies + 2 floats per group, rows
+    rounded up to a multiple of 8 (the many-row kernel works on whole tiles of rows)."""
+    rows = -(-rows // 8) * 8
     return torch.empty(rows * k + 64 + 8 * rows * (k // group + 1), dtype=torch.uint8)
 
 

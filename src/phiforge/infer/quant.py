@@ -8,9 +8,10 @@ its error far below the int4 layers'). Norms stay fp32. Group g of a weight row 
 
 Asymmetric (scale + min) costs 1/8 bit per weight more than symmetric at G=128 and measurably lowers
 perplexity at 4 bits. int4 is packed like llama.cpp's Q4_0: 16 bytes per 32 weights, byte j holds
-q[j] | q[j+16] << 4. Batch-1 and small-batch CPU calls run the native integer kernel (`qgemm` in
-kernels.c); prefill, large batches and GPUs dequantize and run one fp32/bf16 matmul (compute-bound there,
-so the dequantization is a small share; the CUDA path is plain torch and untested here: no GPU).
+q[j] | q[j+16] << 4. Every CPU inference call, one row or a 512-token prompt, runs the native integer kernel
+(`qgemm` in kernels.c: activations rounded to int8 per group, integer dot products, weights never expanded);
+dequantizing every weight on every prefill call was 15-20x slower at 32 rows (benchmarks/RESULTS.md). Training
+(grad enabled) and GPUs dequantize and run one fp32/bf16 matmul (the CUDA path is plain torch, untested here).
 
 Checkpoint: config.json (HF fields + `quantization_config`), model.safetensors with our own tensor names
 (`blocks.0.attn.qkv.qweight|scales|mins`), plus the tokenizer files of the source model.
@@ -36,7 +37,6 @@ from . import kernels
 
 FORMAT = "phiforge-wq1"
 EMBED_BITS = 8
-NATIVE_MAX_ROWS = 16  # up to this many rows the integer kernel beats dequantize + matmul (bench_quant)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -129,10 +129,8 @@ class QuantLinear(nn.Module):
         return dequantize_weight(self.qweight, self.scales, self.mins, self.bits, self.group_size, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
         if (
-            rows <= NATIVE_MAX_ROWS
-            and x.device.type == "cpu"
+            x.device.type == "cpu"
             and x.dtype == torch.float32
             and not torch.is_grad_enabled()
             and kernels.library() is not None

@@ -55,11 +55,8 @@ def problems(n: int, split: str, knobs: Knobs = Knobs()) -> list:
 def accuracy(model: Path, test: list, batch: int) -> float:
     """Greedy accuracy of a model dir (fp32 or phiforge-quantized) on arith problems."""
     from ..infer.engine import Engine
-    from ..infer.quant import NATIVE_MAX_ROWS, read_quantization_config
     from ..train import pts_tasks
 
-    if read_quantization_config(model) is not None:  # the int kernel serves up to this many rows; more
-        batch = min(batch, NATIVE_MAX_ROWS)  # would dequantize every weight at every decode step
     acc, _ = pts_tasks.accuracy(Engine.load(model), "arith", test, batch)
     return acc
 
