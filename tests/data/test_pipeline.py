@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from phiforge.data import DataError
 from phiforge.data.pipeline import DataConfig, run
 from phiforge.data.shards import TokenShards
 from phiforge.data.sources import LocalPythonReader, iter_documents
@@ -115,6 +116,15 @@ def test_rerun_skips_done_stages_and_redoes_changed_ones(corpus, tmp_path):
     ]
     assert stricter["filtered"]["docs_out"] < first["filtered"]["docs_out"]
     assert stricter["shards"]["train"]["tokens"] < first["shards"]["train"]["tokens"]
+    # a top fraction instead of a bar: set on the labelled sample, so about that fraction of the corpus
+    top = run(_cfg(corpus, keep_fraction=0.25), out)["filtered"]
+    assert 0.15 < top["docs_out"] / top["docs_in"] < 0.35, top
+    assert (out / "data" / "annotated" / "_stage.json").stat().st_mtime_ns == before[
+        out / "data" / "annotated" / "_stage.json"
+    ]
+    # a bar no document reaches stops there, with one line, instead of an empty corpus downstream
+    with pytest.raises(DataError, match=r"filtered: no document of \d+ scored >= 6 \(classifier scores"):
+        run(_cfg(corpus, min_score=6.0), out)
 
 
 @pytest.mark.skipif(

@@ -119,6 +119,11 @@ def run(
     annotate: int = typer.Option(3000, help="Documents in the sample the teacher labels."),
     classifier: str = typer.Option("hashed", help="'hashed' (n-gram linear, fast) or 'embedding' (MiniLM)."),
     min_score: float = typer.Option(3.0, help="Keep documents whose classifier score is at least this."),
+    keep_fraction: float = typer.Option(
+        None,
+        help="Keep this top fraction by classifier score instead of --min-score (the bar is set on the "
+        "labelled sample): for teachers whose scores are ranks, not 0-5 grades (--teacher-method askllm).",
+    ),
     ngram: int = typer.Option(13, help="n-gram size for decontamination."),
     benchmark: list[Path] = typer.Option(
         None, help="Eval file/folder to decontaminate against (repeatable); HumanEval is always included."
@@ -139,6 +144,7 @@ def run(
     cfg = DataConfig(
         source=source, max_bytes=int(max_mb * 1e6), teacher=_teacher(teacher_url, teacher_model,
         teacher_key_env, concurrency, local=teacher, method=teacher_method), annotate_docs=annotate, classifier=classifier, min_score=min_score,
+        keep_fraction=keep_fraction,
         decontam_n=ngram, benchmarks=[str(b) for b in benchmark or []], vocab_size=vocab,
         val_fraction=val_fraction, tasks=tasks, workers=workers,
     )  # fmt: skip

@@ -44,6 +44,11 @@ def speedrun(
         help="Documents the teacher labels for the quality classifier (default: the budget's: 600 smoke, "
         "3000 default). An in-process LLM teacher takes seconds per document on a CPU.",
     ),
+    keep_fraction: float = typer.Option(
+        None,
+        help="Keep this top fraction of the corpus by quality score instead of score >= 3 (see `phiforge data "
+        "run --help`); the LLM teachers' probability scores rank documents but rarely reach 3.",
+    ),
     benchmark: list[str] = typer.Option(
         [], help="Extra eval files/folders to decontaminate against (HumanEval always). Repeatable."
     ),
@@ -60,7 +65,7 @@ def speedrun(
 
         resolve(teacher)  # fail now, not after the harvest
     cfg = config_from(out=str(out), budget=budget, teacher_url=teacher_url, teacher_model=teacher_model,
-                      teacher_local=teacher, teacher_method=teacher_method, ablate_quality=ablate_quality, synth_requests=synth_requests, annotate_docs=annotate_docs, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip
+                      teacher_local=teacher, teacher_method=teacher_method, ablate_quality=ablate_quality, synth_requests=synth_requests, annotate_docs=annotate_docs, keep_fraction=keep_fraction, benchmarks=tuple(benchmark), seed=seed)  # fmt: skip
     run(cfg)
 
 

