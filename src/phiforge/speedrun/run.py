@@ -99,9 +99,8 @@ class SpeedrunConfig:
     teacher_method: str = "text"  # text | geval | askllm (data/annotate.py)
     ablate_quality: bool = False
     synth_requests: int | None = None  # None: the budget's
-    annotate_docs: int | None = (
-        None  # None: the budget's teacher-labelled sample (an LLM teacher costs s/doc)
-    )
+    annotate_docs: int | None = None  # None: the budget's labelled sample (an LLM teacher costs s per doc)
+    keep_fraction: float | None = None  # keep the top fraction by quality score (None: score >= 3)
     benchmarks: tuple[str, ...] = ()  # more eval sets to decontaminate against (HumanEval always)
     seed: int = 0
 
