@@ -144,15 +144,15 @@ def passkey(engine, lengths, trials, style) -> dict:
 
 def smol_tasks(size: Size, variants: tuple[str, ...], orig: int) -> list[tuple]:
     """The SmolLM2 measurements in the order they run, so that a cut run has comparable numbers for every
-    variant: per trial, depth 0.5 at the target then the original length, then the other depths; after the
-    first trial, perplexity at the target length. Keys: (kind, variant, length, depth, trial)."""
+    variant: per trial, passkey at depth 0.5 at the target then the original length, (first trial only)
+    perplexity at the target, then the other depths. Keys: (kind, variant, length, depth, trial)."""
     tasks = []
     for trial in range(size.passkey_trials):
         for depths in ((0.5,), tuple(d for d in DEPTHS if d != 0.5)):
             for length in (size.smol_length, orig):
                 tasks += [("passkey", v, length, d, trial) for d in depths for v in variants]
-        if trial == 0:
-            tasks += [("ppl", v, size.smol_length, None, None) for v in variants]
+            if trial == 0 and depths == (0.5,):
+                tasks += [("ppl", v, size.smol_length, None, None) for v in variants]
     return tasks
 
 
@@ -196,13 +196,18 @@ def run_smollm2(args, size: Size) -> dict:
             continue
         kind, variant, length, depth, trial = task
         engine = Engine(lr.set_rope(model, configs[variant]()), tok, prefill_chunk=args.prefill_chunk)
-        t = time.time()
+        t, cpu = time.time(), time.process_time()
         if kind == "ppl":
             row = {"ppl": lr.perplexity(engine.model, window)}
         else:
             key = random.Random(f"{length}/{depth}/{trial}").randrange(10_000, 100_000)
             row = passkey_trial(engine, length, depth, key, "text")
-        row = {"task": list(task), **row, "seconds": round(time.time() - t, 1)}
+        row = {
+            "task": list(task),
+            **row,
+            "seconds": round(time.time() - t, 1),
+            "cpu_s": round(time.process_time() - cpu, 1),
+        }
         with path.open("a") as f:  # one line per result: a cut run keeps every finished one
             f.write(json.dumps(row) + "\n")
         log(f"smollm2 {task}: {row}")
