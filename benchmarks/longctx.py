@@ -44,14 +44,14 @@ class Size:
     passkey_lengths: tuple[int, ...]
     passkey_trials: int
     smol_length: int
-    smol_population: int  # SmolLM2 search: candidates (the PI/YaRN/NTK seeds first); 0: no search
+    smol_population: int  # SmolLM2 search: candidates (the PI/YaRN/NTK seeds first, then mutations)
     smol_passkey: tuple[str, ...]  # SmolLM2 variants measured (passkey, perplexity), in this order
 
 
 SIZES = {
     "smoke": Size(512, 0, 2, 4, 1, 2, (256, 512), 1, 16384, 3, ()),
-    # SmolLM2 at 16k: one forward is 12+ CPU-minutes on one thread; on the shared VM the 3-seed search alone
-    # took 50 min wall and the passkey trials did not fit the session (RESULTS.md)
+    # SmolLM2 at 16k: one forward is ~5 CPU-minutes on one thread (~13 TFLOP, two thirds of it attention),
+    # 7-9 min wall on the shared VM; the 3-seed search took 50 min wall there (RESULTS.md)
     "default": Size(
         2048, 500_000, 40, 12, 5, 4, (256, 1024, 2048), 2, 16384, 3, ("none", "longrope", "yarn")
     ),
