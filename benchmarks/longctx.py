@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from phiforge.eval.passkey import accuracy, passkey_eval
+from phiforge.eval.passkey import accuracy, passkey_eval, passkey_trial
 from phiforge.infer.engine import Engine
 from phiforge.infer.load import load
 from phiforge.train import longrope as lr
@@ -43,14 +44,14 @@ class Size:
     passkey_lengths: tuple[int, ...]
     passkey_trials: int
     smol_length: int
-    smol_population: int  # SmolLM2 search: candidates (the PI/YaRN/NTK seeds first); 0: no search
-    smol_passkey: tuple[str, ...]  # which SmolLM2 variants get a passkey trial at smol_length
+    smol_population: int  # SmolLM2 search: candidates (the PI/YaRN/NTK seeds first, then mutations)
+    smol_passkey: tuple[str, ...]  # SmolLM2 variants measured (passkey, perplexity), in this order
 
 
 SIZES = {
     "smoke": Size(512, 0, 2, 4, 1, 2, (256, 512), 1, 16384, 3, ()),
-    # SmolLM2 at 16k: one forward is 12+ CPU-minutes on one thread; on the shared VM the 3-seed search alone
-    # took 50 min wall and the passkey trials did not fit the session (RESULTS.md)
+    # SmolLM2 at 16k: one forward is ~5 CPU-minutes on one thread (~13 TFLOP, two thirds of it attention),
+    # 7-9 min wall on the shared VM; the 3-seed search took 50 min wall there (RESULTS.md)
     "default": Size(
         2048, 500_000, 40, 12, 5, 4, (256, 1024, 2048), 2, 16384, 3, ("none", "longrope", "yarn")
     ),
@@ -141,35 +142,84 @@ def passkey(engine, lengths, trials, style) -> dict:
     return {str(k): v for k, v in accuracy(rows).items()}
 
 
+def smol_tasks(size: Size, variants: tuple[str, ...], orig: int) -> list[tuple]:
+    """The SmolLM2 measurements in the order they run, so that a cut run has comparable numbers for every
+    variant: per trial, passkey at depth 0.5 at the target then the original length, (first trial only)
+    perplexity at the target, then the other depths. Keys: (kind, variant, length, depth, trial)."""
+    tasks = []
+    for trial in range(size.passkey_trials):
+        for depths in ((0.5,), tuple(d for d in DEPTHS if d != 0.5)):
+            for length in (size.smol_length, orig):
+                tasks += [("passkey", v, length, d, trial) for d in depths for v in variants]
+            if trial == 0 and depths == (0.5,):
+                tasks += [("ppl", v, size.smol_length, None, None) for v in variants]
+    return tasks
+
+
 def run_smollm2(args, size: Size) -> dict:
-    """SmolLM2 8192 -> 16384 by factors alone: "none" (positions past 8192 never seen), YaRN (native), and
-    with smol_population > 0 LongRoPE factors chosen by perplexity at 16k among the PI/YaRN/NTK seeds (no
-    generations: each candidate is a 16k forward), short factors 1. Passkey (text, depth 0.5, one trial)
-    for the variants in size.smol_passkey."""
+    """SmolLM2 8192 -> 16384 by factors alone: "none" (positions past 8192 never seen), "longrope" (long
+    factors searched by perplexity at 16k among the PI/YaRN/NTK seeds, smol_population candidates, no
+    generations: each is a 16k forward; short factors 1) and "yarn" (native). Passkey (text style) at the
+    target and original lengths x DEPTHS x passkey_trials, the same key for every variant; perplexity at the
+    target on one held-out window. Each result is appended to <out>/smollm2/trials.jsonl as it comes, and
+    a re-run skips what is there (the search too, once <out>/smollm2/extended exists)."""
     out = Path(args.out) / "smollm2"
+    out.mkdir(parents=True, exist_ok=True)
     L = size.smol_length
     model, tok = load("smollm2-135m-instruct", dtype=torch.float32)
+    base_cfg, orig = model.cfg, model.cfg.max_position_embeddings
     ids = heldout_ids(tok, None)  # SmolLM2's training data is not known: nothing to exclude
-    res = {"length": L, "orig": model.cfg.max_position_embeddings, "passkey": {}, "ppl": {}}
-    rep = None
-    if size.smol_population:
-        t = time.time()
-        sc = lr.SearchConfig(population=size.smol_population, generations=0)
-        rep = lr.extend("smollm2-135m-instruct", out, L, tok.decode(ids[: L + 256]), "longrope", sc=sc, docs=1,
-                        search_short=False, log=lambda s: log(f"smollm2 longrope: {s}"))  # fmt: skip
-        res["search"] = {"seconds": round(time.time() - t, 1), **rep["search"],
-                         "long_factor": rep["rope_scaling"]["long_factor"]}  # fmt: skip
-    variants = {
-        "none": lambda: lr.set_rope(model, model.cfg.replace(max_position_embeddings=L)),
-        "longrope": lambda: load(rep["model"], dtype=torch.float32)[0],  # needs smol_population > 0
-        "yarn": lambda: lr.set_rope(model, lr.extended_config(model.cfg, L, res["orig"], "yarn")),
+    res: dict = {"length": L, "orig": orig}
+    if "longrope" in size.smol_passkey:
+        if not (out / "extended" / "config.json").is_file():
+            t = time.time()
+            sc = lr.SearchConfig(population=size.smol_population, generations=0)
+            rep = lr.extend("smollm2-135m-instruct", out, L, tok.decode(ids[: L + 256]), "longrope", sc=sc,
+                            docs=1, search_short=False, log=lambda s: log(f"smollm2 longrope: {s}"))  # fmt: skip
+            (out / "search.json").write_text(json.dumps({"seconds": round(time.time() - t, 1), **rep}))
+        rs = json.loads((out / "extended" / "config.json").read_text())["rope_scaling"]
+        long_cfg = lr.extended_config(base_cfg, L, orig, "longrope", rs["long_factor"], rs["short_factor"])
+    configs = {
+        "none": lambda: base_cfg.replace(max_position_embeddings=L),
+        "longrope": lambda: long_cfg,
+        "yarn": lambda: lr.extended_config(base_cfg, L, orig, "yarn"),
     }
-    for name in size.smol_passkey:
-        t = time.time()
-        m = variants[name]()
-        rows = passkey_eval(Engine(m, tok), [args.smol_passkey_length or L], [0.5], 1, "text", seed=0)
-        res["passkey"][name] = rows
-        log(f"smollm2 {name}: passkey {rows} ({time.time() - t:.0f} s)")
+    path = out / "trials.jsonl"
+    done = (
+        {tuple(json.loads(line)["task"]) for line in path.read_text().splitlines()}
+        if path.is_file()
+        else set()
+    )
+    window = lr.long_windows(ids[L + 256 :], L, 1)  # after the search's text
+    for task in smol_tasks(size, size.smol_passkey, orig):
+        if task in done:
+            continue
+        kind, variant, length, depth, trial = task
+        engine = Engine(lr.set_rope(model, configs[variant]()), tok, prefill_chunk=args.prefill_chunk)
+        t, cpu = time.time(), time.process_time()
+        if kind == "ppl":
+            row = {"ppl": lr.perplexity(engine.model, window)}
+        else:
+            key = random.Random(f"{length}/{depth}/{trial}").randrange(10_000, 100_000)
+            row = passkey_trial(engine, length, depth, key, "text")
+        row = {
+            "task": list(task),
+            **row,
+            "seconds": round(time.time() - t, 1),
+            "cpu_s": round(time.process_time() - cpu, 1),
+        }
+        with path.open("a") as f:  # one line per result: a cut run keeps every finished one
+            f.write(json.dumps(row) + "\n")
+        log(f"smollm2 {task}: {row}")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    res["passkey"], res["ppl"] = {}, {}
+    for r in rows:
+        kind, variant, length = r["task"][:3]
+        if kind == "ppl":
+            res["ppl"][variant] = r["ppl"]
+        else:
+            res["passkey"].setdefault(variant, {}).setdefault(str(length), []).append(r["correct"])
+    res["passkey"] = {v: {n: f"{sum(c)}/{len(c)}" for n, c in d.items()} for v, d in res["passkey"].items()}
     return res
 
 
@@ -218,7 +268,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/longctx")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smol-variants", help="comma list of none,yarn,longrope (default: the size's)")
-    ap.add_argument("--smol-passkey-length", type=int, help="SmolLM2 passkey length (default: the target)")
+    ap.add_argument("--prefill-chunk", type=int, help="SmolLM2: Engine prefill_chunk (default: one shot)")
     ap.add_argument("--plot", help="default: docs/longctx.png (size default), <out>/longctx.png (smoke)")
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from <out>/results-tiny.json")
     args = ap.parse_args()

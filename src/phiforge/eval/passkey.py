@@ -47,6 +47,17 @@ def passkey_prompt(tok, length: int, depth: float, key: int, style: str = "text"
     return head + fill[:at] + needle + fill[at:] + question
 
 
+def passkey_trial(engine, length: int, depth: float, key: int, style: str = "text") -> dict:
+    """One prompt of `length` tokens (prompt plus a few greedy tokens) with `key` at `depth`:
+    {length, depth, key, answer, correct, prefill_s}; correct = the key appears in the continuation."""
+    n = len(engine.tokenizer.encode(f" {key}")) + 2
+    ids = passkey_prompt(engine.tokenizer, length - n, depth, key, style)
+    res = engine.generate([ids], SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True))[0]
+    text = engine.tokenizer.decode(res.tokens)
+    return dict(length=length, depth=depth, key=key, answer=text, correct=str(key) in text,
+                prefill_s=round(res.prefill_s, 2))  # fmt: skip
+
+
 def passkey_eval(
     engine,
     lengths: Sequence[int],
@@ -56,22 +67,13 @@ def passkey_eval(
     seed: int = 0,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """One row per (length, depth, trial): {length, depth, key, answer, correct}. Keys are 5-digit numbers
-    drawn from `seed`; correct = the key appears in the greedy continuation of a few tokens (prompt plus
-    continuation fill `length`)."""
+    """One row per (length, depth, trial) (passkey_trial); keys are 5-digit numbers drawn from `seed`."""
     rng = random.Random(seed)
     rows = []
     for length in lengths:
         for depth in depths:
             for _ in range(trials):
-                key = rng.randrange(10_000, 100_000)
-                n = len(engine.tokenizer.encode(f" {key}")) + 2
-                ids = passkey_prompt(engine.tokenizer, length - n, depth, key, style)
-                res = engine.generate(
-                    [ids], SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
-                )
-                text = engine.tokenizer.decode(res[0].tokens)
-                row = dict(length=length, depth=depth, key=key, answer=text, correct=str(key) in text)
+                row = passkey_trial(engine, length, depth, rng.randrange(10_000, 100_000), style)
                 rows.append(row)
                 if on_row:
                     on_row(row)

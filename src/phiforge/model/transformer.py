@@ -74,7 +74,9 @@ class Attention(nn.Module):
         gqa = self.nkv != self.nh
         if T == 1 and not self.training:
             return self.out(self._decode_attention(q, k, v, mask).reshape(B, 1, self.nh * self.hd))
-        if mask is None:
+        if mask is None and T > 1 and pos > 0 and x.device.type == "cpu" and not self.training:
+            y = chunk_attention(q, k, v, pos, self.scale)  # a prefill chunk after the first
+        elif mask is None:
             # causal needs a mask only when new queries sit behind old keys with T > 1
             causal = T > 1 and pos == 0
             if T > 1 and pos > 0:
@@ -123,6 +125,21 @@ class Attention(nn.Module):
                     self.scale,
                 )
         return y
+
+
+def chunk_attention(q, k, v, pos: int, scale: float) -> torch.Tensor:
+    """Causal attention of queries at slots pos..pos+T-1 over keys 0..pos+T-1 (a prefill chunk over the
+    cache), on CPU. With an explicit (T, pos+T) mask PyTorch's CPU flash kernel reads the mask for every
+    score and cannot skip the blocks above the diagonal (is_causal aligns top-left, so it does not fit
+    T < pos+T): 1.6x the time of the same call unmasked. Here every query sees the whole cached prefix
+    (no mask) and the chunk's own keys form a square causal block (is_causal); the two partial softmaxes
+    are merged by their log-sum-exps, which the CPU flash op returns."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    y_old, lse_old = flash(q, k[:, :, :pos], v[:, :, :pos], 0.0, False, scale=scale)
+    y_new, lse_new = flash(q, k[:, :, pos:], v[:, :, pos:], 0.0, True, scale=scale)
+    # the prefix's share of the total softmax mass: exp(a) / (exp(a) + exp(b)) = sigmoid(a - b)
+    w = torch.sigmoid(lse_old - lse_new).unsqueeze(-1).to(y_new.dtype)
+    return torch.lerp(y_new, y_old, w)
 
 
 class MLP(nn.Module):
