@@ -63,9 +63,10 @@ def main() -> None:
     test = posttrain.problems(size.test, "test", knobs)
     res = {"size": a.size, "seed": a.seed, "knobs": vars(knobs), "lr": a.lr, "beta": a.beta}
     res |= dict(test=size.test, train=size.train, k=size.k, epochs=size.epochs)
-    before = a.out / f"{a.size}-before.json"  # greedy, so one figure serves every seed
-    if not before.is_file():
-        write_json(before, {"before": measure(base, test, a.batch)})
+    # greedy, so one figure serves every seed; the test problems follow the knobs, so they key it too
+    before = a.out / f"{a.size}-before.json"
+    if not before.is_file() or json.loads(before.read_text()).get("knobs") != vars(knobs):
+        write_json(before, {"knobs": vars(knobs), "before": measure(base, test, a.batch)})
     res["before"] = json.loads(before.read_text())["before"]
 
     pairs = out / "pts" / "pairs.jsonl"
