@@ -85,7 +85,10 @@ def main() -> None:
         res[arm] = measure(ckpt, test, a.batch)
     res["seconds"] = round(time.perf_counter() - t0)
     write_json(out / "results.json", res)
+    # the plot and summary cover the seeds run with these settings, not every run left under --out
+    same = ("knobs", "lr", "beta", "test", "train", "k", "epochs")
     runs = [json.loads(p.read_text()) for p in sorted(a.out.glob(f"{a.size}-seed*/results.json"))]
+    runs = [r for r in runs if all(r.get(k) == res[k] for k in same)]
     plot(runs, a.out / f"{a.size}-accuracy.png")
     for r in runs:
         print(f"seed {r['seed']}: before {r['before']:.3f}, PTS ({r['pts_pairs']} pairs) {r['pts']}, "

@@ -162,3 +162,33 @@ def test_cli_data_run_and_bad_source(corpus, tmp_path):
     assert bad.stderr.strip().splitlines()[-1].startswith("error: source") and "missing.jsonl" in bad.stderr
     help_ = subprocess.run(cmd[:-2] + ["--help"], capture_output=True, text=True, env=env)
     assert help_.returncode == 0 and "--teacher-url" in help_.stdout and "--min-score" in help_.stdout
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+def test_keep_fraction_is_checked_at_config_time(bad, tmp_path):
+    # with an LLM teacher the filter stage comes after minutes of labelling: a bad value must fail first
+    with pytest.raises(DataError, match=rf"keep_fraction = {bad}: must be in \(0, 1\]"):
+        DataConfig(keep_fraction=bad)
+    from phiforge.speedrun import config_from
+
+    with pytest.raises(DataError, match="keep_fraction"):
+        config_from(out=str(tmp_path), keep_fraction=bad)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phiforge.cli",
+            "speedrun",
+            "--out",
+            str(tmp_path / "s"),
+            "--keep-fraction",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and r.stderr.strip() == f"error: keep_fraction = {bad}: must be in (0, 1]", (
+        r.stderr
+    )
+    assert not (tmp_path / "s").exists()

@@ -63,6 +63,15 @@ class DataConfig:
     val_fraction: float = 0.02
     seed: int = 0
 
+    def __post_init__(self):
+        check_keep_fraction(self.keep_fraction)
+
+
+def check_keep_fraction(keep_fraction: float | None) -> None:
+    """At config time: with an LLM teacher the filter stage comes after minutes of labelling."""
+    if keep_fraction is not None and not 0 < keep_fraction <= 1:
+        raise DataError(f"keep_fraction = {keep_fraction}: must be in (0, 1]")
+
 
 MARKER = "_stage.json"  # in each stage's output folder: the settings it ran with and its stats
 STAGES = ("raw", "annotated", "classifier", "filtered", "deduped", "clean", "tokenizer", "shards", "card")
@@ -190,8 +199,6 @@ def _bar(cfg: DataConfig, p) -> float:
     """The quality bar: min_score, or the score that keeps the top keep_fraction of the labelled sample."""
     if cfg.keep_fraction is None:
         return cfg.min_score
-    if not 0 < cfg.keep_fraction <= 1:
-        raise DataError(f"keep_fraction = {cfg.keep_fraction}: must be in (0, 1]")
     clf = QualityClassifier.load(p("classifier"))
     scores = clf.predict([d.text for d in iter_documents(p("annotated"))])
     return round(float(np.quantile(scores, 1 - cfg.keep_fraction)), 3)  # ScoreStep rounds to 3 decimals too

@@ -104,6 +104,11 @@ class SpeedrunConfig:
     benchmarks: tuple[str, ...] = ()  # more eval sets to decontaminate against (HumanEval always)
     seed: int = 0
 
+    def __post_init__(self):
+        from ..data.pipeline import check_keep_fraction
+
+        check_keep_fraction(self.keep_fraction)
+
 
 class Stages:
     """Run a stage unless `stages/<name>.json` says it finished with the same settings."""
