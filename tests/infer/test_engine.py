@@ -19,6 +19,7 @@ import torch
 from phiforge.infer.engine import Engine, Result
 from phiforge.infer.sampling import SamplingParams
 from phiforge.model import ModelConfig, get_preset, load_model, save_model
+from phiforge.model.transformer import KVCache
 from phiforge.tokenizer import train_bpe
 
 transformers = pytest.importorskip("transformers")
@@ -160,6 +161,33 @@ def test_batched_left_padding_matches_transformers(pair):
     # each row equals the same prompt run alone (no padding)
     for i, p in enumerate(prompts):
         assert pair.engine.generate([p], greedy(n))[0].tokens == got[i].tokens, (pair.name, i)
+
+
+def test_repeated_prompts_are_prefilled_once(gqa, monkeypatch):
+    """K samples of one prompt (PTS, pass@k) prefill it once; the copied cache rows equal a full prefill."""
+    a, b = rand_prompt(11, seed=3), rand_prompt(6, seed=4)
+    prompts = [a, b, a, a, b]
+    T, total = 11, 30
+    ids = torch.zeros(len(prompts), T, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p) :] = torch.tensor(p)
+    pads = torch.tensor([T - len(p) for p in prompts])
+    seen = []
+    real = Engine._prefill
+    monkeypatch.setattr(Engine, "_prefill", lambda self, x, *r: seen.append(x.shape[0]) or real(self, x, *r))
+    e = gqa.engine
+    logits, cache = e._prefill_unique(prompts, ids, total, pads, "short")
+    assert seen == [2] and cache.k.shape[1] == len(prompts) and cache.max_len == total
+    full = KVCache(gqa.cfg, len(prompts), total)
+    want = real(e, ids, full, pads, "short")
+    torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-5)
+    for got, ref in ((cache.k, full.k), (cache.v, full.v)):
+        torch.testing.assert_close(got[:, :, :, :T], ref[:, :, :, :T], atol=1e-5, rtol=1e-5)
+    # sampled rows of one prompt still differ (one generator draws for every row), greedy ones agree
+    out = e.generate(prompts, SamplingParams(20, temperature=1.0, seed=0, ignore_eos=True))
+    assert out[0].tokens != out[2].tokens or out[0].tokens != out[3].tokens
+    g = e.generate(prompts, greedy(20))
+    assert g[0].tokens == g[2].tokens == g[3].tokens == e.generate([a], greedy(20))[0].tokens
 
 
 def test_repetition_penalty_matches_transformers(pair):

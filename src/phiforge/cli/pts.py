@@ -66,10 +66,6 @@ def pts_cmd(
         raise ValueError(f"{model}: no tokenizer.json (PTS renders questions through the chat template)")
     check = partial(pts_tasks.check_many, task)
     with progress_bar() as prog:
-        bars = {
-            "sample": prog.add_task("sample K answers (rollouts)", total=len(problems) * samples),
-            "search": prog.add_task("search kept problems", total=None),
-        }
         stats = pts.run(
             engine,
             problems,
@@ -78,7 +74,7 @@ def pts_cmd(
             cfg,
             task=task,
             model_key=pts.model_key(model),
-            progress=lambda stage, done, total: prog.update(bars[stage], completed=done, total=total),
+            progress=pts.progress_to(prog, len(problems), samples),
         )
     print(
         f"problems {stats.problems}, kept in [{p_min}, {p_max}] {stats.kept}, pivotal tokens {stats.pivotal} "

@@ -68,12 +68,15 @@ def search(base: Path, train: list, pairs: Path, k: int, seed: int, batch: int) 
     import torch
 
     from ..infer.engine import Engine
+    from ..io import progress_bar
     from ..train import pts, pts_tasks
 
     engine = Engine.load(base, dtype=torch.float32)
     cfg = pts.PTSConfig(samples=k, max_batch=batch, seed=seed)
     check = partial(pts_tasks.check_many, "arith")
-    stats = pts.run(engine, train, check, pairs, cfg, task="arith", model_key=pts.model_key(base))
+    with progress_bar() as prog:  # minutes of rollouts: show them
+        stats = pts.run(engine, train, check, pairs, cfg, task="arith", model_key=pts.model_key(base),
+                        progress=pts.progress_to(prog, len(train), k))  # fmt: skip
     return asdict(stats)
 
 

@@ -330,6 +330,15 @@ def paths(out: Path) -> dict[str, Path]:
     }
 
 
+def progress_to(prog, problems: int, samples: int) -> Callable[[str, int, int], None]:
+    """A `progress` callback for `run` drawing its two bars on a rich Progress (io.progress_bar)."""
+    bars = {
+        "sample": prog.add_task("sample K answers (rollouts)", total=problems * samples),
+        "search": prog.add_task("search kept problems", total=None),
+    }
+    return lambda stage, done, total: prog.update(bars[stage], completed=done, total=total)
+
+
 def run(
     engine,
     problems: list[Problem],
