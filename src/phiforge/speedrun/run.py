@@ -32,10 +32,11 @@ from .posttrain import GROUP, REAL_MODEL, PostTrain
 
 console = Console(stderr=True)
 VAL_FRACTION = 0.1  # of documents, by id hash: val shards + the held-out SFT conversations
-# The default budget's synth stage: 16 requests -> ~25 generations of <= 256 tokens with the revisions. Measured
-# 2026-12-01: 36 requests -> 55 generations in 2,135 s on one thread at ~37% of a core (load 9 on 2 vCPUs), i.e.
-# ~15 CPU-s a generation: ~6 minutes on a quiet core, ~15 under that load (benchmarks/RESULTS.md).
-SYNTH_DEFAULT = 16
+# The default budget's synth stage: 8 requests -> ~12 generations of <= 256 tokens with the revisions. A quiet
+# full `make run` (2026-12-01, fifth session) spent 484 s on 16 requests for 9 documents, 1,445 tokens (0.05% of
+# pretraining's): here the stage shows the path end to end, its effect is measured by `--ablate-quality` and
+# `phiforge data synth` at larger sizes, and halving it buys back 4 of the run's 40 minutes (benchmarks/RESULTS.md).
+SYNTH_DEFAULT = 8
 SYNTH_WEIGHT = 0.15  # phase 2's share of synthetic tokens when there are any (taken from the quality share)
 
 
