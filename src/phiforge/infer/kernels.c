@@ -7,6 +7,7 @@
  * so both share one thread pool. Built on first use by kernels.py; plain C, no torch headers. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 void gemv_f32(const float *x, const float *w, const float *b, float *y, int64_t out, int64_t in, int nthreads) {
@@ -143,16 +144,68 @@ static inline float mins_dot(const uint16_t *m, const float *xs, int64_t ng) {
     for (; g + 8 <= ng; g += 8)
         t = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g))), _mm256_loadu_ps(xs + g), t);
     float r = hsum8(t);
-    for (; g < ng; ++g) r += h2f(m[g]) * xs[g];
+    for (; g < ng; ++g) r = fmaf(h2f(m[g]), xs[g], r); /* fma, as mins8's vector tail */
     return r;
 }
 #endif
 
 #ifdef PF_AVX2
-/* dot_q for 32-weight groups: straight-line, the scales of 8 groups converted at a time (same sums, same bits) */
+/* The int4 products are summed in a fixed order that the one-row path (dot_q4) and the many-row tiles (tile4) both
+ * reach without horizontal work in the tiles: each group's products exactly in int32, then one fp32 chain per
+ * output, y = fma(isum[g], s[g] d[g], y) for g = 0, 1, ..., then + the mins' share (mins_dot's order). */
+
+/* int32 sum over group g's 32-weight units, in 8 lanes (AVX2: int16 sums of <= 8 units, then widened) */
+static inline __attribute__((always_inline)) __m256i group4(const uint8_t *w, const int8_t *xq, int64_t g,
+                                                            int64_t upg) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int64_t u0 = 0; u0 < upg; u0 += 8) {
+        __m256i p = _mm256_setzero_si256();
+        for (int64_t u = u0; u < upg && u < u0 + 8; ++u) {
+            const int64_t k = g * upg + u;
+            p = dot4(p, unpack4(w + k * 16), _mm256_loadu_si256((const __m256i *)(xq + k * 32)));
+        }
+        isum = _mm256_add_epi32(isum, WIDEN4 ? _mm256_madd_epi16(p, _mm256_set1_epi16(1)) : p);
+    }
+    return isum;
+}
+
+static inline int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+}
+
+/* [sum of p[0]'s lanes, ..., sum of p[7]'s lanes]: 8 groups reduced at once (~1 instruction per group) */
+static inline __m256i hsum8x8_i32(const __m256i p[8]) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* one int4 row . one activation row */
+static inline __attribute__((always_inline)) float dot_q4(const uint8_t *w, const uint16_t *s, const uint16_t *m,
+                                                          const int8_t *xq, const float *d, const float *xs,
+                                                          int64_t ng, int64_t upg) {
+    float acc = 0.f;
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8) {
+        __m256i p[8];
+        for (int j = 0; j < 8; ++j) p[j] = group4(w, xq, g + j, upg);
+        float is[8], sc[8];
+        _mm256_storeu_ps(is, _mm256_cvtepi32_ps(hsum8x8_i32(p)));
+        _mm256_storeu_ps(sc, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g))),
+                                           _mm256_loadu_ps(d + g)));
+        for (int j = 0; j < 8; ++j) acc = fmaf(is[j], sc[j], acc);
+    }
+    for (; g < ng; ++g) acc = fmaf((float)hsum_i32(group4(w, xq, g, upg)), h2f(s[g]) * d[g], acc);
+    return acc + mins_dot(m, xs, ng);
+}
+
+/* dot_q for 32-weight int8 groups: straight-line, the scales of 8 groups converted at a time (same sums, same bits
+ * as the int8 tiles) */
 static inline __attribute__((always_inline)) float dot_q32(const uint8_t *w, const uint16_t *s, const uint16_t *m,
                                                            const int8_t *xq, const float *d, const float *xs,
-                                                           int64_t ng, const int bits) {
+                                                           int64_t ng) {
     __m256 acc = _mm256_setzero_ps();
     float sc[8];
     for (int64_t g = 0; g < ng; ++g) {
@@ -161,13 +214,8 @@ static inline __attribute__((always_inline)) float dot_q32(const uint8_t *w, con
                                                _mm256_loadu_ps(d + g)));
         const float scale = g - g % 8 + 8 <= ng ? sc[g % 8] : h2f(s[g]) * d[g];
         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + g * 32)), zero = _mm256_setzero_si256();
-        __m256i p;
-        if (bits == 4) {
-            p = dot4(zero, unpack4(w + g * 16), xv);
-            if (WIDEN4) p = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-        } else {
-            p = dot8(zero, _mm256_sign_epi8(xv, xv), _mm256_loadu_si256((const __m256i *)(w + g * 32)), xv);
-        }
+        const __m256i p =
+            dot8(zero, _mm256_sign_epi8(xv, xv), _mm256_loadu_si256((const __m256i *)(w + g * 32)), xv);
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale), acc);
     }
     return hsum8(acc) + mins_dot(m, xs, ng);
@@ -178,27 +226,18 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
                    const float *xs, int64_t K, int64_t G, int bits) {
     const int64_t ng = K / G, upg = G / 32; /* 32-weight units per group */
 #ifdef PF_AVX2
-    if (upg == 1) /* G = 32 (GGUF's Q4_0/Q4_1/Q8_0) */
-        return bits == 4 ? dot_q32(w, s, m, xq, d, xs, ng, 4) : dot_q32(w, s, m, xq, d, xs, ng, 8);
+    if (bits == 4) /* G = 32 (GGUF's Q4_0/Q4_1) gets its own straight-line copy */
+        return upg == 1 ? dot_q4(w, s, m, xq, d, xs, ng, 1) : dot_q4(w, s, m, xq, d, xs, ng, upg);
+    if (upg == 1) /* GGUF's Q8_0 */
+        return dot_q32(w, s, m, xq, d, xs, ng);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
         __m256i isum = _mm256_setzero_si256();
-        if (bits == 4) {
-            for (int64_t u0 = 0; u0 < upg; u0 += 8) { /* WIDEN4: int16 sums of <= 8 units */
-                __m256i p = _mm256_setzero_si256();
-                for (int64_t u = u0; u < upg && u < u0 + 8; ++u) {
-                    const int64_t k = g * upg + u;
-                    p = dot4(p, unpack4(w + k * 16), _mm256_loadu_si256((const __m256i *)(xq + k * 32)));
-                }
-                isum = _mm256_add_epi32(isum, WIDEN4 ? _mm256_madd_epi16(p, _mm256_set1_epi16(1)) : p);
-            }
-        } else {
-            for (int64_t u = 0; u < upg; ++u) {
-                const int64_t k = g * upg + u;
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k * 32));
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k * 32));
-                isum = dot8(isum, _mm256_sign_epi8(xv, xv), wv, xv);
-            }
+        for (int64_t u = 0; u < upg; ++u) {
+            const int64_t k = g * upg + u;
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k * 32));
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k * 32));
+            isum = dot8(isum, _mm256_sign_epi8(xv, xv), wv, xv);
         }
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(s[g]) * d[g]), acc);
     }
@@ -226,78 +265,176 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
 }
 
 #ifdef PF_AVX2
-/* Many rows (prefill, batched decode): an MR x NR tile of outputs (MR activation rows, NR weight rows) is
- * computed together, so each 32-weight unit is unpacked once for MR activation rows and each activation unit
- * loaded once for NR weight rows; the MR x NR accumulators live in registers. Per group the integer sums
- * become fp32 once (int4 on AVX2: int16 sums of up to 8 maddubs units, as in dot_q). */
+/* Many rows of int4 (prefill, batched decode). Weight rows go in blocks of 8, unpacked once per block into an
+ * int8 copy transposed so that one 32-byte vector holds 4 consecutive weights of each of the 8 rows:
+ *     vt[(k * 8 + c) * 32 + 4 r + t] = q[row r][32 k + 4 c + t]
+ * Then one maddubs against an activation row's 4 bytes broadcast gives 8 rows x 4 products, the sums over k stay
+ * vertical (lane = weight row: no horizontal adds, no per-row scale broadcasts) and each group's scale work is
+ * one convert + one fma for 8 outputs. The copy (8 K bytes + 64 bytes per group, per thread) lives in L1/L2 and
+ * is reused by every activation row of the chunk; the stored weights and their layout are untouched.
+ * PF_MR4 activation rows share each loaded weight vector (register tile: PF_MR4 int16 + int32 + fp32 vectors). */
+#ifndef PF_MR4
+#define PF_MR4 4
+#endif
+_Static_assert(PF_MR4 <= 8, "kernels.py's qscratch() has 8 rows beyond M for the last tile");
+
+static void pack8(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, int64_t r0, int64_t N,
+                  int64_t K, int64_t ng, int8_t *vt, float *s8, float *m8, float *b8) {
+    const uint8_t *wr[8];
+    for (int r = 0; r < 8; ++r) { /* the last block repeats row N-1 (its outputs are dropped) */
+        const int64_t rr = r0 + r < N ? r0 + r : N - 1;
+        wr[r] = w + rr * (K / 2);
+        for (int64_t g = 0; g < ng; ++g) s8[g * 8 + r] = h2f(s[rr * ng + g]), m8[g * 8 + r] = h2f(m[rr * ng + g]);
+        b8[r] = b ? b[rr] : 0.f;
+    }
+    for (int64_t k = 0; k < K / 32; ++k) { /* 8 rows x 8 int32 chunks of 4 weights -> transposed */
+        __m256i a[8], t[8], u[8];
+        for (int r = 0; r < 8; ++r) a[r] = unpack4(wr[r] + k * 16); /* weights 0..31 of the unit, in order */
+        for (int r = 0; r < 8; r += 2) {
+            t[r] = _mm256_unpacklo_epi32(a[r], a[r + 1]);     /* chunks 0 1 | 4 5 of rows r, r+1 */
+            t[r + 1] = _mm256_unpackhi_epi32(a[r], a[r + 1]); /* chunks 2 3 | 6 7 */
+        }
+        for (int h = 0; h < 8; h += 4) { /* rows h..h+3: u[h + j] holds chunk j | chunk j + 4 */
+            u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
+            u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
+            u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
+            u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
+        }
+        __m256i *out = (__m256i *)(vt + k * 256);
+        for (int j = 0; j < 4; ++j) {
+            _mm256_store_si256(out + j, _mm256_permute2x128_si256(u[j], u[4 + j], 0x20));
+            _mm256_store_si256(out + j + 4, _mm256_permute2x128_si256(u[j], u[4 + j], 0x31));
+        }
+    }
+}
+
+/* acc[i] (lane r) = the main sum for activation row i and weight row r of the block */
+static inline __attribute__((always_inline)) void tile4(const int8_t *vt, const float *s8, const int8_t *xq,
+                                                        const float *d, int64_t K, int64_t ng, int64_t upg,
+                                                        __m256 acc[PF_MR4]) {
+    for (int i = 0; i < PF_MR4; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        __m256i isum[PF_MR4];
+        for (int i = 0; i < PF_MR4; ++i) isum[i] = _mm256_setzero_si256();
+        for (int64_t u = 0; u < upg; ++u) {
+            const int64_t k = g * upg + u;
+            __m256i p[PF_MR4]; /* AVX2: int16, 8 chunks x 2 products x 15 x 127 <= 30480 */
+            for (int i = 0; i < PF_MR4; ++i) p[i] = _mm256_setzero_si256();
+#pragma GCC unroll 2 /* fully unrolled, gcc computes all 8 x MR products before adding them: spills */
+            for (int c = 0; c < 8; ++c) {
+                const __m256i wv = _mm256_load_si256((const __m256i *)(vt + k * 256 + c * 32));
+                for (int i = 0; i < PF_MR4; ++i) {
+                    int32_t x4;
+                    memcpy(&x4, xq + i * K + k * 32 + 4 * c, 4);
+                    p[i] = dot4(p[i], wv, _mm256_set1_epi32(x4));
+                }
+            }
+            for (int i = 0; i < PF_MR4; ++i)
+                isum[i] = _mm256_add_epi32(isum[i], WIDEN4 ? _mm256_madd_epi16(p[i], _mm256_set1_epi16(1)) : p[i]);
+        }
+        const __m256 sv = _mm256_load_ps(s8 + g * 8);
+        for (int i = 0; i < PF_MR4; ++i)
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(sv, _mm256_set1_ps(d[i * ng + g])),
+                                     acc[i]);
+    }
+}
+
+/* mins_dot for the 8 rows of a block at once, in mins_dot's order (lane l of mins_dot = a[l] here) */
+static inline __m256 mins8(const float *m8, const float *xs, int64_t ng) {
+    __m256 a[8];
+    for (int l = 0; l < 8; ++l) a[l] = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8)
+        for (int l = 0; l < 8; ++l)
+            a[l] = _mm256_fmadd_ps(_mm256_load_ps(m8 + (g + l) * 8), _mm256_set1_ps(xs[g + l]), a[l]);
+    __m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                             _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])));
+    for (; g < ng; ++g) r = _mm256_fmadd_ps(_mm256_load_ps(m8 + g * 8), _mm256_set1_ps(xs[g]), r);
+    return r;
+}
+
+/* activation rows i0..i1 (multiples of PF_MR4, padded with zero rows) x weight rows r0..r0+8 */
+static void qgemm4_block(const int8_t *vt, const float *s8, const float *m8, const float *b8, int has_bias,
+                         float *y, const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0,
+                         int64_t i1, int64_t r0, int64_t N, int64_t K, int64_t G) {
+    const int64_t ng = K / G, upg = G / 32;
+    for (int64_t i = i0; i < i1; i += PF_MR4) {
+        __m256 acc[PF_MR4];
+        if (upg == 1)
+            tile4(vt, s8, xq + i * K, d + i * ng, K, ng, 1, acc);
+        else
+            tile4(vt, s8, xq + i * K, d + i * ng, K, ng, upg, acc);
+        for (int ii = 0; ii < PF_MR4 && i + ii < M; ++ii) {
+            __m256 v = _mm256_add_ps(acc[ii], mins8(m8, xs + (i + ii) * ng, ng)); /* as dot_q4 */
+            if (has_bias) v = _mm256_add_ps(v, _mm256_load_ps(b8));
+            float *yr = y + (i + ii) * N + r0;
+            if (r0 + 8 <= N) {
+                _mm256_storeu_ps(yr, v);
+            } else {
+                float o[8];
+                _mm256_storeu_ps(o, v);
+                for (int r = 0; r < N - r0; ++r) yr[r] = o[r];
+            }
+        }
+    }
+}
+
+/* Many rows of int8: an MR x NR tile of outputs (MR activation rows, NR weight rows) is computed together, so
+ * each activation unit is loaded once for NR weight rows; the MR x NR accumulators live in registers. Per group
+ * the integer sums become fp32 once, as in dot_q. */
 #ifndef PF_MR
 #define PF_MR 4
 #endif
 #ifndef PF_NR
 #define PF_NR 2
 #endif
-_Static_assert(PF_MR <= 8, "kernels.py's qscratch() pads activation rows to a multiple of 8");
+_Static_assert(PF_MR <= 8, "kernels.py's qscratch() has 8 rows beyond M for the last tile");
 
-static inline __attribute__((always_inline)) void tile_q(const uint8_t *const *wr, const float *const *sr,
-                                                         const int8_t *xq, const float *d, int64_t K, int64_t G,
-                                                         const int bits, __m256 acc[PF_MR][PF_NR]) {
+static inline __attribute__((always_inline)) void tile_q8(const uint8_t *const *wr, const float *const *sr,
+                                                          const int8_t *xq, const float *d, int64_t K, int64_t G,
+                                                          __m256 acc[PF_MR][PF_NR]) {
     const int64_t ng = K / G, upg = G / 32;
     for (int i = 0; i < PF_MR; ++i)
         for (int r = 0; r < PF_NR; ++r) acc[i][r] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
-        __m256 sc[PF_MR][PF_NR];
-        for (int i = 0; i < PF_MR; ++i)
-            for (int r = 0; r < PF_NR; ++r) sc[i][r] = _mm256_set1_ps(sr[r][g] * d[i * ng + g]);
-        __m256i p[PF_MR][PF_NR]; /* int32 sums, or int16 sums of <= 8 units (WIDEN4) */
+        __m256i p[PF_MR][PF_NR];
         for (int i = 0; i < PF_MR; ++i)
             for (int r = 0; r < PF_NR; ++r) p[i][r] = _mm256_setzero_si256();
         for (int64_t u = 0; u < upg; ++u) {
             const int64_t k = g * upg + u;
             __m256i wv[PF_NR];
-            for (int r = 0; r < PF_NR; ++r)
-                wv[r] = bits == 4 ? unpack4(wr[r] + k * 16) : _mm256_loadu_si256((const __m256i *)(wr[r] + k * 32));
+            for (int r = 0; r < PF_NR; ++r) wv[r] = _mm256_loadu_si256((const __m256i *)(wr[r] + k * 32));
             for (int i = 0; i < PF_MR; ++i) {
                 const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * K + k * 32));
                 const __m256i ax = _mm256_sign_epi8(xv, xv);
-                for (int r = 0; r < PF_NR; ++r)
-                    p[i][r] = bits == 4 ? dot4(p[i][r], wv[r], xv) : dot8(p[i][r], ax, wv[r], xv);
+                for (int r = 0; r < PF_NR; ++r) p[i][r] = dot8(p[i][r], ax, wv[r], xv);
             }
-            if (bits == 4 && WIDEN4 && ((u & 7) == 7 || u == upg - 1)) /* int16 -> int32 before overflow */
-                for (int i = 0; i < PF_MR; ++i)
-                    for (int r = 0; r < PF_NR; ++r) {
-                        const __m256i s32 = _mm256_madd_epi16(p[i][r], _mm256_set1_epi16(1));
-                        acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), sc[i][r], acc[i][r]);
-                        p[i][r] = _mm256_setzero_si256();
-                    }
         }
-        if (bits == 8 || !WIDEN4)
-            for (int i = 0; i < PF_MR; ++i)
-                for (int r = 0; r < PF_NR; ++r)
-                    acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[i][r]), sc[i][r], acc[i][r]);
+        for (int i = 0; i < PF_MR; ++i)
+            for (int r = 0; r < PF_NR; ++r)
+                acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[i][r]), _mm256_set1_ps(sr[r][g] * d[i * ng + g]),
+                                            acc[i][r]);
     }
 }
 
 /* rows i0.. (a multiple of PF_MR, padded with zero rows) x weight rows r0..r0+PF_NR (the last tile repeats
  * row N-1 and drops it) */
-static void qgemm_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
-                        const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0, int64_t i1,
-                        int64_t r0, int64_t N, int64_t K, int64_t G, int bits) {
-    const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
+static void qgemm8_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
+                         const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0, int64_t i1,
+                         int64_t r0, int64_t N, int64_t K, int64_t G) {
+    const int64_t ng = K / G;
     const uint8_t *wr[PF_NR];
     const uint16_t *mr[PF_NR];
     float sf[PF_NR][ng]; /* the rows' scales in fp32 once, not once per tile of activation rows */
     const float *sr[PF_NR];
     for (int r = 0; r < PF_NR; ++r) {
         const int64_t rr = r0 + r < N ? r0 + r : N - 1;
-        wr[r] = w + rr * row_bytes, mr[r] = m + rr * ng, sr[r] = sf[r];
+        wr[r] = w + rr * K, mr[r] = m + rr * ng, sr[r] = sf[r];
         for (int64_t g = 0; g < ng; ++g) sf[r][g] = h2f(s[rr * ng + g]);
     }
     for (int64_t i = i0; i < i1; i += PF_MR) {
         __m256 acc[PF_MR][PF_NR];
-        if (bits == 4)
-            tile_q(wr, sr, xq + i * K, d + i * ng, K, G, 4, acc);
-        else
-            tile_q(wr, sr, xq + i * K, d + i * ng, K, G, 8, acc);
+        tile_q8(wr, sr, xq + i * K, d + i * ng, K, G, acc);
         for (int ii = 0; ii < PF_MR && i + ii < M; ++ii)
             for (int r = 0; r < PF_NR && r0 + r < N; ++r) {
                 const float v = hsum8(acc[ii][r]) + mins_dot(mr[r], xs + (i + ii) * ng, ng); /* as dot_q */
@@ -308,16 +445,16 @@ static void qgemm_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m, 
 #endif
 
 /* y (M, N) = x (M, K) . dequant(W (N, K))^T (+ b). qscratch: >= Mp K bytes + 2 Mp (K / G) floats + 64, with
- * Mp = M rounded up to a multiple of 8 (the tiles read whole tiles of rows). Weight rows are split across
- * threads; with one row each is a dot_q (it stays in L1), with more rows they go through MR x NR tiles, the
- * activation rows in chunks that stay in L2 while every weight tile passes over them. */
+ * Mp <= M + 8 (M rounded up to whole tiles of rows). Weight rows are split across
+ * threads; with one row each is a dot_q (it stays in L1), with more rows they go through the tiles, the
+ * activation rows in chunks that stay in L2 while every weight block passes over them. */
 void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
            int64_t M, int64_t N, int64_t K, int64_t G, int bits, void *qscratch, int nthreads) {
     const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
 #ifdef PF_AVX2
-    const int64_t Mp = M > 1 ? (M + PF_MR - 1) / PF_MR * PF_MR : M;
+    const int64_t mr = bits == 4 ? PF_MR4 : PF_MR, Mp = M > 1 ? (M + mr - 1) / mr * mr : M;
 #else
-    const int64_t Mp = M;
+    const int64_t mr = 1, Mp = M;
 #endif
     int8_t *xq = (int8_t *)qscratch;
     float *d = (float *)(xq + ((Mp * K + 63) & ~(int64_t)63)), *xs = d + Mp * ng;
@@ -327,16 +464,32 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
     memset(xs + M * ng, 0, (Mp - M) * ng * sizeof(float));
 #ifdef PF_AVX2
     if (M > 1) {
-        const int64_t chunk = ((256 << 10) / K + PF_MR - 1) / PF_MR * PF_MR; /* ~256 KB of int8 rows */
+        const int64_t chunk = ((256 << 10) / K + mr - 1) / mr * mr; /* ~256 KB of int8 rows */
         for (int64_t i0 = 0; i0 < Mp; i0 += chunk) {
             const int64_t i1 = i0 + chunk < Mp ? i0 + chunk : Mp;
+            if (bits == 8) {
 #pragma omp parallel for schedule(static) num_threads(nthreads)
-            for (int64_t r0 = 0; r0 < N; r0 += PF_NR)
-                qgemm_tiles(w, s, m, b, y, xq, d, xs, M, i0, i1, r0, N, K, G, bits);
+                for (int64_t r0 = 0; r0 < N; r0 += PF_NR)
+                    qgemm8_tiles(w, s, m, b, y, xq, d, xs, M, i0, i1, r0, N, K, G);
+                continue;
+            }
+#pragma omp parallel num_threads(nthreads)
+            {
+                int8_t *vt = aligned_alloc(64, 8 * K);
+                float *s8 = aligned_alloc(64, (2 * ng + 1) * 8 * sizeof(float)), *m8 = s8 + ng * 8, *b8 = m8 + ng * 8;
+#pragma omp for schedule(static)
+                for (int64_t r0 = 0; r0 < N; r0 += 8) {
+                    pack8(w, s, m, b, r0, N, K, ng, vt, s8, m8, b8);
+                    qgemm4_block(vt, s8, m8, b8, b != 0, y, xq, d, xs, M, i0, i1, r0, N, K, G);
+                }
+                free(vt);
+                free(s8);
+            }
         }
         return;
     }
 #endif
+    (void)mr;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < N; ++r) {
         for (int64_t i = 0; i < M; ++i) {
