@@ -364,8 +364,10 @@ static void qgemm4_block(const int8_t *vt, const float *s8, const float *m8, con
             tile4(vt, s8, xq + i * K, d + i * ng, K, ng, 1, acc);
         else
             tile4(vt, s8, xq + i * K, d + i * ng, K, ng, upg, acc);
+        float o[PF_MR4][8]; /* constant indices only: acc stays in registers */
+        for (int ii = 0; ii < PF_MR4; ++ii) _mm256_storeu_ps(o[ii], acc[ii]);
         for (int ii = 0; ii < PF_MR4 && i + ii < M; ++ii) {
-            __m256 v = _mm256_add_ps(acc[ii], mins8(m8, xs + (i + ii) * ng, ng)); /* as dot_q4 */
+            __m256 v = _mm256_add_ps(_mm256_loadu_ps(o[ii]), mins8(m8, xs + (i + ii) * ng, ng)); /* as dot_q4 */
             if (has_bias) v = _mm256_add_ps(v, _mm256_load_ps(b8));
             float *yr = y + (i + ii) * N + r0;
             if (r0 + 8 <= N) {
