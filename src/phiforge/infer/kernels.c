@@ -478,7 +478,7 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
 #pragma omp parallel num_threads(nthreads)
             {
                 int8_t *vt = aligned_alloc(64, 8 * K);
-                float *s8 = aligned_alloc(64, (2 * ng + 1) * 8 * sizeof(float)), *m8 = s8 + ng * 8, *b8 = m8 + ng * 8;
+                float *s8 = aligned_alloc(64, (2 * ng + 2) * 8 * sizeof(float)), *m8 = s8 + ng * 8, *b8 = m8 + ng * 8;
 #pragma omp for schedule(static)
                 for (int64_t r0 = 0; r0 < N; r0 += 8) {
                     pack8(w, s, m, b, r0, N, K, ng, vt, s8, m8, b8);
