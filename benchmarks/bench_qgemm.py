@@ -27,13 +27,15 @@ SHAPE_SETS = {
     "mini": {"qkv": (9216, 3072), "out": (3072, 3072), "gate_up": (16384, 3072), "down": (3072, 8192)},
     "smol": {"qkv": (960, 576), "out": (576, 576), "gate_up": (3072, 576), "down": (576, 1536), "lm_head": (49152, 576)},
 }  # fmt: skip
-# name -> extra compiler flags (kernels.py's PHIFORGE_KERNEL_FLAGS). int4 tiles: MR4 activation rows x 8 weight rows;
-# int8 tiles: MR x NR
+# name -> extra compiler flags (kernels.py's PHIFORGE_KERNEL_FLAGS). int4 tiles: MR4 activation rows x 8 weight rows,
+# CU 4-weight chunks per inner iteration; int8 tiles: MR x NR
 VARIANTS = {
     "native": "",
     "mr2": "-DPF_MR4=2",
     "mr6": "-DPF_MR4=6",
     "mr8": "-DPF_MR4=8",
+    "cu1": "-DPF_CU=1",
+    "cu4": "-DPF_CU=4",
     "tile2x2": "-DPF_MR=2 -DPF_NR=2",
     "tile4x1": "-DPF_MR=4 -DPF_NR=1",
     "scalar": "-mno-avx2",

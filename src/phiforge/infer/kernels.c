@@ -276,6 +276,11 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
 #ifndef PF_MR4
 #define PF_MR4 4
 #endif
+#ifndef PF_CU
+#define PF_CU 2 /* 4-weight chunks per iteration of the inner loop */
+#endif
+#define PF_PRAGMA(x) _Pragma(#x)
+#define PF_UNROLL(n) PF_PRAGMA(GCC unroll n)
 _Static_assert(PF_MR4 <= 8, "kernels.py's qscratch() has 8 rows beyond M for the last tile");
 
 static void pack8(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, int64_t r0, int64_t N,
@@ -320,7 +325,7 @@ static inline __attribute__((always_inline)) void tile4(const int8_t *vt, const 
             const int64_t k = g * upg + u;
             __m256i p[PF_MR4]; /* AVX2: int16, 8 chunks x 2 products x 15 x 127 <= 30480 */
             for (int i = 0; i < PF_MR4; ++i) p[i] = _mm256_setzero_si256();
-#pragma GCC unroll 2 /* fully unrolled, gcc computes all 8 x MR products before adding them: spills */
+            PF_UNROLL(PF_CU) /* fully unrolled, gcc computes all 8 x MR products before adding them: spills */
             for (int c = 0; c < 8; ++c) {
                 const __m256i wv = _mm256_load_si256((const __m256i *)(vt + k * 256 + c * 32));
                 for (int i = 0; i < PF_MR4; ++i) {
