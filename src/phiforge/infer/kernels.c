@@ -150,57 +150,6 @@ static inline float mins_dot(const uint16_t *m, const float *xs, int64_t ng) {
 #endif
 
 #ifdef PF_AVX2
-/* The int4 products are summed in a fixed order that the one-row path (dot_q4) and the many-row tiles (tile4) both
- * reach without horizontal work in the tiles: each group's products exactly in int32, then one fp32 chain per
- * output, y = fma(isum[g], s[g] d[g], y) for g = 0, 1, ..., then + the mins' share (mins_dot's order). */
-
-/* int32 sum over group g's 32-weight units, in 8 lanes (AVX2: int16 sums of <= 8 units, then widened) */
-static inline __attribute__((always_inline)) __m256i group4(const uint8_t *w, const int8_t *xq, int64_t g,
-                                                            int64_t upg) {
-    __m256i isum = _mm256_setzero_si256();
-    for (int64_t u0 = 0; u0 < upg; u0 += 8) {
-        __m256i p = _mm256_setzero_si256();
-        for (int64_t u = u0; u < upg && u < u0 + 8; ++u) {
-            const int64_t k = g * upg + u;
-            p = dot4(p, unpack4(w + k * 16), _mm256_loadu_si256((const __m256i *)(xq + k * 32)));
-        }
-        isum = _mm256_add_epi32(isum, WIDEN4 ? _mm256_madd_epi16(p, _mm256_set1_epi16(1)) : p);
-    }
-    return isum;
-}
-
-static inline int32_t hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
-}
-
-/* [sum of p[0]'s lanes, ..., sum of p[7]'s lanes]: 8 groups reduced at once (~1 instruction per group) */
-static inline __m256i hsum8x8_i32(const __m256i p[8]) {
-    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
-}
-
-/* one int4 row . one activation row */
-static inline __attribute__((always_inline)) float dot_q4(const uint8_t *w, const uint16_t *s, const uint16_t *m,
-                                                          const int8_t *xq, const float *d, const float *xs,
-                                                          int64_t ng, int64_t upg) {
-    float acc = 0.f;
-    int64_t g = 0;
-    for (; g + 8 <= ng; g += 8) {
-        __m256i p[8];
-        for (int j = 0; j < 8; ++j) p[j] = group4(w, xq, g + j, upg);
-        float is[8], sc[8];
-        _mm256_storeu_ps(is, _mm256_cvtepi32_ps(hsum8x8_i32(p)));
-        _mm256_storeu_ps(sc, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g))),
-                                           _mm256_loadu_ps(d + g)));
-        for (int j = 0; j < 8; ++j) acc = fmaf(is[j], sc[j], acc);
-    }
-    for (; g < ng; ++g) acc = fmaf((float)hsum_i32(group4(w, xq, g, upg)), h2f(s[g]) * d[g], acc);
-    return acc + mins_dot(m, xs, ng);
-}
-
 /* dot_q for 32-weight int8 groups: straight-line, the scales of 8 groups converted at a time (same sums, same bits
  * as the int8 tiles) */
 static inline __attribute__((always_inline)) float dot_q32(const uint8_t *w, const uint16_t *s, const uint16_t *m,
@@ -226,9 +175,7 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
                    const float *xs, int64_t K, int64_t G, int bits) {
     const int64_t ng = K / G, upg = G / 32; /* 32-weight units per group */
 #ifdef PF_AVX2
-    if (bits == 4) /* G = 32 (GGUF's Q4_0/Q4_1) gets its own straight-line copy */
-        return upg == 1 ? dot_q4(w, s, m, xq, d, xs, ng, 1) : dot_q4(w, s, m, xq, d, xs, ng, upg);
-    if (upg == 1) /* GGUF's Q8_0 */
+    if (upg == 1) /* GGUF's Q8_0 (int4 on AVX2 goes through qgemm4_block) */
         return dot_q32(w, s, m, xq, d, xs, ng);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
@@ -265,80 +212,120 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
 }
 
 #ifdef PF_AVX2
-/* Many rows of int4 (prefill, batched decode). Weight rows go in blocks of 8, unpacked once per block into an
- * int8 copy transposed so that one 32-byte vector holds 4 consecutive weights of each of the 8 rows:
- *     vt[(k * 8 + c) * 32 + 4 r + t] = q[row r][32 k + 4 c + t]
- * Then one maddubs against an activation row's 4 bytes broadcast gives 8 rows x 4 products, the sums over k stay
- * vertical (lane = weight row: no horizontal adds, no per-row scale broadcasts) and each group's scale work is
- * one convert + one fma for 8 outputs. The copy (8 K bytes + 64 bytes per group, per thread) lives in L1/L2 and
- * is reused by every activation row of the chunk; the stored weights and their layout are untouched.
- * PF_MR4 activation rows share each loaded weight vector (register tile: PF_MR4 int16 + int32 + fp32 vectors). */
+/* int4, any number of activation rows: weight rows go in blocks of 8 and every vector holds one value per weight
+ * row (lane r = row r0 + r). An activation row's 4 bytes broadcast against a vector of 4 consecutive weights of
+ * each of the 8 rows give 8 rows x 4 products in one maddubs; the sums over k stay vertical (no horizontal adds)
+ * and each group's scale costs one convert + one fma for 8 outputs. Per output the order is fixed, the same for
+ * one activation row or many: each group's products exactly in int32, y = fma(isum[g], s[g] d[g], y) for
+ * g = 0, 1, ..., then + the mins' share (mins_dot's order), + bias. One activation row reads the weights in place
+ * (unpack8); more rows share an int8 copy of the block unpacked once per chunk of rows (8 K bytes per thread, in
+ * L1/L2): the stored weights and their layout are untouched. PF_MR4 activation rows share each loaded weight
+ * vector (register tile: PF_MR4 int16 + int32 + fp32 accumulators). */
 #ifndef PF_MR4
 #define PF_MR4 4
 #endif
 #ifndef PF_CU
 #define PF_CU 2 /* 4-weight chunks per iteration of the inner loop */
 #endif
+#ifndef PF_PREFETCH /* one activation row: 8 rows read 16 bytes at a time defeat the hardware prefetchers (a */
+#define PF_PREFETCH 1 /* 9216 x 3072 matrix ran at 0.55x the one-row-at-a-time loop without this) */
+#endif
 #define PF_PRAGMA(x) _Pragma(#x)
 #define PF_UNROLL(n) PF_PRAGMA(GCC unroll n)
 _Static_assert(PF_MR4 <= 8, "kernels.py's qscratch() has 8 rows beyond M for the last tile");
 
-static void pack8(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, int64_t r0, int64_t N,
-                  int64_t K, int64_t ng, int8_t *vt, float *s8, float *m8, float *b8) {
-    const uint8_t *wr[8];
-    for (int r = 0; r < 8; ++r) { /* the last block repeats row N-1 (its outputs are dropped) */
-        const int64_t rr = r0 + r < N ? r0 + r : N - 1;
-        wr[r] = w + rr * (K / 2);
-        for (int64_t g = 0; g < ng; ++g) s8[g * 8 + r] = h2f(s[rr * ng + g]), m8[g * 8 + r] = h2f(m[rr * ng + g]);
-        b8[r] = b ? b[rr] : 0.f;
-    }
-    for (int64_t k = 0; k < K / 32; ++k) { /* 8 rows x 8 int32 chunks of 4 weights -> transposed */
-        __m256i a[8], t[8], u[8];
-        for (int r = 0; r < 8; ++r) a[r] = unpack4(wr[r] + k * 16); /* weights 0..31 of the unit, in order */
-        for (int r = 0; r < 8; r += 2) {
-            t[r] = _mm256_unpacklo_epi32(a[r], a[r + 1]);     /* chunks 0 1 | 4 5 of rows r, r+1 */
-            t[r + 1] = _mm256_unpackhi_epi32(a[r], a[r + 1]); /* chunks 2 3 | 6 7 */
-        }
-        for (int h = 0; h < 8; h += 4) { /* rows h..h+3: u[h + j] holds chunk j | chunk j + 4 */
-            u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
-            u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
-            u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
-            u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
-        }
-        __m256i *out = (__m256i *)(vt + k * 256);
-        for (int j = 0; j < 4; ++j) {
-            _mm256_store_si256(out + j, _mm256_permute2x128_si256(u[j], u[4 + j], 0x20));
-            _mm256_store_si256(out + j + 4, _mm256_permute2x128_si256(u[j], u[4 + j], 0x31));
-        }
+/* 32-weight unit k of 8 rows (Q4_0 packing) -> v[c], c = 0..7: weights 4c..4c+3 of row r in lane r. A 4 x 4
+ * transpose of the packed rows' 32-bit words (rows r and r + 4 share a register), then the nibbles: word c holds
+ * weights 4c.. in its low nibbles and 16 + 4c.. in its high ones. */
+static inline __attribute__((always_inline)) void unpack8(const uint8_t *const *wr, int64_t k, __m256i v[8]) {
+    __m256i y[4];
+    for (int r = 0; r < 4; ++r)
+        y[r] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(wr[r] + k * 16))),
+                                       _mm_loadu_si128((const __m128i *)(wr[r + 4] + k * 16)), 1);
+    const __m256i t0 = _mm256_unpacklo_epi32(y[0], y[1]), t1 = _mm256_unpackhi_epi32(y[0], y[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(y[2], y[3]), t3 = _mm256_unpackhi_epi32(y[2], y[3]);
+    const __m256i p[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2), _mm256_unpacklo_epi64(t1, t3),
+                          _mm256_unpackhi_epi64(t1, t3)};
+    const __m256i lo = _mm256_set1_epi8(0x0f);
+    for (int c = 0; c < 4; ++c) {
+        v[c] = _mm256_and_si256(p[c], lo);
+        v[c + 4] = _mm256_and_si256(_mm256_srli_epi16(p[c], 4), lo);
     }
 }
 
-/* acc[i] (lane r) = the main sum for activation row i and weight row r of the block */
-static inline __attribute__((always_inline)) void tile4(const int8_t *vt, const float *s8, const int8_t *xq,
-                                                        const float *d, int64_t K, int64_t ng, int64_t upg,
-                                                        __m256 acc[PF_MR4]) {
-    for (int i = 0; i < PF_MR4; ++i) acc[i] = _mm256_setzero_ps();
+/* the 8 rows' fp16 scales and mins -> fp32 s8[g * 8 + r], m8[g * 8 + r]: 8 groups at a time, an 8 x 8 transpose of
+ * 16-bit words (scales in the low lane, mins in the high) */
+static void scales8(const uint16_t *const *sr, const uint16_t *const *mr, int64_t ng, float *s8, float *m8) {
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8) {
+        __m256i a[8], b[8], c[8];
+        for (int r = 0; r < 8; ++r)
+            a[r] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(sr[r] + g))),
+                                           _mm_loadu_si128((const __m128i *)(mr[r] + g)), 1);
+        for (int r = 0; r < 8; r += 2) { /* rows r, r+1: groups 0-3, 4-7 */
+            b[r] = _mm256_unpacklo_epi16(a[r], a[r + 1]);
+            b[r + 1] = _mm256_unpackhi_epi16(a[r], a[r + 1]);
+        }
+        for (int h = 0; h < 8; h += 4) { /* rows h..h+3: groups 0-1, 2-3, 4-5, 6-7 */
+            c[h] = _mm256_unpacklo_epi32(b[h], b[h + 2]);
+            c[h + 1] = _mm256_unpackhi_epi32(b[h], b[h + 2]);
+            c[h + 2] = _mm256_unpacklo_epi32(b[h + 1], b[h + 3]);
+            c[h + 3] = _mm256_unpackhi_epi32(b[h + 1], b[h + 3]);
+        }
+        for (int j = 0; j < 4; ++j) { /* groups 2j, 2j+1 of rows 0..7 */
+            const __m256i e0 = _mm256_unpacklo_epi64(c[j], c[4 + j]), e1 = _mm256_unpackhi_epi64(c[j], c[4 + j]);
+            _mm256_storeu_ps(s8 + (g + 2 * j) * 8, _mm256_cvtph_ps(_mm256_castsi256_si128(e0)));
+            _mm256_storeu_ps(m8 + (g + 2 * j) * 8, _mm256_cvtph_ps(_mm256_extracti128_si256(e0, 1)));
+            _mm256_storeu_ps(s8 + (g + 2 * j + 1) * 8, _mm256_cvtph_ps(_mm256_castsi256_si128(e1)));
+            _mm256_storeu_ps(m8 + (g + 2 * j + 1) * 8, _mm256_cvtph_ps(_mm256_extracti128_si256(e1, 1)));
+        }
+    }
+    for (; g < ng; ++g)
+        for (int r = 0; r < 8; ++r) s8[g * 8 + r] = h2f(sr[r][g]), m8[g * 8 + r] = h2f(mr[r][g]);
+}
+
+/* acc[i] (lane r) = the main sum for activation row i and weight row r of the block; weights from the unpacked
+ * copy vt (vt[(k * 8 + c) * 32 + 4 r + t] = q[row r][32 k + 4 c + t]) or, with vt = 0, unpacked in place */
+static inline __attribute__((always_inline)) void tile4(const int8_t *vt, const uint8_t *const *wr, const float *s8,
+                                                        const int8_t *xq, const float *d, int64_t K, int64_t ng,
+                                                        int64_t upg, const int mr, __m256 *acc) {
+    for (int i = 0; i < mr; ++i) acc[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
         __m256i isum[PF_MR4];
-        for (int i = 0; i < PF_MR4; ++i) isum[i] = _mm256_setzero_si256();
+        for (int i = 0; i < mr; ++i) isum[i] = _mm256_setzero_si256();
         for (int64_t u = 0; u < upg; ++u) {
             const int64_t k = g * upg + u;
             __m256i p[PF_MR4]; /* AVX2: int16, 8 chunks x 2 products x 15 x 127 <= 30480 */
-            for (int i = 0; i < PF_MR4; ++i) p[i] = _mm256_setzero_si256();
-            PF_UNROLL(PF_CU) /* fully unrolled, gcc computes all 8 x MR products before adding them: spills */
-            for (int c = 0; c < 8; ++c) {
-                const __m256i wv = _mm256_load_si256((const __m256i *)(vt + k * 256 + c * 32));
-                for (int i = 0; i < PF_MR4; ++i) {
-                    int32_t x4;
-                    memcpy(&x4, xq + i * K + k * 32 + 4 * c, 4);
-                    p[i] = dot4(p[i], wv, _mm256_set1_epi32(x4));
+            for (int i = 0; i < mr; ++i) p[i] = _mm256_setzero_si256();
+            if (vt) {
+                PF_UNROLL(PF_CU) /* fully unrolled, gcc computes all 8 x MR products before adding them: spills */
+                for (int c = 0; c < 8; ++c) {
+                    const __m256i wv = _mm256_load_si256((const __m256i *)(vt + k * 256 + c * 32));
+                    for (int i = 0; i < mr; ++i) {
+                        int32_t x4;
+                        memcpy(&x4, xq + i * K + k * 32 + 4 * c, 4);
+                        p[i] = dot4(p[i], wv, _mm256_set1_epi32(x4));
+                    }
                 }
+            } else {
+                if (PF_PREFETCH) { /* the next block's 8 rows (contiguous) in step with this one: 128 bytes a unit */
+                    _mm_prefetch((const char *)(wr[0] + 8 * (K / 2) + k * 128), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wr[0] + 8 * (K / 2) + k * 128 + 64), _MM_HINT_T0);
+                }
+                __m256i v[8];
+                unpack8(wr, k, v);
+                for (int c = 0; c < 8; ++c)
+                    for (int i = 0; i < mr; ++i) {
+                        int32_t x4;
+                        memcpy(&x4, xq + i * K + k * 32 + 4 * c, 4);
+                        p[i] = dot4(p[i], v[c], _mm256_set1_epi32(x4));
+                    }
             }
-            for (int i = 0; i < PF_MR4; ++i)
+            for (int i = 0; i < mr; ++i)
                 isum[i] = _mm256_add_epi32(isum[i], WIDEN4 ? _mm256_madd_epi16(p[i], _mm256_set1_epi16(1)) : p[i]);
         }
-        const __m256 sv = _mm256_load_ps(s8 + g * 8);
-        for (int i = 0; i < PF_MR4; ++i)
+        const __m256 sv = _mm256_loadu_ps(s8 + g * 8);
+        for (int i = 0; i < mr; ++i)
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(sv, _mm256_set1_ps(d[i * ng + g])),
                                      acc[i]);
     }
@@ -351,38 +338,67 @@ static inline __m256 mins8(const float *m8, const float *xs, int64_t ng) {
     int64_t g = 0;
     for (; g + 8 <= ng; g += 8)
         for (int l = 0; l < 8; ++l)
-            a[l] = _mm256_fmadd_ps(_mm256_load_ps(m8 + (g + l) * 8), _mm256_set1_ps(xs[g + l]), a[l]);
+            a[l] = _mm256_fmadd_ps(_mm256_loadu_ps(m8 + (g + l) * 8), _mm256_set1_ps(xs[g + l]), a[l]);
     __m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
                              _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])));
-    for (; g < ng; ++g) r = _mm256_fmadd_ps(_mm256_load_ps(m8 + g * 8), _mm256_set1_ps(xs[g]), r);
+    for (; g < ng; ++g) r = _mm256_fmadd_ps(_mm256_loadu_ps(m8 + g * 8), _mm256_set1_ps(xs[g]), r);
     return r;
 }
 
-/* activation rows i0..i1 (multiples of PF_MR4, padded with zero rows) x weight rows r0..r0+8 */
-static void qgemm4_block(const int8_t *vt, const float *s8, const float *m8, const float *b8, int has_bias,
-                         float *y, const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0,
-                         int64_t i1, int64_t r0, int64_t N, int64_t K, int64_t G) {
+/* outputs of activation row i for the block's rows that exist */
+static inline void store8(float *y, const float *acc, const float *m8, const float *xs, const float *b8, int has_bias,
+                          int64_t i, int64_t r0, int64_t N, int64_t ng) {
+    __m256 v = _mm256_add_ps(_mm256_loadu_ps(acc), mins8(m8, xs + i * ng, ng));
+    if (has_bias) v = _mm256_add_ps(v, _mm256_loadu_ps(b8));
+    float *yr = y + i * N + r0;
+    if (r0 + 8 <= N) {
+        _mm256_storeu_ps(yr, v);
+    } else {
+        float o[8];
+        _mm256_storeu_ps(o, v);
+        for (int r = 0; r < N - r0; ++r) yr[r] = o[r];
+    }
+}
+
+/* activation rows i0..i1 (M = 1, or multiples of PF_MR4 padded with zero rows) x weight rows r0..r0+8 (the last
+ * block repeats row N-1 and drops it); vt: 8 K bytes (M > 1) */
+static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
+                         const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0, int64_t i1,
+                         int64_t r0, int64_t N, int64_t K, int64_t G, int8_t *vt) {
     const int64_t ng = K / G, upg = G / 32;
+    const uint8_t *wr[8];
+    const uint16_t *sr[8], *mr[8];
+    float s8[ng * 8], m8[ng * 8], b8[8];
+    for (int r = 0; r < 8; ++r) {
+        const int64_t rr = r0 + r < N ? r0 + r : N - 1;
+        wr[r] = w + rr * (K / 2), sr[r] = s + rr * ng, mr[r] = m + rr * ng, b8[r] = b ? b[rr] : 0.f;
+    }
+    scales8(sr, mr, ng, s8, m8);
+    if (M == 1) {
+        __m256 acc;
+        if (upg == 1)
+            tile4(0, wr, s8, xq, d, K, ng, 1, 1, &acc);
+        else
+            tile4(0, wr, s8, xq, d, K, ng, upg, 1, &acc);
+        float o[8];
+        _mm256_storeu_ps(o, acc);
+        store8(y, o, m8, xs, b8, b != 0, 0, r0, N, ng);
+        return;
+    }
+    for (int64_t k = 0; k < K / 32; ++k) {
+        __m256i v[8];
+        unpack8(wr, k, v);
+        for (int c = 0; c < 8; ++c) _mm256_store_si256((__m256i *)(vt + k * 256 + c * 32), v[c]);
+    }
     for (int64_t i = i0; i < i1; i += PF_MR4) {
         __m256 acc[PF_MR4];
         if (upg == 1)
-            tile4(vt, s8, xq + i * K, d + i * ng, K, ng, 1, acc);
+            tile4(vt, wr, s8, xq + i * K, d + i * ng, K, ng, 1, PF_MR4, acc);
         else
-            tile4(vt, s8, xq + i * K, d + i * ng, K, ng, upg, acc);
+            tile4(vt, wr, s8, xq + i * K, d + i * ng, K, ng, upg, PF_MR4, acc);
         float o[PF_MR4][8]; /* constant indices only: acc stays in registers */
         for (int ii = 0; ii < PF_MR4; ++ii) _mm256_storeu_ps(o[ii], acc[ii]);
-        for (int ii = 0; ii < PF_MR4 && i + ii < M; ++ii) {
-            __m256 v = _mm256_add_ps(_mm256_loadu_ps(o[ii]), mins8(m8, xs + (i + ii) * ng, ng)); /* as dot_q4 */
-            if (has_bias) v = _mm256_add_ps(v, _mm256_load_ps(b8));
-            float *yr = y + (i + ii) * N + r0;
-            if (r0 + 8 <= N) {
-                _mm256_storeu_ps(yr, v);
-            } else {
-                float o[8];
-                _mm256_storeu_ps(o, v);
-                for (int r = 0; r < N - r0; ++r) yr[r] = o[r];
-            }
-        }
+        for (int ii = 0; ii < PF_MR4 && i + ii < M; ++ii) store8(y, o[ii], m8, xs, b8, b != 0, i + ii, r0, N, ng);
     }
 }
 
@@ -453,8 +469,8 @@ static void qgemm8_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m,
 
 /* y (M, N) = x (M, K) . dequant(W (N, K))^T (+ b). qscratch: >= Mp K bytes + 2 Mp (K / G) floats + 64, with
  * Mp <= M + 8 (M rounded up to whole tiles of rows). Weight rows are split across
- * threads; with one row each is a dot_q (it stays in L1), with more rows they go through the tiles, the
- * activation rows in chunks that stay in L2 while every weight block passes over them. */
+ * threads; int8 with one row is a dot_q per weight row (it stays in L1), int4 and more rows go through the
+ * blocks/tiles, the activation rows in chunks that stay in L2 while every weight block passes over them. */
 void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
            int64_t M, int64_t N, int64_t K, int64_t G, int bits, void *qscratch, int nthreads) {
     const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
@@ -470,7 +486,7 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
     memset(d + M * ng, 0, (Mp - M) * ng * sizeof(float));
     memset(xs + M * ng, 0, (Mp - M) * ng * sizeof(float));
 #ifdef PF_AVX2
-    if (M > 1) {
+    if (bits == 4 || M > 1) {
         const int64_t chunk = ((256 << 10) / K + mr - 1) / mr * mr; /* ~256 KB of int8 rows */
         for (int64_t i0 = 0; i0 < Mp; i0 += chunk) {
             const int64_t i1 = i0 + chunk < Mp ? i0 + chunk : Mp;
@@ -482,15 +498,11 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
             }
 #pragma omp parallel num_threads(nthreads)
             {
-                int8_t *vt = aligned_alloc(64, 8 * K);
-                float *s8 = aligned_alloc(64, (2 * ng + 2) * 8 * sizeof(float)), *m8 = s8 + ng * 8, *b8 = m8 + ng * 8;
+                int8_t *vt = M > 1 ? aligned_alloc(64, 8 * K) : 0;
 #pragma omp for schedule(static)
-                for (int64_t r0 = 0; r0 < N; r0 += 8) {
-                    pack8(w, s, m, b, r0, N, K, ng, vt, s8, m8, b8);
-                    qgemm4_block(vt, s8, m8, b8, b != 0, y, xq, d, xs, M, i0, i1, r0, N, K, G);
-                }
+                for (int64_t r0 = 0; r0 < N; r0 += 8)
+                    qgemm4_block(w, s, m, b, y, xq, d, xs, M, i0, i1, r0, N, K, G, vt);
                 free(vt);
-                free(s8);
             }
         }
         return;
