@@ -136,8 +136,8 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* sum_g m[g] xs[g]: the mins' share of a row's dot product, 8 groups per step (dot_q and the tiles share it,
- * so a row's result has the same bits whether it is decoded alone or in a batch) */
+/* sum_g m[g] xs[g]: the mins' share of a row's dot product, 8 groups per step (int8's dot_q and tiles share it,
+ * int4's mins8 sums in the same order: a row's result has the same bits whether it is decoded alone or in a batch) */
 static inline float mins_dot(const uint16_t *m, const float *xs, int64_t ng) {
     __m256 t = _mm256_setzero_ps();
     int64_t g = 0;
@@ -175,6 +175,7 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
                    const float *xs, int64_t K, int64_t G, int bits) {
     const int64_t ng = K / G, upg = G / 32; /* 32-weight units per group */
 #ifdef PF_AVX2
+    (void)bits; /* int8 only: int4 goes through qgemm4_block */
     if (upg == 1) /* GGUF's Q8_0 (int4 on AVX2 goes through qgemm4_block) */
         return dot_q32(w, s, m, xq, d, xs, ng);
     __m256 acc = _mm256_setzero_ps();
@@ -373,6 +374,11 @@ static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m,
         const int64_t rr = r0 + r < N ? r0 + r : N - 1;
         wr[r] = w + rr * (K / 2), sr[r] = s + rr * ng, mr[r] = m + rr * ng, b8[r] = b ? b[rr] : 0.f;
     }
+    if (PF_PREFETCH && M == 1) /* the next block's scales and mins too: read cold, they stall the block's start */
+        for (int64_t o = 0; o < 8 * ng * 2; o += 64) {
+            _mm_prefetch((const char *)(s + (r0 + 8) * ng) + o, _MM_HINT_T0);
+            _mm_prefetch((const char *)(m + (r0 + 8) * ng) + o, _MM_HINT_T0);
+        }
     scales8(sr, mr, ng, s8, m8);
     if (M == 1) {
         __m256 acc;
