@@ -101,12 +101,6 @@ static void quantize_act(const float *x, int8_t *xq, float *d, float *xs, int64_
 }
 
 #ifdef PF_AVX2
-/* 16 bytes of int4 (32 weights, Q4_0 order) -> 32 bytes 0..15: low nibbles in the low lane, high in the high */
-static inline __m256i unpack4(const uint8_t *p) {
-    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0f));
-}
-
 /* acc (8 x int32) += sums of 4 adjacent products ax * (w with x's sign): signed x signed as unsigned |x| x signed
  * (both in -127..127, so a maddubs pair, <= 2 * 127 * 127, never saturates) */
 static inline __m256i dot8(__m256i acc, __m256i ax, __m256i w, __m256i x) {
