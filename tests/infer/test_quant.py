@@ -42,7 +42,7 @@ def test_quantize_roundtrip_error_within_half_step(bits, group):
 @needs_kernels
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("rows", [1, 5, 33])
+@pytest.mark.parametrize("rows", [1, 2, 5, 9, 33])
 def test_native_kernel_equals_dequantized_product(bits, group, rows):
     # the kernel's definition: dequantized weights times int8-rounded activations, fp32 sums. 101 weight rows
     # and 5 or 33 activation rows leave partial tiles on both sides of the many-row kernel.
@@ -129,6 +129,52 @@ def test_every_instruction_set_path_equals_its_definition(flags, isa, cpu, tmp_p
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split()[0] == isa
+
+
+_TILE_CHECK = """
+import torch
+from phiforge.infer import kernels, quant
+for group in (32, 128):
+    for N, K, rows in ((37, 1024, (2, 7, 9, 33)), (8, 256, (3, 16)), (13, 8192, (41,))):  # 8192: 2 row chunks
+        torch.manual_seed(N + group)
+        w, b = torch.randn(N, K) * 0.02, torch.randn(N)
+        q, s, m = quant.quantize_weight(w, 4, group)
+        wd = quant.dequantize_weight(q, s, m, 4, group)
+        for M in rows:
+            x = torch.randn(M, K)
+            xg = x.reshape(M, -1, group)
+            d = xg.abs().amax(-1, keepdim=True) / 127
+            xq = torch.round(xg * (1 / d)) * d  # x * (1 / d) as kernels.c (x / d rounds differently at K = 8192)
+            ref = xq.reshape(M, -1) @ wd.t() + b
+            out = kernels.qgemm(x, q, s, m, b, 4, group)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+            for i in (0, M - 1):  # each row has the one-row path's bits
+                assert torch.equal(out[i : i + 1], kernels.qgemm(x[i : i + 1], q, s, m, b, 4, group)), (M, i)
+print("ok")
+"""
+
+
+@needs_kernels
+@pytest.mark.skipif(not _cpu_has("avx2", "fma", "f16c"), reason="the int4 tiles need AVX2")
+@pytest.mark.parametrize("mr", [2, 6, 8])
+def test_int4_tile_heights_equal_their_definition(mr, tmp_path):
+    # the int4 many-row tiles built with other activation-row heights (PF_MR4; the default 4 runs in-process
+    # above): odd M and N, partial blocks of 8 weight rows, both group sizes, and a row of any batch has the same
+    # bits as that row alone
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PHIFORGE_KERNEL_FLAGS": f"-DPF_MR4={mr}",
+        "XDG_CACHE_HOME": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+    }
+    p = subprocess.run(
+        [sys.executable, "-c", _TILE_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
 
 
 def test_quantize_model_replaces_every_linear_and_the_embedding():

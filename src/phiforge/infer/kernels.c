@@ -7,6 +7,7 @@
  * so both share one thread pool. Built on first use by kernels.py; plain C, no torch headers. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 void gemv_f32(const float *x, const float *w, const float *b, float *y, int64_t out, int64_t in, int nthreads) {
@@ -100,12 +101,6 @@ static void quantize_act(const float *x, int8_t *xq, float *d, float *xs, int64_
 }
 
 #ifdef PF_AVX2
-/* 16 bytes of int4 (32 weights, Q4_0 order) -> 32 bytes 0..15: low nibbles in the low lane, high in the high */
-static inline __m256i unpack4(const uint8_t *p) {
-    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0f));
-}
-
 /* acc (8 x int32) += sums of 4 adjacent products ax * (w with x's sign): signed x signed as unsigned |x| x signed
  * (both in -127..127, so a maddubs pair, <= 2 * 127 * 127, never saturates) */
 static inline __m256i dot8(__m256i acc, __m256i ax, __m256i w, __m256i x) {
@@ -135,24 +130,25 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* sum_g m[g] xs[g]: the mins' share of a row's dot product, 8 groups per step (dot_q and the tiles share it,
- * so a row's result has the same bits whether it is decoded alone or in a batch) */
+/* sum_g m[g] xs[g]: the mins' share of a row's dot product, 8 groups per step (int8's dot_q and tiles share it,
+ * int4's mins8 sums in the same order: a row's result has the same bits whether it is decoded alone or in a batch) */
 static inline float mins_dot(const uint16_t *m, const float *xs, int64_t ng) {
     __m256 t = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 8 <= ng; g += 8)
         t = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g))), _mm256_loadu_ps(xs + g), t);
     float r = hsum8(t);
-    for (; g < ng; ++g) r += h2f(m[g]) * xs[g];
+    for (; g < ng; ++g) r = fmaf(h2f(m[g]), xs[g], r); /* fma, as mins8's vector tail */
     return r;
 }
 #endif
 
 #ifdef PF_AVX2
-/* dot_q for 32-weight groups: straight-line, the scales of 8 groups converted at a time (same sums, same bits) */
+/* dot_q for 32-weight int8 groups: straight-line, the scales of 8 groups converted at a time (same sums, same bits
+ * as the int8 tiles) */
 static inline __attribute__((always_inline)) float dot_q32(const uint8_t *w, const uint16_t *s, const uint16_t *m,
                                                            const int8_t *xq, const float *d, const float *xs,
-                                                           int64_t ng, const int bits) {
+                                                           int64_t ng) {
     __m256 acc = _mm256_setzero_ps();
     float sc[8];
     for (int64_t g = 0; g < ng; ++g) {
@@ -161,13 +157,8 @@ static inline __attribute__((always_inline)) float dot_q32(const uint8_t *w, con
                                                _mm256_loadu_ps(d + g)));
         const float scale = g - g % 8 + 8 <= ng ? sc[g % 8] : h2f(s[g]) * d[g];
         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + g * 32)), zero = _mm256_setzero_si256();
-        __m256i p;
-        if (bits == 4) {
-            p = dot4(zero, unpack4(w + g * 16), xv);
-            if (WIDEN4) p = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-        } else {
-            p = dot8(zero, _mm256_sign_epi8(xv, xv), _mm256_loadu_si256((const __m256i *)(w + g * 32)), xv);
-        }
+        const __m256i p =
+            dot8(zero, _mm256_sign_epi8(xv, xv), _mm256_loadu_si256((const __m256i *)(w + g * 32)), xv);
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale), acc);
     }
     return hsum8(acc) + mins_dot(m, xs, ng);
@@ -178,27 +169,17 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
                    const float *xs, int64_t K, int64_t G, int bits) {
     const int64_t ng = K / G, upg = G / 32; /* 32-weight units per group */
 #ifdef PF_AVX2
-    if (upg == 1) /* G = 32 (GGUF's Q4_0/Q4_1/Q8_0) */
-        return bits == 4 ? dot_q32(w, s, m, xq, d, xs, ng, 4) : dot_q32(w, s, m, xq, d, xs, ng, 8);
+    (void)bits; /* int8 only: int4 goes through qgemm4_block */
+    if (upg == 1) /* GGUF's Q8_0 (int4 on AVX2 goes through qgemm4_block) */
+        return dot_q32(w, s, m, xq, d, xs, ng);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
         __m256i isum = _mm256_setzero_si256();
-        if (bits == 4) {
-            for (int64_t u0 = 0; u0 < upg; u0 += 8) { /* WIDEN4: int16 sums of <= 8 units */
-                __m256i p = _mm256_setzero_si256();
-                for (int64_t u = u0; u < upg && u < u0 + 8; ++u) {
-                    const int64_t k = g * upg + u;
-                    p = dot4(p, unpack4(w + k * 16), _mm256_loadu_si256((const __m256i *)(xq + k * 32)));
-                }
-                isum = _mm256_add_epi32(isum, WIDEN4 ? _mm256_madd_epi16(p, _mm256_set1_epi16(1)) : p);
-            }
-        } else {
-            for (int64_t u = 0; u < upg; ++u) {
-                const int64_t k = g * upg + u;
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k * 32));
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k * 32));
-                isum = dot8(isum, _mm256_sign_epi8(xv, xv), wv, xv);
-            }
+        for (int64_t u = 0; u < upg; ++u) {
+            const int64_t k = g * upg + u;
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k * 32));
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k * 32));
+            isum = dot8(isum, _mm256_sign_epi8(xv, xv), wv, xv);
         }
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(s[g]) * d[g]), acc);
     }
@@ -226,78 +207,257 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
 }
 
 #ifdef PF_AVX2
-/* Many rows (prefill, batched decode): an MR x NR tile of outputs (MR activation rows, NR weight rows) is
- * computed together, so each 32-weight unit is unpacked once for MR activation rows and each activation unit
- * loaded once for NR weight rows; the MR x NR accumulators live in registers. Per group the integer sums
- * become fp32 once (int4 on AVX2: int16 sums of up to 8 maddubs units, as in dot_q). */
+/* int4, any number of activation rows: weight rows go in blocks of 8 and every vector holds one value per weight
+ * row (lane r = row r0 + r). An activation row's 4 bytes broadcast against a vector of 4 consecutive weights of
+ * each of the 8 rows give 8 rows x 4 products in one maddubs; the sums over k stay vertical (no horizontal adds)
+ * and each group's scale costs one convert + one fma for 8 outputs. Per output the order is fixed, the same for
+ * one activation row or many: each group's products exactly in int32, y = fma(isum[g], s[g] d[g], y) for
+ * g = 0, 1, ..., then + the mins' share (mins_dot's order), + bias. One activation row reads the weights in place
+ * (unpack8); more rows share an int8 copy of the block unpacked once per chunk of rows (8 K bytes per thread, in
+ * L1/L2): the stored weights and their layout are untouched. PF_MR4 activation rows share each loaded weight
+ * vector (register tile: PF_MR4 int16 + int32 + fp32 accumulators). */
+#ifndef PF_MR4
+#define PF_MR4 4
+#endif
+#ifndef PF_CU
+#define PF_CU 2 /* 4-weight chunks per iteration of the inner loop */
+#endif
+#ifndef PF_PREFETCH /* one activation row: 8 rows read 16 bytes at a time defeat the hardware prefetchers (a */
+#define PF_PREFETCH 1 /* 9216 x 3072 matrix ran at 0.55x the one-row-at-a-time loop without this) */
+#endif
+#define PF_PRAGMA(x) _Pragma(#x)
+#define PF_UNROLL(n) PF_PRAGMA(GCC unroll n)
+_Static_assert(PF_MR4 <= 8, "kernels.py's qscratch() has 8 rows beyond M for the last tile");
+
+/* 32-weight unit k of 8 rows (Q4_0 packing) -> v[c], c = 0..7: weights 4c..4c+3 of row r in lane r. A 4 x 4
+ * transpose of the packed rows' 32-bit words (rows r and r + 4 share a register), then the nibbles: word c holds
+ * weights 4c.. in its low nibbles and 16 + 4c.. in its high ones. */
+static inline __attribute__((always_inline)) void unpack8(const uint8_t *const *wr, int64_t k, __m256i v[8]) {
+    __m256i y[4];
+    for (int r = 0; r < 4; ++r)
+        y[r] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(wr[r] + k * 16))),
+                                       _mm_loadu_si128((const __m128i *)(wr[r + 4] + k * 16)), 1);
+    const __m256i t0 = _mm256_unpacklo_epi32(y[0], y[1]), t1 = _mm256_unpackhi_epi32(y[0], y[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(y[2], y[3]), t3 = _mm256_unpackhi_epi32(y[2], y[3]);
+    const __m256i p[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2), _mm256_unpacklo_epi64(t1, t3),
+                          _mm256_unpackhi_epi64(t1, t3)};
+    const __m256i lo = _mm256_set1_epi8(0x0f);
+    for (int c = 0; c < 4; ++c) {
+        v[c] = _mm256_and_si256(p[c], lo);
+        v[c + 4] = _mm256_and_si256(_mm256_srli_epi16(p[c], 4), lo);
+    }
+}
+
+/* the 8 rows' fp16 scales and mins -> fp32 s8[g * 8 + r], m8[g * 8 + r]: 8 groups at a time, an 8 x 8 transpose of
+ * 16-bit words (scales in the low lane, mins in the high) */
+static void scales8(const uint16_t *const *sr, const uint16_t *const *mr, int64_t ng, float *s8, float *m8) {
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8) {
+        __m256i a[8], b[8], c[8];
+        for (int r = 0; r < 8; ++r)
+            a[r] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(sr[r] + g))),
+                                           _mm_loadu_si128((const __m128i *)(mr[r] + g)), 1);
+        for (int r = 0; r < 8; r += 2) { /* rows r, r+1: groups 0-3, 4-7 */
+            b[r] = _mm256_unpacklo_epi16(a[r], a[r + 1]);
+            b[r + 1] = _mm256_unpackhi_epi16(a[r], a[r + 1]);
+        }
+        for (int h = 0; h < 8; h += 4) { /* rows h..h+3: groups 0-1, 2-3, 4-5, 6-7 */
+            c[h] = _mm256_unpacklo_epi32(b[h], b[h + 2]);
+            c[h + 1] = _mm256_unpackhi_epi32(b[h], b[h + 2]);
+            c[h + 2] = _mm256_unpacklo_epi32(b[h + 1], b[h + 3]);
+            c[h + 3] = _mm256_unpackhi_epi32(b[h + 1], b[h + 3]);
+        }
+        for (int j = 0; j < 4; ++j) { /* groups 2j, 2j+1 of rows 0..7 */
+            const __m256i e0 = _mm256_unpacklo_epi64(c[j], c[4 + j]), e1 = _mm256_unpackhi_epi64(c[j], c[4 + j]);
+            _mm256_storeu_ps(s8 + (g + 2 * j) * 8, _mm256_cvtph_ps(_mm256_castsi256_si128(e0)));
+            _mm256_storeu_ps(m8 + (g + 2 * j) * 8, _mm256_cvtph_ps(_mm256_extracti128_si256(e0, 1)));
+            _mm256_storeu_ps(s8 + (g + 2 * j + 1) * 8, _mm256_cvtph_ps(_mm256_castsi256_si128(e1)));
+            _mm256_storeu_ps(m8 + (g + 2 * j + 1) * 8, _mm256_cvtph_ps(_mm256_extracti128_si256(e1, 1)));
+        }
+    }
+    for (; g < ng; ++g)
+        for (int r = 0; r < 8; ++r) s8[g * 8 + r] = h2f(sr[r][g]), m8[g * 8 + r] = h2f(mr[r][g]);
+}
+
+/* acc[i] (lane r) = the main sum for activation row i and weight row r of the block; weights from the unpacked
+ * copy vt (vt[(k * 8 + c) * 32 + 4 r + t] = q[row r][32 k + 4 c + t]) or, with vt = 0, unpacked in place */
+static inline __attribute__((always_inline)) void tile4(const int8_t *vt, const uint8_t *const *wr, const float *s8,
+                                                        const int8_t *xq, const float *d, int64_t K, int64_t ng,
+                                                        int64_t upg, const int mr, __m256 *acc) {
+    for (int i = 0; i < mr; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        __m256i isum[PF_MR4];
+        for (int i = 0; i < mr; ++i) isum[i] = _mm256_setzero_si256();
+        for (int64_t u = 0; u < upg; ++u) {
+            const int64_t k = g * upg + u;
+            __m256i p[PF_MR4]; /* AVX2: int16, 8 chunks x 2 products x 15 x 127 <= 30480 */
+            for (int i = 0; i < mr; ++i) p[i] = _mm256_setzero_si256();
+            if (vt) {
+                PF_UNROLL(PF_CU) /* fully unrolled, gcc computes all 8 x MR products before adding them: spills */
+                for (int c = 0; c < 8; ++c) {
+                    const __m256i wv = _mm256_load_si256((const __m256i *)(vt + k * 256 + c * 32));
+                    for (int i = 0; i < mr; ++i) {
+                        int32_t x4;
+                        memcpy(&x4, xq + i * K + k * 32 + 4 * c, 4);
+                        p[i] = dot4(p[i], wv, _mm256_set1_epi32(x4));
+                    }
+                }
+            } else {
+                if (PF_PREFETCH) { /* the next block's 8 rows (contiguous) in step with this one: 128 bytes a unit */
+                    _mm_prefetch((const char *)(wr[0] + 8 * (K / 2) + k * 128), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wr[0] + 8 * (K / 2) + k * 128 + 64), _MM_HINT_T0);
+                }
+                __m256i v[8];
+                unpack8(wr, k, v);
+                for (int c = 0; c < 8; ++c)
+                    for (int i = 0; i < mr; ++i) {
+                        int32_t x4;
+                        memcpy(&x4, xq + i * K + k * 32 + 4 * c, 4);
+                        p[i] = dot4(p[i], v[c], _mm256_set1_epi32(x4));
+                    }
+            }
+            for (int i = 0; i < mr; ++i)
+                isum[i] = _mm256_add_epi32(isum[i], WIDEN4 ? _mm256_madd_epi16(p[i], _mm256_set1_epi16(1)) : p[i]);
+        }
+        const __m256 sv = _mm256_loadu_ps(s8 + g * 8);
+        for (int i = 0; i < mr; ++i)
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(sv, _mm256_set1_ps(d[i * ng + g])),
+                                     acc[i]);
+    }
+}
+
+/* mins_dot for the 8 rows of a block at once, in mins_dot's order (lane l of mins_dot = a[l] here) */
+static inline __m256 mins8(const float *m8, const float *xs, int64_t ng) {
+    __m256 a[8];
+    for (int l = 0; l < 8; ++l) a[l] = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8)
+        for (int l = 0; l < 8; ++l)
+            a[l] = _mm256_fmadd_ps(_mm256_loadu_ps(m8 + (g + l) * 8), _mm256_set1_ps(xs[g + l]), a[l]);
+    __m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                             _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])));
+    for (; g < ng; ++g) r = _mm256_fmadd_ps(_mm256_loadu_ps(m8 + g * 8), _mm256_set1_ps(xs[g]), r);
+    return r;
+}
+
+/* outputs of activation row i for the block's rows that exist */
+static inline void store8(float *y, const float *acc, const float *m8, const float *xs, const float *b8, int has_bias,
+                          int64_t i, int64_t r0, int64_t N, int64_t ng) {
+    __m256 v = _mm256_add_ps(_mm256_loadu_ps(acc), mins8(m8, xs + i * ng, ng));
+    if (has_bias) v = _mm256_add_ps(v, _mm256_loadu_ps(b8));
+    float *yr = y + i * N + r0;
+    if (r0 + 8 <= N) {
+        _mm256_storeu_ps(yr, v);
+    } else {
+        float o[8];
+        _mm256_storeu_ps(o, v);
+        for (int r = 0; r < N - r0; ++r) yr[r] = o[r];
+    }
+}
+
+/* activation rows i0..i1 (M = 1, or multiples of PF_MR4 padded with zero rows) x weight rows r0..r0+8 (the last
+ * block repeats row N-1 and drops it); vt: 8 K bytes (M > 1) */
+static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
+                         const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0, int64_t i1,
+                         int64_t r0, int64_t N, int64_t K, int64_t G, int8_t *vt) {
+    const int64_t ng = K / G, upg = G / 32;
+    const uint8_t *wr[8];
+    const uint16_t *sr[8], *mr[8];
+    float s8[ng * 8], m8[ng * 8], b8[8];
+    for (int r = 0; r < 8; ++r) {
+        const int64_t rr = r0 + r < N ? r0 + r : N - 1;
+        wr[r] = w + rr * (K / 2), sr[r] = s + rr * ng, mr[r] = m + rr * ng, b8[r] = b ? b[rr] : 0.f;
+    }
+    if (PF_PREFETCH && M == 1) /* the next block's scales and mins too: read cold, they stall the block's start */
+        for (int64_t o = 0; o < 8 * ng * 2; o += 64) {
+            _mm_prefetch((const char *)(s + (r0 + 8) * ng) + o, _MM_HINT_T0);
+            _mm_prefetch((const char *)(m + (r0 + 8) * ng) + o, _MM_HINT_T0);
+        }
+    scales8(sr, mr, ng, s8, m8);
+    if (M == 1) {
+        __m256 acc;
+        if (upg == 1)
+            tile4(0, wr, s8, xq, d, K, ng, 1, 1, &acc);
+        else
+            tile4(0, wr, s8, xq, d, K, ng, upg, 1, &acc);
+        float o[8];
+        _mm256_storeu_ps(o, acc);
+        store8(y, o, m8, xs, b8, b != 0, 0, r0, N, ng);
+        return;
+    }
+    for (int64_t k = 0; k < K / 32; ++k) {
+        __m256i v[8];
+        unpack8(wr, k, v);
+        for (int c = 0; c < 8; ++c) _mm256_store_si256((__m256i *)(vt + k * 256 + c * 32), v[c]);
+    }
+    for (int64_t i = i0; i < i1; i += PF_MR4) {
+        __m256 acc[PF_MR4];
+        if (upg == 1)
+            tile4(vt, wr, s8, xq + i * K, d + i * ng, K, ng, 1, PF_MR4, acc);
+        else
+            tile4(vt, wr, s8, xq + i * K, d + i * ng, K, ng, upg, PF_MR4, acc);
+        float o[PF_MR4][8]; /* constant indices only: acc stays in registers */
+        for (int ii = 0; ii < PF_MR4; ++ii) _mm256_storeu_ps(o[ii], acc[ii]);
+        for (int ii = 0; ii < PF_MR4 && i + ii < M; ++ii) store8(y, o[ii], m8, xs, b8, b != 0, i + ii, r0, N, ng);
+    }
+}
+
+/* Many rows of int8: an MR x NR tile of outputs (MR activation rows, NR weight rows) is computed together, so
+ * each activation unit is loaded once for NR weight rows; the MR x NR accumulators live in registers. Per group
+ * the integer sums become fp32 once, as in dot_q. */
 #ifndef PF_MR
 #define PF_MR 4
 #endif
 #ifndef PF_NR
 #define PF_NR 2
 #endif
-_Static_assert(PF_MR <= 8, "kernels.py's qscratch() pads activation rows to a multiple of 8");
+_Static_assert(PF_MR <= 8, "kernels.py's qscratch() has 8 rows beyond M for the last tile");
 
-static inline __attribute__((always_inline)) void tile_q(const uint8_t *const *wr, const float *const *sr,
-                                                         const int8_t *xq, const float *d, int64_t K, int64_t G,
-                                                         const int bits, __m256 acc[PF_MR][PF_NR]) {
+static inline __attribute__((always_inline)) void tile_q8(const uint8_t *const *wr, const float *const *sr,
+                                                          const int8_t *xq, const float *d, int64_t K, int64_t G,
+                                                          __m256 acc[PF_MR][PF_NR]) {
     const int64_t ng = K / G, upg = G / 32;
     for (int i = 0; i < PF_MR; ++i)
         for (int r = 0; r < PF_NR; ++r) acc[i][r] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
-        __m256 sc[PF_MR][PF_NR];
-        for (int i = 0; i < PF_MR; ++i)
-            for (int r = 0; r < PF_NR; ++r) sc[i][r] = _mm256_set1_ps(sr[r][g] * d[i * ng + g]);
-        __m256i p[PF_MR][PF_NR]; /* int32 sums, or int16 sums of <= 8 units (WIDEN4) */
+        __m256i p[PF_MR][PF_NR];
         for (int i = 0; i < PF_MR; ++i)
             for (int r = 0; r < PF_NR; ++r) p[i][r] = _mm256_setzero_si256();
         for (int64_t u = 0; u < upg; ++u) {
             const int64_t k = g * upg + u;
             __m256i wv[PF_NR];
-            for (int r = 0; r < PF_NR; ++r)
-                wv[r] = bits == 4 ? unpack4(wr[r] + k * 16) : _mm256_loadu_si256((const __m256i *)(wr[r] + k * 32));
+            for (int r = 0; r < PF_NR; ++r) wv[r] = _mm256_loadu_si256((const __m256i *)(wr[r] + k * 32));
             for (int i = 0; i < PF_MR; ++i) {
                 const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * K + k * 32));
                 const __m256i ax = _mm256_sign_epi8(xv, xv);
-                for (int r = 0; r < PF_NR; ++r)
-                    p[i][r] = bits == 4 ? dot4(p[i][r], wv[r], xv) : dot8(p[i][r], ax, wv[r], xv);
+                for (int r = 0; r < PF_NR; ++r) p[i][r] = dot8(p[i][r], ax, wv[r], xv);
             }
-            if (bits == 4 && WIDEN4 && ((u & 7) == 7 || u == upg - 1)) /* int16 -> int32 before overflow */
-                for (int i = 0; i < PF_MR; ++i)
-                    for (int r = 0; r < PF_NR; ++r) {
-                        const __m256i s32 = _mm256_madd_epi16(p[i][r], _mm256_set1_epi16(1));
-                        acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), sc[i][r], acc[i][r]);
-                        p[i][r] = _mm256_setzero_si256();
-                    }
         }
-        if (bits == 8 || !WIDEN4)
-            for (int i = 0; i < PF_MR; ++i)
-                for (int r = 0; r < PF_NR; ++r)
-                    acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[i][r]), sc[i][r], acc[i][r]);
+        for (int i = 0; i < PF_MR; ++i)
+            for (int r = 0; r < PF_NR; ++r)
+                acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[i][r]), _mm256_set1_ps(sr[r][g] * d[i * ng + g]),
+                                            acc[i][r]);
     }
 }
 
 /* rows i0.. (a multiple of PF_MR, padded with zero rows) x weight rows r0..r0+PF_NR (the last tile repeats
  * row N-1 and drops it) */
-static void qgemm_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
-                        const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0, int64_t i1,
-                        int64_t r0, int64_t N, int64_t K, int64_t G, int bits) {
-    const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
+static void qgemm8_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
+                         const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0, int64_t i1,
+                         int64_t r0, int64_t N, int64_t K, int64_t G) {
+    const int64_t ng = K / G;
     const uint8_t *wr[PF_NR];
     const uint16_t *mr[PF_NR];
     float sf[PF_NR][ng]; /* the rows' scales in fp32 once, not once per tile of activation rows */
     const float *sr[PF_NR];
     for (int r = 0; r < PF_NR; ++r) {
         const int64_t rr = r0 + r < N ? r0 + r : N - 1;
-        wr[r] = w + rr * row_bytes, mr[r] = m + rr * ng, sr[r] = sf[r];
+        wr[r] = w + rr * K, mr[r] = m + rr * ng, sr[r] = sf[r];
         for (int64_t g = 0; g < ng; ++g) sf[r][g] = h2f(s[rr * ng + g]);
     }
     for (int64_t i = i0; i < i1; i += PF_MR) {
         __m256 acc[PF_MR][PF_NR];
-        if (bits == 4)
-            tile_q(wr, sr, xq + i * K, d + i * ng, K, G, 4, acc);
-        else
-            tile_q(wr, sr, xq + i * K, d + i * ng, K, G, 8, acc);
+        tile_q8(wr, sr, xq + i * K, d + i * ng, K, G, acc);
         for (int ii = 0; ii < PF_MR && i + ii < M; ++ii)
             for (int r = 0; r < PF_NR && r0 + r < N; ++r) {
                 const float v = hsum8(acc[ii][r]) + mins_dot(mr[r], xs + (i + ii) * ng, ng); /* as dot_q */
@@ -308,16 +468,16 @@ static void qgemm_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m, 
 #endif
 
 /* y (M, N) = x (M, K) . dequant(W (N, K))^T (+ b). qscratch: >= Mp K bytes + 2 Mp (K / G) floats + 64, with
- * Mp = M rounded up to a multiple of 8 (the tiles read whole tiles of rows). Weight rows are split across
- * threads; with one row each is a dot_q (it stays in L1), with more rows they go through MR x NR tiles, the
- * activation rows in chunks that stay in L2 while every weight tile passes over them. */
+ * Mp <= M + 8 (M rounded up to whole tiles of rows). Weight rows are split across
+ * threads; int8 with one row is a dot_q per weight row (it stays in L1), int4 and more rows go through the
+ * blocks/tiles, the activation rows in chunks that stay in L2 while every weight block passes over them. */
 void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
            int64_t M, int64_t N, int64_t K, int64_t G, int bits, void *qscratch, int nthreads) {
     const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
 #ifdef PF_AVX2
-    const int64_t Mp = M > 1 ? (M + PF_MR - 1) / PF_MR * PF_MR : M;
+    const int64_t mr = bits == 4 ? PF_MR4 : PF_MR, Mp = M > 1 ? (M + mr - 1) / mr * mr : M;
 #else
-    const int64_t Mp = M;
+    const int64_t mr = 1, Mp = M;
 #endif
     int8_t *xq = (int8_t *)qscratch;
     float *d = (float *)(xq + ((Mp * K + 63) & ~(int64_t)63)), *xs = d + Mp * ng;
@@ -326,17 +486,29 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
     memset(d + M * ng, 0, (Mp - M) * ng * sizeof(float));
     memset(xs + M * ng, 0, (Mp - M) * ng * sizeof(float));
 #ifdef PF_AVX2
-    if (M > 1) {
-        const int64_t chunk = ((256 << 10) / K + PF_MR - 1) / PF_MR * PF_MR; /* ~256 KB of int8 rows */
+    if (bits == 4 || M > 1) {
+        const int64_t chunk = ((256 << 10) / K + mr - 1) / mr * mr; /* ~256 KB of int8 rows */
         for (int64_t i0 = 0; i0 < Mp; i0 += chunk) {
             const int64_t i1 = i0 + chunk < Mp ? i0 + chunk : Mp;
+            if (bits == 8) {
 #pragma omp parallel for schedule(static) num_threads(nthreads)
-            for (int64_t r0 = 0; r0 < N; r0 += PF_NR)
-                qgemm_tiles(w, s, m, b, y, xq, d, xs, M, i0, i1, r0, N, K, G, bits);
+                for (int64_t r0 = 0; r0 < N; r0 += PF_NR)
+                    qgemm8_tiles(w, s, m, b, y, xq, d, xs, M, i0, i1, r0, N, K, G);
+                continue;
+            }
+#pragma omp parallel num_threads(nthreads)
+            {
+                int8_t *vt = M > 1 ? aligned_alloc(64, 8 * K) : 0;
+#pragma omp for schedule(static)
+                for (int64_t r0 = 0; r0 < N; r0 += 8)
+                    qgemm4_block(w, s, m, b, y, xq, d, xs, M, i0, i1, r0, N, K, G, vt);
+                free(vt);
+            }
         }
         return;
     }
 #endif
+    (void)mr;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < N; ++r) {
         for (int64_t i = 0; i < M; ++i) {

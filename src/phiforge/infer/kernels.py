@@ -242,9 +242,9 @@ def isa() -> str:
 
 
 def qscratch(rows: int, k: int, group: int) -> torch.Tensor:
-    """Bytes `qgemm` needs for `rows` activation rows of width <= k: int8 copies + 2 floats per group, rows
-    rounded up to a multiple of 8 (the many-row kernel works on whole tiles of rows)."""
-    rows = -(-rows // 8) * 8
+    """Bytes `qgemm` needs for `rows` activation rows of width <= k: int8 copies + 2 floats per group, plus 8
+    rows (the many-row kernel works on whole tiles of up to 8 rows)."""
+    rows += 8
     return torch.empty(rows * k + 64 + 8 * rows * (k // group + 1), dtype=torch.uint8)
 
 

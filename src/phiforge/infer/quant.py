@@ -9,7 +9,8 @@ its error far below the int4 layers'). Norms stay fp32. Group g of a weight row 
 Asymmetric (scale + min) costs 1/8 bit per weight more than symmetric at G=128 and measurably lowers
 perplexity at 4 bits. int4 is packed like llama.cpp's Q4_0: 16 bytes per 32 weights, byte j holds
 q[j] | q[j+16] << 4. Every CPU inference call, one row or a 512-token prompt, runs the native integer kernel
-(`qgemm` in kernels.c: activations rounded to int8 per group, integer dot products, weights never expanded);
+(`qgemm` in kernels.c: activations rounded to int8 per group, integer dot products over blocks of 8 weight
+rows, weights never expanded beyond an 8-row int8 copy per thread);
 dequantizing every weight on every prefill call was 15-20x slower at 32 rows (benchmarks/RESULTS.md). Training
 (grad enabled) and GPUs dequantize and run one fp32/bf16 matmul (the CUDA path is plain torch, untested here).
 
