@@ -467,3 +467,132 @@ void phi3_decode_layer_q(float *x, const float *ln1, const float *ln2, const voi
     decode_layer(x, ln1, lin, ln2, k_cache, v_cache, cos, sin, pos, H, I, nh, nkv, hd, rd, max_len, window, eps,
                  scratch, qscratch, nthreads);
 }
+
+/* ---- fp32 GEMM for a few to a few hundred rows (prefill, batched decode): y = x W^T (+ b) --------------
+ * MKL's sgemm at 8-128 rows runs at 10-20 GMAC/s per core on this AMD CPU against ~50 for big square
+ * products: it re-packs W on every call, which at 32 rows costs as much as the math. Here W is packed once
+ * (kernels.py caches it per layer) into panels of 16 output features, k-major: p[j][k][l] = W[16 j + l][k],
+ * zero rows past N. A 6 x 16 register tile (12 ymm accumulators, 2 weight vectors, 1 broadcast of x: BLIS's
+ * Haswell shape) runs over a KC-deep slice: the 16 KB weight slice is read from memory once per row block
+ * and from L1 for the block's other tiles; x is copied per call into the tiles' k-major order (M K floats,
+ * small next to M N K) so that a step's broadcasts are adjacent.
+ * Threads split the panels. Plain-C fallback: the same loops on float arrays. */
+#ifndef SG_MR /* tile: SG_MR rows x SG_NV vectors of 8 (-DSG_MR=4 -DSG_NV=3: 4 x 24, also 12 accumulators) */
+#define SG_MR 6
+#define SG_NV 2
+#endif
+#define SG_NR (8 * SG_NV)
+#define SG_KC 256 /* weight slice 16 x KC fp32 = 16 KB (half of L1; 24 KB for 4 x 24) */
+#define SG_MC 96  /* row block: MC x KC fp32 = 96 KB of x (L2) */
+
+int sgemm_panel(void) { return SG_NR; }
+
+void sgemm_pack(const float *w, float *p, int64_t N, int64_t K, int nthreads) {
+    const int64_t np = (N + SG_NR - 1) / SG_NR;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t j = 0; j < np; ++j)
+        for (int l = 0; l < SG_NR; ++l) {
+            const int64_t n = j * SG_NR + l;
+            float *dst = p + j * K * SG_NR + l;
+            if (n < N)
+                for (int64_t k = 0; k < K; ++k) dst[k * SG_NR] = w[n * K + k];
+            else
+                for (int64_t k = 0; k < K; ++k) dst[k * SG_NR] = 0.f;
+        }
+}
+
+/* c[i][0..nc) (ldc) = (first ? bias : c) + sum_k a[k][i] b[k][0..16) for i < MR; MR is a constant after inlining.
+ * a: this tile's rows of x, k-major (sg_pack_x): the MR broadcasts of a step are adjacent floats */
+static inline __attribute__((always_inline)) void sg_tile(const int MR, const float *a, const float *b, int64_t kc,
+                                                          float *c, int64_t ldc, int nc, const float *bias,
+                                                          int first) {
+    float out[6][SG_NR];
+#ifdef PF_AVX2
+    __m256 acc[6][SG_NV], bv[SG_NV];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+        for (int v = 0; v < SG_NV; ++v) acc[i][v] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kc; ++k) {
+#pragma GCC unroll 3
+        for (int v = 0; v < SG_NV; ++v) bv[v] = _mm256_loadu_ps(b + k * SG_NR + 8 * v);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; ++i) {
+            const __m256 ai = _mm256_broadcast_ss(a + k * MR + i);
+#pragma GCC unroll 3
+            for (int v = 0; v < SG_NV; ++v) acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+        for (int v = 0; v < SG_NV; ++v) _mm256_storeu_ps(out[i] + 8 * v, acc[i][v]);
+#else
+    for (int i = 0; i < MR; ++i)
+        for (int l = 0; l < SG_NR; ++l) out[i][l] = 0.f;
+    for (int64_t k = 0; k < kc; ++k)
+        for (int i = 0; i < MR; ++i) {
+            const float ai = a[k * MR + i];
+#pragma GCC unroll 16
+            for (int l = 0; l < SG_NR; ++l) out[i][l] += ai * b[k * SG_NR + l];
+        }
+#endif
+    for (int i = 0; i < MR; ++i) {
+        float *ci = c + i * ldc;
+        if (first)
+            for (int l = 0; l < nc; ++l) ci[l] = bias ? out[i][l] + bias[l] : out[i][l];
+        else
+            for (int l = 0; l < nc; ++l) ci[l] += out[i][l];
+    }
+}
+
+/* rows per tile: SG_MR; for 6-row tiles 8 left -> 4 + 4 (not 6 + 2: a 2-row tile does 4 FMAs per 4 loads) */
+static inline int sg_rows(int64_t left) { return SG_MR == 6 && left == 8 ? 4 : left >= SG_MR ? SG_MR : (int)left; }
+
+/* x (M, K) -> xp: the tile of rows [i, i + mr) at xp + i K, k-major (xp[i K + k mr + r] = x[i + r][k]).
+ * Unpacked, the 6 rows of a tile sit K floats apart: at K = 3072 (12 KB) all in one L1 set. */
+static void sg_pack_x(const float *x, float *xp, int64_t M, int64_t K) {
+    for (int64_t m0 = 0; m0 < M; m0 += SG_MC) {
+        const int64_t mc = M - m0 < SG_MC ? M - m0 : SG_MC;
+        for (int64_t i = m0, mr; i < m0 + mc; i += mr) {
+            mr = sg_rows(m0 + mc - i);
+            for (int64_t r = 0; r < mr; ++r)
+                for (int64_t k = 0; k < K; ++k) xp[i * K + k * mr + r] = x[(i + r) * K + k];
+        }
+    }
+}
+
+/* xp: scratch of M K floats */
+void sgemm_packed(const float *x, const float *p, const float *b, float *y, float *xp, int64_t M, int64_t N,
+                  int64_t K, int nthreads) {
+    const int64_t np = (N + SG_NR - 1) / SG_NR;
+    if (nthreads > np) nthreads = (int)np;
+    sg_pack_x(x, xp, M, K);
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int t = 0; t < nthreads; ++t) {
+        const int64_t j0 = np * t / nthreads, j1 = np * (t + 1) / nthreads;
+        for (int64_t m0 = 0; m0 < M; m0 += SG_MC) {
+            const int64_t mc = M - m0 < SG_MC ? M - m0 : SG_MC;
+            for (int64_t k0 = 0; k0 < K; k0 += SG_KC) {
+                const int64_t kc = K - k0 < SG_KC ? K - k0 : SG_KC;
+                for (int64_t j = j0; j < j1; ++j) {
+                    const float *bp = p + (j * K + k0) * SG_NR, *bj = b ? b + j * SG_NR : 0;
+                    const int nc = N - j * SG_NR < SG_NR ? (int)(N - j * SG_NR) : SG_NR;
+                    for (int64_t i = m0, mr; i < m0 + mc; i += mr) {
+                        mr = sg_rows(m0 + mc - i);
+                        const float *a = xp + i * K + k0 * mr;
+                        float *c = y + i * N + j * SG_NR;
+                        switch (mr) {
+                        case 6: sg_tile(6, a, bp, kc, c, N, nc, bj, k0 == 0); break;
+                        case 5: sg_tile(5, a, bp, kc, c, N, nc, bj, k0 == 0); break;
+                        case 4: sg_tile(4, a, bp, kc, c, N, nc, bj, k0 == 0); break;
+                        case 3: sg_tile(3, a, bp, kc, c, N, nc, bj, k0 == 0); break;
+                        case 2: sg_tile(2, a, bp, kc, c, N, nc, bj, k0 == 0); break;
+                        default: sg_tile(1, a, bp, kc, c, N, nc, bj, k0 == 0); break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

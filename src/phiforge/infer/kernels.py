@@ -85,6 +85,13 @@ def library() -> ctypes.CDLL | None:
         [ptr] * 6 + [i64, ctypes.c_int] + [ptr] * 4 + [i64] * 9 + [ctypes.c_float, ptr, ptr, ctypes.c_int]
     )
     f.restype = None
+    lib.sgemm_panel.restype = ctypes.c_int
+    f = lib.sgemm_pack
+    f.argtypes = [ptr, ptr, i64, i64, ctypes.c_int]
+    f.restype = None
+    f = lib.sgemm_packed
+    f.argtypes = [ptr] * 5 + [i64] * 3 + [ctypes.c_int]
+    f.restype = None
     return lib
 
 
@@ -274,18 +281,62 @@ def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor
     return out
 
 
+def sgemm_pack(w: torch.Tensor) -> torch.Tensor:
+    """w (N, K) fp32 -> the panels `sgemm` reads: (ceil(N / nr), K, nr), zero rows past N (kernels.c; nr 16)."""
+    N, K = w.shape
+    nr = library().sgemm_panel()
+    p = torch.empty(-(-N // nr), K, nr, dtype=torch.float32)
+    library().sgemm_pack(w.contiguous().data_ptr(), p.data_ptr(), N, K, torch.get_num_threads())
+    return p
+
+
+def sgemm(x: torch.Tensor, packed: torch.Tensor, b: torch.Tensor | None, n: int) -> torch.Tensor:
+    """x (..., K) fp32 @ W.T (+ b) -> (..., n), W given as `sgemm_pack(W)`."""
+    K = x.shape[-1]
+    xc = x.reshape(-1, K).contiguous()
+    out = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+    xp = torch.empty_like(xc)  # x in the tiles' order (kernels.c)
+    library().sgemm_packed(
+        xc.data_ptr(),
+        packed.data_ptr(),
+        b.data_ptr() if b is not None else None,
+        out.data_ptr(),
+        xp.data_ptr(),
+        xc.shape[0],
+        n,
+        K,
+        torch.get_num_threads(),
+    )
+    return out
+
+
 class DecodeLinear(torch.nn.Linear):
-    """nn.Linear whose single-row, no-grad, fp32 CPU calls go to the native gemv (same parameters,
-    same state_dict); everything else (prefill, training) is F.linear."""
+    """nn.Linear whose no-grad fp32 CPU calls go to the native kernels (same parameters, same state_dict):
+    one row to `gemv`, more rows to `sgemm` on a packed copy of the weight, built on first use and rebuilt
+    when the weight changes (an optimizer step, load_state_dict, a new .data). The copy costs as much
+    memory as the weight. Training (grad enabled) and other dtypes/devices are F.linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
         if (
-            x.numel() == x.shape[-1]
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
+            x.dtype == torch.float32
+            and w.dtype == torch.float32
             and not torch.is_grad_enabled()
             and x.device.type == "cpu"
-            and self.weight.is_contiguous()
+            and w.is_contiguous()
+            and x.numel() > 0
         ):
-            return gemv(x, self.weight, self.bias)
-        return torch.nn.functional.linear(x, self.weight, self.bias)
+            if x.numel() == x.shape[-1]:
+                return gemv(x, w, self.bias)
+            return sgemm(x, self.packed(), self.bias, w.shape[0])
+        return torch.nn.functional.linear(x, w, self.bias)
+
+    def packed(self) -> torch.Tensor:
+        # in-place updates bump _version, a new .data changes data_ptr: either one stales the copy
+        # (inference tensors keep no version counter: they can only change inside inference_mode)
+        w = self.weight
+        key = (w.data_ptr(), -1 if w.is_inference() else w._version, tuple(w.shape))
+        cached = self.__dict__.get("_sgemm_pack")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_sgemm_pack"] = (key, sgemm_pack(w.detach()))
+        return cached[1]

@@ -1,0 +1,113 @@
+"""fp32 y = x @ W.T at the engine's shapes for 1-512 rows: PyTorch's F.linear (MKL sgemm) against the ways
+around MKL's per-call packing of W, all in one process, taking turns call by call (so load hits all alike):
+
+  F.linear      what DecodeLinear used for more than one row
+  mkl-packed    torch.ops.mkl._mkl_reorder_linear_weight(W, M) once + torch.ops.mkl._mkl_linear (inductor's
+                freezing path; the pack is made for one batch size M)
+  onednn        torch.ops.mkldnn._reorder_linear_weight(W, M) once + torch.ops.mkldnn._linear_pointwise
+  native        kernels.sgemm on kernels.sgemm_pack(W) (6x16 AVX2/FMA tiles, infer/kernels.c)
+  gemv          kernels.gemv, one row only
+
+GMAC/s (multiply-adds per second), medians of --reps; 1 thread timed in process CPU seconds (the wait for a
+core on a shared machine is not counted), more threads in wall seconds. The last column is native / F.linear.
+
+    python benchmarks/bench_sgemm.py [--models small,mini] [--rows 1,8,32,128,512] [--threads 1,2] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from phiforge.infer import kernels
+
+# (N, K) of the engine's linear layers: the ~160M `small` model of bench_quant and a Phi-3-mini layer
+SHAPES = {
+    "small": {"qkv": (2304, 768), "out": (768, 768), "gate_up": (6144, 768), "down": (768, 3072),
+              "lm_head": (32064, 768)},
+    "mini": {"qkv": (9216, 3072), "out": (3072, 3072), "down": (3072, 8192)},
+}  # fmt: skip
+VARIANTS = ("F.linear", "mkl-packed", "onednn", "native", "gemv")
+
+
+def calls(x: torch.Tensor, w: torch.Tensor, variants: list[str]) -> dict:
+    M, N = x.shape[0], w.shape[0]
+    fns = {"F.linear": lambda: F.linear(x, w)}
+    if "mkl-packed" in variants:
+        pk = torch.ops.mkl._mkl_reorder_linear_weight(w, M)
+        fns["mkl-packed"] = lambda: torch.ops.mkl._mkl_linear(x, pk, w, None, M)
+    if "onednn" in variants:
+        pd = torch.ops.mkldnn._reorder_linear_weight(w, M)
+        fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, pd, None, "none", [], "")
+    if "native" in variants and M > 1:
+        p = kernels.sgemm_pack(w)
+        fns["native"] = lambda: kernels.sgemm(x, p, None, N)
+    if "gemv" in variants and M == 1:
+        fns["gemv"] = lambda: kernels.gemv(x, w, None)
+    return fns
+
+
+def timed(fns: dict, reps: int, clock) -> dict[str, float]:
+    """Median seconds per call of each function; each rep times every function once, in turn."""
+    for f in fns.values():
+        f()
+    t = clock()
+    fns["F.linear"]()
+    inner = max(
+        1, int(0.02 / max(clock() - t, 1e-6))
+    )  # >= ~20 ms per timing: the clock's grain is not the result
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t = clock()
+            for _ in range(inner):
+                f()
+            times[k].append((clock() - t) / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="small,mini")
+    ap.add_argument("--rows", default="1,8,32,128,512")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    a = ap.parse_args()
+    variants = a.variants.split(",")
+    assert kernels.library() is not None, "native kernels unavailable (no C compiler?)"
+    print(f"kernels: {kernels.isa()}, torch {torch.__version__}, load {os.getloadavg()}")
+    for nt in (int(t) for t in a.threads.split(",")):
+        torch.set_num_threads(nt)
+        clock = time.process_time if nt == 1 else time.perf_counter
+        print(f"\n{nt} thread(s), GMAC/s per {'CPU' if nt == 1 else 'wall'} second, medians of {a.reps}")
+        print(f"{'shape':<26}" + "".join(f"{v:>12}" for v in variants) + f"{'native/F':>10}")
+        for model in a.models.split(","):
+            for name, (N, K) in SHAPES[model].items():
+                torch.manual_seed(0)
+                w = torch.randn(N, K) * 0.02
+                for M in (int(r) for r in a.rows.split(",")):
+                    x = torch.randn(M, K)
+                    fns = calls(x, w, variants)
+                    med = timed(fns, a.reps, clock)
+                    g = {k: M * N * K / s / 1e9 for k, s in med.items()}
+                    fast = g.get("native", g.get("gemv"))
+                    cells = "".join(f"{g[v]:>12.1f}" if v in g else f"{'-':>12}" for v in variants)
+                    print(
+                        f"{f'{model} {name} {N}x{K} M={M}':<26}{cells}{fast / g['F.linear']:>9.2f}x",
+                        flush=True,
+                    )
+                    del fns
+        t = time.perf_counter()
+        kernels.sgemm_pack(torch.randn(9216, 3072))
+        print(f"pack 9216x3072 (108 MiB): {1e3 * (time.perf_counter() - t):.0f} ms wall")
+    print(f"load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
