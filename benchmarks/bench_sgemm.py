@@ -6,6 +6,7 @@ around MKL's per-call packing of W, all in one process, taking turns call by cal
                 freezing path; the pack is made for one batch size M)
   onednn        torch.ops.mkldnn._reorder_linear_weight(W, M) once + torch.ops.mkldnn._linear_pointwise
   native        kernels.sgemm on kernels.sgemm_pack(W) (6x16 AVX2/FMA tiles, infer/kernels.c)
+  native-nt     kernels.sgemm_nt on W as stored (4x3 dot-product tiles; no packed copy)
   gemv          kernels.gemv, one row only
 
 GMAC/s (multiply-adds per second), medians of --reps; 1 thread timed in process CPU seconds (the wait for a
@@ -32,7 +33,7 @@ SHAPES = {
               "lm_head": (32064, 768)},
     "mini": {"qkv": (9216, 3072), "out": (3072, 3072), "down": (3072, 8192)},
 }  # fmt: skip
-VARIANTS = ("F.linear", "mkl-packed", "onednn", "native", "gemv")
+VARIANTS = ("F.linear", "mkl-packed", "onednn", "native", "native-nt", "gemv")
 
 
 def calls(x: torch.Tensor, w: torch.Tensor, variants: list[str]) -> dict:
@@ -47,6 +48,8 @@ def calls(x: torch.Tensor, w: torch.Tensor, variants: list[str]) -> dict:
     if "native" in variants and M > 1:
         p = kernels.sgemm_pack(w)
         fns["native"] = lambda: kernels.sgemm(x, p, None, N)
+    if "native-nt" in variants and M > 1:
+        fns["native-nt"] = lambda: kernels.sgemm_nt(x, w, None)
     if "gemv" in variants and M == 1:
         fns["gemv"] = lambda: kernels.gemv(x, w, None)
     return fns

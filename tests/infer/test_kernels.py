@@ -45,7 +45,9 @@ def test_decode_linear_only_takes_single_rows_without_grad():
 
 
 @needs_cc
-@pytest.mark.parametrize(("out", "inp"), [(1, 1), (7, 33), (16, 5), (100, 300), (513, 96), (768, 768)])
+@pytest.mark.parametrize(
+    ("out", "inp"), [(1, 1), (7, 33), (16, 5), (100, 300), (513, 96), (768, 768), (9, 1030)]
+)
 @pytest.mark.parametrize("rows", [2, 5, 8, 13, 32, 97, 200])
 def test_sgemm_matches_linear(out, inp, rows):
     # rows cover every tile height (6, 4 + 4 for 8, 1-5 left over) and more than one row block (MC 96);
@@ -64,6 +66,8 @@ def test_sgemm_matches_linear(out, inp, rows):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * inp**0.5)
     # a row's result does not depend on which rows share its call (same FMA order in every tile height)
     assert torch.equal(kernels.sgemm(x[-2:], p, b, out), got[-2:])
+    # the dot-product kernel on the unpacked weight (benchmarked against it)
+    torch.testing.assert_close(kernels.sgemm_nt(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5 * inp**0.5)
 
 
 @needs_cc
@@ -96,8 +100,8 @@ assert kernels.isa() == "scalar", kernels.isa()
 for rows, out, inp in ((2, 7, 33), (13, 100, 300), (32, 768, 768)):
     torch.manual_seed(rows)
     w, b, x = torch.randn(out, inp), torch.randn(out), torch.randn(rows, inp)
-    got = kernels.sgemm(x, kernels.sgemm_pack(w), b, out)
-    torch.testing.assert_close(got, x @ w.t() + b, rtol=1e-5, atol=1e-5 * inp**0.5)
+    for got in (kernels.sgemm(x, kernels.sgemm_pack(w), b, out), kernels.sgemm_nt(x, w, b)):
+        torch.testing.assert_close(got, x @ w.t() + b, rtol=1e-5, atol=1e-5 * inp**0.5)
 """
 
 

@@ -490,15 +490,13 @@ int sgemm_panel(void) { return SG_NR; }
 void sgemm_pack(const float *w, float *p, int64_t N, int64_t K, int nthreads) {
     const int64_t np = (N + SG_NR - 1) / SG_NR;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t j = 0; j < np; ++j)
-        for (int l = 0; l < SG_NR; ++l) {
-            const int64_t n = j * SG_NR + l;
-            float *dst = p + j * K * SG_NR + l;
-            if (n < N)
-                for (int64_t k = 0; k < K; ++k) dst[k * SG_NR] = w[n * K + k];
-            else
-                for (int64_t k = 0; k < K; ++k) dst[k * SG_NR] = 0.f;
-        }
+    for (int64_t j = 0; j < np; ++j) { /* writes in order, reads 16 row streams */
+        const int nc = N - j * SG_NR < SG_NR ? (int)(N - j * SG_NR) : SG_NR;
+        const float *src = w + j * SG_NR * K;
+        float *dst = p + j * K * SG_NR;
+        for (int64_t k = 0; k < K; ++k)
+            for (int l = 0; l < SG_NR; ++l) dst[k * SG_NR + l] = l < nc ? src[l * K + k] : 0.f;
+    }
 }
 
 /* c[i][0..nc) (ldc) = (first ? bias : c) + sum_k a[k][i] b[k][0..16) for i < MR; MR is a constant after inlining.
@@ -589,6 +587,111 @@ void sgemm_packed(const float *x, const float *p, const float *b, float *y, floa
                         case 3: sg_tile(3, a, bp, kc, c, N, nc, bj, k0 == 0); break;
                         case 2: sg_tile(2, a, bp, kc, c, N, nc, bj, k0 == 0); break;
                         default: sg_tile(1, a, bp, kc, c, N, nc, bj, k0 == 0); break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ---- the same product on W as stored (row-major, no packed copy): dot-product tiles ---------------------
+ * 4 rows of x by 3 rows of W, 12 accumulators of 8 k-lanes each, summed across lanes at the end of a KC
+ * slice. x is copied per call so that a tile's 4 rows sit together per 8-wide k chunk (one stream instead of
+ * 4 streams K floats apart); W's 3 rows are read where they are. Kept beside the packed kernel to measure
+ * what the panel copy (as much memory as the weight) buys (benchmarks/bench_sgemm.py). */
+#define NT_MR 4
+#define NT_NR 3
+#define NT_KC 512 /* W slice 3 x KC fp32 = 6 KB; x block NT_MC x KC = 128 KB (L2) */
+#define NT_MC 64
+
+/* x (M, K) -> xp: tile t (rows 4t..4t+3, zero past M), chunk c (k 8c..8c+7) at xp[((t K8 + c) 4 + r) 8 + l];
+ * only whole chunks (K8 = K / 8); the k tail is read from x */
+static void nt_pack_x(const float *x, float *xp, int64_t M, int64_t K) {
+    const int64_t K8 = K / 8, T = (M + NT_MR - 1) / NT_MR;
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t c = 0; c < K8; ++c)
+            for (int r = 0; r < NT_MR; ++r)
+                for (int l = 0; l < 8; ++l)
+                    xp[((t * K8 + c) * NT_MR + r) * 8 + l] = t * NT_MR + r < M ? x[(t * NT_MR + r) * K + c * 8 + l] : 0.f;
+}
+
+/* out[r][j] = sum over chunks [c0, c1) of x tile row r . W row j, j < NR (a constant after inlining) */
+static inline __attribute__((always_inline)) void nt_tile(const int NR, const float *xt, const float *w, int64_t K,
+                                                          int64_t c0, int64_t c1, float out[NT_MR][NT_NR]) {
+#ifdef PF_AVX2
+    __m256 acc[NT_NR][NT_MR];
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j)
+#pragma GCC unroll 4
+        for (int r = 0; r < NT_MR; ++r) acc[j][r] = _mm256_setzero_ps();
+    for (int64_t c = c0; c < c1; ++c) {
+        __m256 wv[NT_NR];
+#pragma GCC unroll 3
+        for (int j = 0; j < NR; ++j) { /* in registers: else gcc folds a load into every FMA (15 loads, not 7) */
+            wv[j] = _mm256_loadu_ps(w + j * K + c * 8);
+            __asm__("" : "+x"(wv[j]));
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < NT_MR; ++r) {
+            __m256 xv = _mm256_loadu_ps(xt + (c * NT_MR + r) * 8);
+            __asm__("" : "+x"(xv));
+#pragma GCC unroll 3
+            for (int j = 0; j < NR; ++j) acc[j][r] = _mm256_fmadd_ps(xv, wv[j], acc[j][r]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) { /* 4 rows' lane sums at once */
+        const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(acc[j][0], acc[j][1]), _mm256_hadd_ps(acc[j][2], acc[j][3]));
+        float s[4];
+        _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+        for (int r = 0; r < NT_MR; ++r) out[r][j] = s[r];
+    }
+#else
+    for (int r = 0; r < NT_MR; ++r)
+        for (int j = 0; j < NR; ++j) {
+            float a[8] = {0};
+            for (int64_t c = c0; c < c1; ++c)
+                for (int l = 0; l < 8; ++l) a[l] += xt[(c * NT_MR + r) * 8 + l] * w[j * K + c * 8 + l];
+            out[r][j] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+        }
+#endif
+}
+
+/* xp: scratch of ceil(M / 4) 4 K floats */
+void sgemm_nt(const float *x, const float *w, const float *b, float *y, float *xp, int64_t M, int64_t N, int64_t K,
+              int nthreads) {
+    const int64_t K8 = K / 8, T = (M + NT_MR - 1) / NT_MR, nb = (N + NT_NR - 1) / NT_NR;
+    if (nthreads > nb) nthreads = (int)nb;
+    nt_pack_x(x, xp, M, K);
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int th = 0; th < nthreads; ++th) {
+        const int64_t j0 = nb * th / nthreads, j1 = nb * (th + 1) / nthreads;
+        for (int64_t t0 = 0; t0 < T; t0 += NT_MC / NT_MR) {
+            const int64_t t1 = T - t0 < NT_MC / NT_MR ? T : t0 + NT_MC / NT_MR;
+            for (int64_t c0 = 0; c0 < K8 || c0 == 0; c0 += NT_KC / 8) {
+                const int64_t c1 = K8 - c0 < NT_KC / 8 ? K8 : c0 + NT_KC / 8;
+                const int first = c0 == 0, last = c1 == K8;
+                for (int64_t jb = j0; jb < j1; ++jb) {
+                    const int64_t n = jb * NT_NR;
+                    const int nr = N - n < NT_NR ? (int)(N - n) : NT_NR;
+                    for (int64_t t = t0; t < t1; ++t) {
+                        float out[NT_MR][NT_NR];
+                        const float *xt = xp + t * K8 * NT_MR * 8;
+                        switch (nr) {
+                        case 3: nt_tile(3, xt, w + n * K, K, c0, c1, out); break;
+                        case 2: nt_tile(2, xt, w + n * K, K, c0, c1, out); break;
+                        default: nt_tile(1, xt, w + n * K, K, c0, c1, out); break;
+                        }
+                        for (int r = 0; r < NT_MR && t * NT_MR + r < M; ++r) {
+                            const float *xr = x + (t * NT_MR + r) * K;
+                            float *yr = y + (t * NT_MR + r) * N + n;
+                            for (int j = 0; j < nr; ++j) {
+                                float v = out[r][j];
+                                if (last) /* the k tail past the whole chunks */
+                                    for (int64_t k = K8 * 8; k < K; ++k) v += xr[k] * w[(n + j) * K + k];
+                                yr[j] = first ? (b ? v + b[n + j] : v) : yr[j] + v;
+                            }
                         }
                     }
                 }

@@ -92,6 +92,9 @@ def library() -> ctypes.CDLL | None:
     f = lib.sgemm_packed
     f.argtypes = [ptr] * 5 + [i64] * 3 + [ctypes.c_int]
     f.restype = None
+    f = lib.sgemm_nt
+    f.argtypes = [ptr] * 5 + [i64] * 3 + [ctypes.c_int]
+    f.restype = None
     return lib
 
 
@@ -304,6 +307,26 @@ def sgemm(x: torch.Tensor, packed: torch.Tensor, b: torch.Tensor | None, n: int)
         xp.data_ptr(),
         xc.shape[0],
         n,
+        K,
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def sgemm_nt(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x (..., K) fp32 @ w.T (+ b) on w (N, K) as stored (no packed copy; kernels.c's dot-product tiles)."""
+    K, N = x.shape[-1], w.shape[0]
+    xc = x.reshape(-1, K).contiguous()
+    out = torch.empty(*x.shape[:-1], N, dtype=torch.float32)
+    xp = torch.empty(-(-xc.shape[0] // 4) * 4 * K, dtype=torch.float32)
+    library().sgemm_nt(
+        xc.data_ptr(),
+        w.contiguous().data_ptr(),
+        b.data_ptr() if b is not None else None,
+        out.data_ptr(),
+        xp.data_ptr(),
+        xc.shape[0],
+        N,
         K,
         torch.get_num_threads(),
     )
