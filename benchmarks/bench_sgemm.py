@@ -5,6 +5,7 @@ around MKL's per-call packing of W, all in one process, taking turns call by cal
   mkl-packed    torch.ops.mkl._mkl_reorder_linear_weight(W, M) once + torch.ops.mkl._mkl_linear (inductor's
                 freezing path; the pack is made for one batch size M)
   onednn        torch.ops.mkldnn._reorder_linear_weight(W, M) once + torch.ops.mkldnn._linear_pointwise
+  onednn-dense  torch.ops.mkldnn._linear_pointwise on W as stored (no packed copy)
   native        kernels.sgemm on kernels.sgemm_pack(W) (6x16 AVX2/FMA tiles, infer/kernels.c)
   native-nt     kernels.sgemm_nt on W as stored (4x3 dot-product tiles; no packed copy)
   gemv          kernels.gemv, one row only
@@ -33,7 +34,7 @@ SHAPES = {
               "lm_head": (32064, 768)},
     "mini": {"qkv": (9216, 3072), "out": (3072, 3072), "down": (3072, 8192)},
 }  # fmt: skip
-VARIANTS = ("F.linear", "mkl-packed", "onednn", "native", "native-nt", "gemv")
+VARIANTS = ("F.linear", "mkl-packed", "onednn", "onednn-dense", "native", "native-nt", "gemv")
 
 
 def calls(x: torch.Tensor, w: torch.Tensor, variants: list[str]) -> dict:
@@ -45,6 +46,8 @@ def calls(x: torch.Tensor, w: torch.Tensor, variants: list[str]) -> dict:
     if "onednn" in variants:
         pd = torch.ops.mkldnn._reorder_linear_weight(w, M)
         fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, pd, None, "none", [], "")
+    if "onednn-dense" in variants:
+        fns["onednn-dense"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     if "native" in variants and M > 1:
         p = kernels.sgemm_pack(w)
         fns["native"] = lambda: kernels.sgemm(x, p, None, N)
