@@ -6,12 +6,14 @@ around MKL's per-call packing of W, all in one process, taking turns call by cal
                 freezing path; the pack is made for one batch size M)
   onednn        torch.ops.mkldnn._reorder_linear_weight(W, M) once + torch.ops.mkldnn._linear_pointwise
   onednn-dense  torch.ops.mkldnn._linear_pointwise on W as stored (no packed copy)
-  native        kernels.sgemm on kernels.sgemm_pack(W) (6x16 AVX2/FMA tiles, infer/kernels.c)
-  native-nt     kernels.sgemm_nt on W as stored (4x3 dot-product tiles; no packed copy)
   gemv          kernels.gemv, one row only
+DecodeLinear takes gemv for one row and onednn-dense from kernels.DNN_ROWS rows. A hand-written AVX2 kernel on
+a packed weight (6x16 and 4x24 tiles) and one on the unpacked weight (4x3 dot products) were measured too and
+dropped (RESULTS.md; their code is in git history: commit e361a73, variants native and native-nt).
 
 GMAC/s (multiply-adds per second), medians of --reps; 1 thread timed in process CPU seconds (the wait for a
-core on a shared machine is not counted), more threads in wall seconds. The last column is native / F.linear.
+core on a shared machine is not counted), more threads in wall seconds. The last column is the engine's path
+(gemv for one row, onednn-dense for more) over F.linear.
 
     python benchmarks/bench_sgemm.py [--models small,mini] [--rows 1,8,32,128,512] [--threads 1,2] [--reps 5]
 """
@@ -34,11 +36,11 @@ SHAPES = {
               "lm_head": (32064, 768)},
     "mini": {"qkv": (9216, 3072), "out": (3072, 3072), "down": (3072, 8192)},
 }  # fmt: skip
-VARIANTS = ("F.linear", "mkl-packed", "onednn", "onednn-dense", "native", "native-nt", "gemv")
+VARIANTS = ("F.linear", "mkl-packed", "onednn", "onednn-dense", "gemv")
 
 
 def calls(x: torch.Tensor, w: torch.Tensor, variants: list[str]) -> dict:
-    M, N = x.shape[0], w.shape[0]
+    M = x.shape[0]
     fns = {"F.linear": lambda: F.linear(x, w)}
     if "mkl-packed" in variants:
         pk = torch.ops.mkl._mkl_reorder_linear_weight(w, M)
@@ -48,11 +50,6 @@ def calls(x: torch.Tensor, w: torch.Tensor, variants: list[str]) -> dict:
         fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, pd, None, "none", [], "")
     if "onednn-dense" in variants:
         fns["onednn-dense"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-    if "native" in variants and M > 1:
-        p = kernels.sgemm_pack(w)
-        fns["native"] = lambda: kernels.sgemm(x, p, None, N)
-    if "native-nt" in variants and M > 1:
-        fns["native-nt"] = lambda: kernels.sgemm_nt(x, w, None)
     if "gemv" in variants and M == 1:
         fns["gemv"] = lambda: kernels.gemv(x, w, None)
     return fns
@@ -92,7 +89,7 @@ def main() -> None:
         torch.set_num_threads(nt)
         clock = time.process_time if nt == 1 else time.perf_counter
         print(f"\n{nt} thread(s), GMAC/s per {'CPU' if nt == 1 else 'wall'} second, medians of {a.reps}")
-        print(f"{'shape':<26}" + "".join(f"{v:>12}" for v in variants) + f"{'native/F':>10}")
+        print(f"{'shape':<26}" + "".join(f"{v:>13}" for v in variants) + f"{'engine/F':>10}")
         for model in a.models.split(","):
             for name, (N, K) in SHAPES[model].items():
                 torch.manual_seed(0)
@@ -102,16 +99,13 @@ def main() -> None:
                     fns = calls(x, w, variants)
                     med = timed(fns, a.reps, clock)
                     g = {k: M * N * K / s / 1e9 for k, s in med.items()}
-                    fast = g.get("native", g.get("gemv"))
-                    cells = "".join(f"{g[v]:>12.1f}" if v in g else f"{'-':>12}" for v in variants)
+                    fast = g.get("gemv" if M == 1 else "onednn-dense")
+                    cells = "".join(f"{g[v]:>13.1f}" if v in g else f"{'-':>13}" for v in variants)
                     print(
                         f"{f'{model} {name} {N}x{K} M={M}':<26}{cells}{fast / g['F.linear']:>9.2f}x",
                         flush=True,
                     )
                     del fns
-        t = time.perf_counter()
-        kernels.sgemm_pack(torch.randn(9216, 3072))
-        print(f"pack 9216x3072 (108 MiB): {1e3 * (time.perf_counter() - t):.0f} ms wall")
     print(f"load average {os.getloadavg()}")
 
 

@@ -1,5 +1,5 @@
-"""The native gemv (1 row) and packed sgemm (more rows): same numbers as F.linear (to fp32 reassociation), every
-shape, and a fallback."""
+"""DecodeLinear's paths (the native gemv for 1 row, oneDNN for many): same numbers as F.linear (to fp32
+reassociation), every shape, and a fallback."""
 
 from __future__ import annotations
 
@@ -34,84 +34,30 @@ def test_decode_linear_only_takes_single_rows_without_grad():
     lin = torch.nn.Linear(64, 32)
     lin.__class__ = kernels.DecodeLinear
     x = torch.randn(4, 64)
-    with torch.no_grad():  # 4 rows: the packed sgemm, 1 row: gemv; both within fp32 reassociation
-        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))  # 4 rows: F.linear path
         torch.testing.assert_close(lin(x[:1]), F.linear(x[:1], lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
-    for rows in (x[:1], x):  # grad enabled: F.linear itself, differentiable
-        y = lin(rows)
-        assert torch.equal(y, F.linear(rows, lin.weight, lin.bias))
-        y.sum().backward()
+    y = lin(x[:1])  # grad enabled: must stay differentiable
+    y.sum().backward()
     assert lin.weight.grad is not None
 
 
-@needs_cc
-@pytest.mark.parametrize(
-    ("out", "inp"), [(1, 1), (7, 33), (16, 5), (100, 300), (513, 96), (768, 768), (9, 1030)]
-)
-@pytest.mark.parametrize("rows", [2, 5, 8, 13, 32, 97, 200])
-def test_sgemm_matches_linear(out, inp, rows):
-    # rows cover every tile height (6, 4 + 4 for 8, 1-5 left over) and more than one row block (MC 96);
-    # out: partial 16-wide panels; inp > 256: more than one K slice, accumulated into y
-    g = torch.Generator().manual_seed(out * inp + rows)
-    w, b, x = (
-        torch.randn(out, inp, generator=g),
-        torch.randn(out, generator=g),
-        torch.randn(rows, inp, generator=g),
-    )
-    p = kernels.sgemm_pack(w)
-    nr = p.shape[-1]
-    assert p.shape == (-(-out // nr), inp, nr)
-    for bias in (None, b):
-        got, want = kernels.sgemm(x, p, bias, out), F.linear(x, w, bias)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * inp**0.5)
-    # a row's result does not depend on which rows share its call (same FMA order in every tile height)
-    assert torch.equal(kernels.sgemm(x[-2:], p, b, out), got[-2:])
-    # the dot-product kernel on the unpacked weight (benchmarked against it)
-    torch.testing.assert_close(kernels.sgemm_nt(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5 * inp**0.5)
-
-
-@needs_cc
-def test_decode_linear_repacks_when_the_weight_changes():
-    lin = torch.nn.Linear(40, 24)
+@pytest.mark.parametrize(("out", "inp"), [(7, 33), (100, 300), (513, 96), (768, 768), (9, 1030)])
+@pytest.mark.parametrize("shape", [(kernels.DNN_ROWS,), (32,), (3, 37), (1, 200)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_decode_linear_many_rows_match_linear(out, inp, shape, bias):
+    # DNN_ROWS and more rows (a prefill chunk, a batched decode step) go to oneDNN: within fp32 reassociation
+    lin = torch.nn.Linear(inp, out, bias=bias)
     lin.__class__ = kernels.DecodeLinear
-    x = torch.randn(3, 5, 40)
-
-    def check():
-        want = F.linear(x, lin.weight, lin.bias)
-        torch.testing.assert_close(lin(x), want, rtol=1e-5, atol=1e-5)
-
+    x = torch.randn(*shape, inp, generator=torch.Generator().manual_seed(out + inp))
     with torch.no_grad():
-        check()
-        first = lin.packed()
-        assert lin.packed() is first  # cached while the weight is unchanged
-        lin.weight.mul_(-2)  # an optimizer step is an in-place update
-        check()
-        lin.weight.data = torch.randn(24, 40)  # a new tensor
-        check()
-        lin.load_state_dict({"weight": torch.randn(24, 40), "bias": torch.randn(24)})
-        check()
-    assert set(lin.state_dict()) == {"weight", "bias"}  # the packed copy is not state
-
-
-_SCALAR_CHECK = """
-import torch
-from phiforge.infer import kernels
-assert kernels.isa() == "scalar", kernels.isa()
-for rows, out, inp in ((2, 7, 33), (13, 100, 300), (32, 768, 768)):
-    torch.manual_seed(rows)
-    w, b, x = torch.randn(out, inp), torch.randn(out), torch.randn(rows, inp)
-    for got in (kernels.sgemm(x, kernels.sgemm_pack(w), b, out), kernels.sgemm_nt(x, w, b)):
-        torch.testing.assert_close(got, x @ w.t() + b, rtol=1e-5, atol=1e-5 * inp**0.5)
-"""
-
-
-@needs_cc
-def test_sgemm_plain_c_path(tmp_path):
-    env = {**os.environ, "PHIFORGE_KERNEL_FLAGS": "-mno-avx2", "XDG_CACHE_HOME": str(tmp_path)}
-    p = subprocess.run(
-        [sys.executable, "-c", _SCALAR_CHECK], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert p.returncode == 0, p.stderr[-2000:]
+        got, want = lin(x), F.linear(x, lin.weight, lin.bias)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * inp**0.5)
+    y = lin(x)  # grad enabled: F.linear itself, differentiable
+    assert torch.equal(y, want)
+    y.sum().backward()
+    assert lin.weight.grad is not None
 
 
 @pytest.mark.slow  # a phiforge subprocess, ~11 s

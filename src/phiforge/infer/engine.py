@@ -158,8 +158,8 @@ def decode_layout(model: Transformer) -> None:
 
 
 def use_native_gemv(model: Transformer) -> None:
-    """Route no-grad fp32 linears to the native kernels (infer/kernels.c: gemv for one row, the packed sgemm
-    for more); shapes and state_dict unchanged."""
+    """Route no-grad fp32 linears past MKL (kernels.DecodeLinear: the native gemv for one row, oneDNN for
+    many); shapes and state_dict unchanged."""
     for mod in model.modules():
         if type(mod) is torch.nn.Linear:
             mod.__class__ = kernels.DecodeLinear

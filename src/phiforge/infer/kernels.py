@@ -85,16 +85,6 @@ def library() -> ctypes.CDLL | None:
         [ptr] * 6 + [i64, ctypes.c_int] + [ptr] * 4 + [i64] * 9 + [ctypes.c_float, ptr, ptr, ctypes.c_int]
     )
     f.restype = None
-    lib.sgemm_panel.restype = ctypes.c_int
-    f = lib.sgemm_pack
-    f.argtypes = [ptr, ptr, i64, i64, ctypes.c_int]
-    f.restype = None
-    f = lib.sgemm_packed
-    f.argtypes = [ptr] * 5 + [i64] * 3 + [ctypes.c_int]
-    f.restype = None
-    f = lib.sgemm_nt
-    f.argtypes = [ptr] * 5 + [i64] * 3 + [ctypes.c_int]
-    f.restype = None
     return lib
 
 
@@ -284,60 +274,20 @@ def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor
     return out
 
 
-def sgemm_pack(w: torch.Tensor) -> torch.Tensor:
-    """w (N, K) fp32 -> the panels `sgemm` reads: (ceil(N / nr), K, nr), zero rows past N (kernels.c; nr 16)."""
-    N, K = w.shape
-    nr = library().sgemm_panel()
-    p = torch.empty(-(-N // nr), K, nr, dtype=torch.float32)
-    library().sgemm_pack(w.contiguous().data_ptr(), p.data_ptr(), N, K, torch.get_num_threads())
-    return p
-
-
-def sgemm(x: torch.Tensor, packed: torch.Tensor, b: torch.Tensor | None, n: int) -> torch.Tensor:
-    """x (..., K) fp32 @ W.T (+ b) -> (..., n), W given as `sgemm_pack(W)`."""
-    K = x.shape[-1]
-    xc = x.reshape(-1, K).contiguous()
-    out = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
-    xp = torch.empty_like(xc)  # x in the tiles' order (kernels.c)
-    library().sgemm_packed(
-        xc.data_ptr(),
-        packed.data_ptr(),
-        b.data_ptr() if b is not None else None,
-        out.data_ptr(),
-        xp.data_ptr(),
-        xc.shape[0],
-        n,
-        K,
-        torch.get_num_threads(),
-    )
-    return out
-
-
-def sgemm_nt(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """x (..., K) fp32 @ w.T (+ b) on w (N, K) as stored (no packed copy; kernels.c's dot-product tiles)."""
-    K, N = x.shape[-1], w.shape[0]
-    xc = x.reshape(-1, K).contiguous()
-    out = torch.empty(*x.shape[:-1], N, dtype=torch.float32)
-    xp = torch.empty(-(-xc.shape[0] // 4) * 4 * K, dtype=torch.float32)
-    library().sgemm_nt(
-        xc.data_ptr(),
-        w.contiguous().data_ptr(),
-        b.data_ptr() if b is not None else None,
-        out.data_ptr(),
-        xp.data_ptr(),
-        xc.shape[0],
-        N,
-        K,
-        torch.get_num_threads(),
-    )
-    return out
+# Rows from which DecodeLinear calls oneDNN's inner product instead of F.linear (MKL). On this AMD CPU (1 thread)
+# MKL's sgemm at 32 rows runs 8-17 GMAC/s on the large-N shapes (gate_up, lm_head, Phi-3-mini's) where oneDNN
+# on the same, unpacked weight runs 16-26; at 2-8 rows oneDNN loses to MKL on the ~160M model's K = 768 shapes,
+# at 16 they are level. Whole ~160M model: prefill and a 32-row decode step 1.2-1.4x (benchmarks/RESULTS.md,
+# "fp32 small-M GEMM"; bench_sgemm.py also measures the packed-weight variants that were not taken).
+DNN_ROWS = 16
+# the op inductor's CPU freezing emits; not in every build (no mkldnn: F.linear)
+_DNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class DecodeLinear(torch.nn.Linear):
-    """nn.Linear whose no-grad fp32 CPU calls go to the native kernels (same parameters, same state_dict):
-    one row to `gemv`, more rows to `sgemm` on a packed copy of the weight, built on first use and rebuilt
-    when the weight changes (an optimizer step, load_state_dict, a new .data). The copy costs as much
-    memory as the weight. Training (grad enabled) and other dtypes/devices are F.linear."""
+    """nn.Linear whose no-grad fp32 CPU calls skip MKL where it is slow: one row goes to the native gemv,
+    DNN_ROWS or more to oneDNN's inner product on the weight as stored (no packed copy, nothing cached);
+    the rest, training (grad enabled) included, is F.linear. Same parameters, same state_dict."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -347,19 +297,10 @@ class DecodeLinear(torch.nn.Linear):
             and not torch.is_grad_enabled()
             and x.device.type == "cpu"
             and w.is_contiguous()
-            and x.numel() > 0
         ):
-            if x.numel() == x.shape[-1]:
+            rows = x.numel() // max(x.shape[-1], 1)
+            if rows == 1:
                 return gemv(x, w, self.bias)
-            return sgemm(x, self.packed(), self.bias, w.shape[0])
+            if rows >= DNN_ROWS and _DNN:
+                return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
         return torch.nn.functional.linear(x, w, self.bias)
-
-    def packed(self) -> torch.Tensor:
-        # in-place updates bump _version, a new .data changes data_ptr: either one stales the copy
-        # (inference tensors keep no version counter: they can only change inside inference_mode)
-        w = self.weight
-        key = (w.data_ptr(), -1 if w.is_inference() else w._version, tuple(w.shape))
-        cached = self.__dict__.get("_sgemm_pack")
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_sgemm_pack"] = (key, sgemm_pack(w.detach()))
-        return cached[1]
