@@ -30,12 +30,12 @@ def test_gemv_matches_linear(out, inp, bias):
 
 
 @needs_cc
-def test_decode_linear_only_takes_single_rows_without_grad():
+def test_decode_linear_leaves_few_rows_and_training_to_f_linear():
     lin = torch.nn.Linear(64, 32)
     lin.__class__ = kernels.DecodeLinear
-    x = torch.randn(4, 64)
+    x = torch.randn(kernels.DNN_ROWS - 1, 64)
     with torch.no_grad():
-        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))  # 4 rows: F.linear path
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))  # too few rows: F.linear path
         torch.testing.assert_close(lin(x[:1]), F.linear(x[:1], lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
     y = lin(x[:1])  # grad enabled: must stay differentiable
     y.sum().backward()

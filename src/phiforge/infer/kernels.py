@@ -275,11 +275,12 @@ def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor
 
 
 # Rows from which DecodeLinear calls oneDNN's inner product instead of F.linear (MKL). On this AMD CPU (1 thread)
-# MKL's sgemm at 32 rows runs 8-17 GMAC/s on the large-N shapes (gate_up, lm_head, Phi-3-mini's) where oneDNN
-# on the same, unpacked weight runs 16-26; at 2-8 rows oneDNN loses to MKL on the ~160M model's K = 768 shapes,
-# at 16 they are level. Whole ~160M model: prefill and a 32-row decode step 1.2-1.4x (benchmarks/RESULTS.md,
-# "fp32 small-M GEMM"; bench_sgemm.py also measures the packed-weight variants that were not taken).
-DNN_ROWS = 16
+# MKL's sgemm at 4-32 rows runs 2-17 GMAC/s on the large-N shapes (gate_up, lm_head, Phi-3-mini's) where oneDNN
+# on the same, unpacked weight runs 4-26 (1.4-2.2x); on the ~160M model's N = 768-2304 shapes it is 0.7-1.0x
+# of MKL below 16 rows. Weighted by the model's MACs oneDNN wins from 4 rows (1.3x) and loses at 2 (0.8x).
+# Whole ~160M model: prefill and a 32-row decode step 1.2-1.4x (benchmarks/RESULTS.md, "fp32 small-M GEMM";
+# bench_sgemm.py also measures the packed-weight variants that were not taken).
+DNN_ROWS = 4
 # the op inductor's CPU freezing emits; not in every build (no mkldnn: F.linear)
 _DNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
