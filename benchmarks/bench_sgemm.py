@@ -16,6 +16,10 @@ core on a shared machine is not counted), more threads in wall seconds. The last
 (gemv for one row, onednn-dense for more) over F.linear.
 
     python benchmarks/bench_sgemm.py [--models small,mini] [--rows 1,8,32,128,512] [--threads 1,2] [--reps 5]
+
+--forward MODEL (bench_engine's shapes: tiny, small, mini4) times the whole model's forward instead, 1 thread:
+a 32- and 512-token prefill and one decode step of 32 rows, with DecodeLinear's many-row path switched in turn
+between MKL (F.linear), oneDNN on W (what the engine does) and oneDNN on a packed copy of W.
 """
 
 from __future__ import annotations
@@ -74,6 +78,65 @@ def timed(fns: dict, reps: int, clock) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def forward_ab(name: str, reps: int) -> None:
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bench_engine import MODELS
+    from phiforge.infer.engine import use_native_gemv
+    from phiforge.model import KVCache, ModelConfig, build
+
+    torch.set_num_threads(1)
+    cfg = ModelConfig(
+        max_position_embeddings=2048, eos_token_id=0, pad_token_id=0, bos_token_id=None, **MODELS[name]
+    )
+    model = build(cfg, seed=0).eval()
+    use_native_gemv(model)
+    packs = {}
+    plain = kernels.DecodeLinear.forward
+
+    def packed(self, x):  # oneDNN on a packed copy, made once per layer (the variant not taken)
+        if x.numel() // x.shape[-1] < kernels.DNN_ROWS or torch.is_grad_enabled():
+            return plain(self, x)
+        if self not in packs:
+            packs[self] = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 32)
+        return torch.ops.mkldnn._linear_pointwise(x, packs[self], self.bias, "none", [], "")
+
+    ids = torch.randint(0, cfg.vocab_size, (32, 552), generator=torch.Generator().manual_seed(0))
+
+    def step(rows: int, T: int) -> float:
+        cache = KVCache(cfg, rows, T + 48)
+        with torch.inference_mode():
+            if T > 1:
+                t = time.process_time()
+                model(ids[:rows, :T], pos=0, cache=cache, last_only=True)
+                return time.process_time() - t
+            model(ids[:rows, :40], pos=0, cache=cache, last_only=True)  # the prompt, not timed
+            t = time.process_time()
+            model(ids[:rows, 40:41], pos=40, cache=cache, last_only=True)
+            return time.process_time() - t
+
+    dnn_rows = kernels.DNN_ROWS
+    print(f"{name}, 1 thread, ms of process time, medians of {reps - 1} after one warm-up")
+    for case, (rows, T) in {
+        "prefill 32": (1, 32),
+        "prefill 512": (1, 512),
+        "decode step, 32 rows": (32, 1),
+    }.items():
+        times = {"mkl": [], "onednn": [], "onednn-packed": []}
+        for _ in range(reps):
+            for k in times:
+                kernels.DNN_ROWS = 10**9 if k == "mkl" else dnn_rows
+                kernels.DecodeLinear.forward = packed if k == "onednn-packed" else plain
+                times[k].append(step(rows, T))
+        med = {k: statistics.median(v[1:]) for k, v in times.items()}
+        print(f"{case:<22}" + "".join(f"{k} {1e3 * v:7.0f}  " for k, v in med.items())
+              + f"mkl/onednn {med['mkl'] / med['onednn']:.2f}x  mkl/packed {med['mkl'] / med['onednn-packed']:.2f}x",
+              flush=True)  # fmt: skip
+    kernels.DNN_ROWS, kernels.DecodeLinear.forward = dnn_rows, plain
+    print(f"load average {os.getloadavg()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="small,mini")
@@ -81,7 +144,11 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--forward", help="time the whole model (tiny, small, mini4) instead of single layers")
     a = ap.parse_args()
+    if a.forward:
+        forward_ab(a.forward, a.reps)
+        return
     variants = a.variants.split(",")
     assert kernels.library() is not None, "native kernels unavailable (no C compiler?)"
     print(f"kernels: {kernels.isa()}, torch {torch.__version__}, load {os.getloadavg()}")
