@@ -9,6 +9,7 @@ Medians over --reps processes with [min-max]; ratios against llama.cpp at the sa
 llama.cpp columns need llama-cpp-python (`CMAKE_ARGS=-DGGML_NATIVE=ON pip install llama-cpp-python`).
 
     python benchmarks/bench_quant.py [--models small,mini4] [--kinds fp32,int4] [--threads 2] [--reps 3]
+        [--baseline DIR]   (DIR: another tree's src/, e.g. `git archive main src | tar -x -C /tmp/main`)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -74,6 +76,8 @@ def worker(kind: str, path: str, a) -> dict:
         out = llama_run(llm, short, a.new)
         out["prefill_long_ms"] = llama_run(llm, long, 1)["prefill_ms"]
         return out
+    if kind.startswith("phiforge="):  # --baseline: the phiforge of another source tree
+        sys.path.insert(0, kind.split("=", 1)[1])
     from phiforge.infer.engine import Engine
 
     engine = Engine.load(path)
@@ -117,6 +121,7 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=512, help="the long prompt's tokens")
     ap.add_argument("--batch", type=int, default=32, help="rows of the batched decode (phiforge; 1: skip)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--baseline", help="also time phiforge from this src dir (e.g. main's), taking turns")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -133,6 +138,9 @@ def main() -> None:
     for name in a.models.split(","):
         with tempfile.TemporaryDirectory() as d:
             engines = prepare(name, a.kinds.split(","), Path(d), llama)
+            if a.baseline:
+                for k in a.kinds.split(","):
+                    engines[f"phiforge-base {k}"] = [f"phiforge={a.baseline}", engines[f"phiforge {k}"][1]]
             res = alternate(__file__, {e: [*args, *flags] for e, args in engines.items()}, a.reps)
         report(name, res, a)
     print(f"load average {os.getloadavg()}")

@@ -1,4 +1,5 @@
-"""The native batch-1 gemv: same numbers as F.linear (to fp32 reassociation), every shape, and a fallback."""
+"""DecodeLinear's paths (the native gemv for 1 row, oneDNN for many): same numbers as F.linear (to fp32
+reassociation), every shape, and a fallback."""
 
 from __future__ import annotations
 
@@ -29,14 +30,32 @@ def test_gemv_matches_linear(out, inp, bias):
 
 
 @needs_cc
-def test_decode_linear_only_takes_single_rows_without_grad():
+def test_decode_linear_leaves_few_rows_and_training_to_f_linear():
     lin = torch.nn.Linear(64, 32)
     lin.__class__ = kernels.DecodeLinear
-    x = torch.randn(4, 64)
+    x = torch.randn(kernels.DNN_ROWS - 1, 64)
     with torch.no_grad():
-        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))  # 4 rows: F.linear path
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))  # too few rows: F.linear path
         torch.testing.assert_close(lin(x[:1]), F.linear(x[:1], lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
     y = lin(x[:1])  # grad enabled: must stay differentiable
+    y.sum().backward()
+    assert lin.weight.grad is not None
+
+
+@pytest.mark.parametrize(("out", "inp"), [(7, 33), (100, 300), (513, 96), (768, 768), (9, 1030)])
+@pytest.mark.parametrize("shape", [(kernels.DNN_ROWS,), (32,), (3, 37), (1, 200)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_decode_linear_many_rows_match_linear(out, inp, shape, bias):
+    # DNN_ROWS and more rows (a prefill chunk, a batched decode step) go to oneDNN: within fp32 reassociation
+    lin = torch.nn.Linear(inp, out, bias=bias)
+    lin.__class__ = kernels.DecodeLinear
+    x = torch.randn(*shape, inp, generator=torch.Generator().manual_seed(out + inp))
+    with torch.no_grad():
+        got, want = lin(x), F.linear(x, lin.weight, lin.bias)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * inp**0.5)
+    y = lin(x)  # grad enabled: F.linear itself, differentiable
+    assert torch.equal(y, want)
     y.sum().backward()
     assert lin.weight.grad is not None
 

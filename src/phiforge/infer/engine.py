@@ -158,7 +158,8 @@ def decode_layout(model: Transformer) -> None:
 
 
 def use_native_gemv(model: Transformer) -> None:
-    """Route batch-1 fp32 linears to the native gemv (infer/kernels.c); shapes and state_dict unchanged."""
+    """Route no-grad fp32 linears past MKL (kernels.DecodeLinear: the native gemv for one row, oneDNN for
+    many); shapes and state_dict unchanged."""
     for mod in model.modules():
         if type(mod) is torch.nn.Linear:
             mod.__class__ = kernels.DecodeLinear

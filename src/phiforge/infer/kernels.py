@@ -274,18 +274,34 @@ def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor
     return out
 
 
+# Rows from which DecodeLinear calls oneDNN's inner product instead of F.linear (MKL). On this AMD CPU (1 thread)
+# MKL's sgemm at 4-32 rows runs 2-17 GMAC/s on the large-N shapes (gate_up, lm_head, Phi-3-mini's) where oneDNN
+# on the same, unpacked weight runs 4-26 (1.4-2.2x); on the ~160M model's N = 768-2304 shapes it is 0.7-1.0x
+# of MKL below 16 rows. Weighted by the model's MACs oneDNN wins from 4 rows (1.3x) and loses at 2 (0.8x).
+# Whole ~160M model: prefill and a 32-row decode step 1.2-1.4x (benchmarks/RESULTS.md, "fp32 small-M GEMM";
+# bench_sgemm.py also measures the packed-weight variants that were not taken).
+DNN_ROWS = 4
+# the op inductor's CPU freezing emits; not in every build (no mkldnn: F.linear)
+_DNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 class DecodeLinear(torch.nn.Linear):
-    """nn.Linear whose single-row, no-grad, fp32 CPU calls go to the native gemv (same parameters,
-    same state_dict); everything else (prefill, training) is F.linear."""
+    """nn.Linear whose no-grad fp32 CPU calls skip MKL where it is slow: one row goes to the native gemv,
+    DNN_ROWS or more to oneDNN's inner product on the weight as stored (no packed copy, nothing cached);
+    the rest, training (grad enabled) included, is F.linear. Same parameters, same state_dict."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
         if (
-            x.numel() == x.shape[-1]
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
+            x.dtype == torch.float32
+            and w.dtype == torch.float32
             and not torch.is_grad_enabled()
             and x.device.type == "cpu"
-            and self.weight.is_contiguous()
+            and w.is_contiguous()
         ):
-            return gemv(x, self.weight, self.bias)
-        return torch.nn.functional.linear(x, self.weight, self.bias)
+            rows = x.numel() // max(x.shape[-1], 1)
+            if rows == 1:
+                return gemv(x, w, self.bias)
+            if rows >= DNN_ROWS and _DNN:
+                return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
+        return torch.nn.functional.linear(x, w, self.bias)
