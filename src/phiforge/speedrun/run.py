@@ -71,9 +71,8 @@ BUDGETS = {
         post=PostTrain(test=8, train=3, k=4, epochs=1),
     ),
     # `make run`: <= 40 minutes on 2 cores; pretraining gets 12 of them, whatever this machine's speed, the
-    # post-training track (real model: PTS on 12 problems at K=4, 2 DPO epochs, 48 held-out problems) ~10-15
-    # minutes on 2 quiet cores, estimated: measured 2490 s with 1 thread sharing 2 cores with 2-3 other jobs
-    # (PTS 1886 s for 392 rollouts, accuracy on 48 problems 110-237 s, DPO 4 steps 81 s, int4 + accuracy 175 s)
+    # post-training track (real model: PTS on 12 problems at K=4, 2 DPO epochs, 48 held-out problems) 983 s.
+    # Measured quiet 2026-12-01: the whole run 33 min 38 s (PTS 723 s for 392 rollouts; benchmarks/RESULTS.md)
     "default": Budget(
         max_bytes=40_000_000, annotate_docs=3000, vocab_size=8192, preset="tiny", seq_len=256, micro_batch=16,
         lr=3e-3, pretrain_tokens=0, pretrain_seconds=720, phase1_share=0.6, sft_epochs=2.0,
