@@ -262,8 +262,10 @@ class Batcher:
             self.cap = min(self.ctx, max(2 * self.cap, new_s + 1))
             shape = (self.cfg.num_hidden_layers, self.max_batch, self.cfg.num_key_value_heads)
             shape += (self.cap, self.cfg.head_dim)
-            k = torch.empty(shape, device=self.engine.device, dtype=self.engine.dtype)
-            v = torch.empty_like(k)
+            # zeros, not empty: pad slots are masked but still multiplied (0 * NaN is NaN), and this
+            # path never writes them; recycled memory can hold NaN (CI failed on that once)
+            k = torch.zeros(shape, device=self.engine.device, dtype=self.engine.dtype)
+            v = torch.zeros_like(k)
             if nb:
                 k[:, :nb, :, lo + shift : new_s] = self.k[:, :nb, :, lo : self.S]
                 v[:, :nb, :, lo + shift : new_s] = self.v[:, :nb, :, lo : self.S]
