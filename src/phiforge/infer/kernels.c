@@ -411,6 +411,12 @@ static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m,
 #ifndef PF_NR
 #define PF_NR 2
 #endif
+/* int8 below this many rows: a dot_q per (weight row, activation row), the weight row staying in L1. The tiles
+ * pad to PF_MR rows and convert a tile's scales per call; measured 1 thread (RESULTS.md, sixth session), 2-6 rows
+ * per row are 1.5-2.5x faster on SmolLM2's 49152 x 576 int8 head and level elsewhere; from 8 rows tiles win */
+#ifndef PF_Q8_TILE_ROWS
+#define PF_Q8_TILE_ROWS 8
+#endif
 _Static_assert(PF_MR <= 8, "kernels.py's qscratch() has 8 rows beyond M for the last tile");
 
 static inline __attribute__((always_inline)) void tile_q8(const uint8_t *const *wr, const float *const *sr,
@@ -469,7 +475,7 @@ static void qgemm8_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m,
 
 /* y (M, N) = x (M, K) . dequant(W (N, K))^T (+ b). qscratch: >= Mp K bytes + 2 Mp (K / G) floats + 64, with
  * Mp <= M + 8 (M rounded up to whole tiles of rows). Weight rows are split across
- * threads; int8 with one row is a dot_q per weight row (it stays in L1), int4 and more rows go through the
+ * threads; int8 below PF_Q8_TILE_ROWS rows is a dot_q per weight row (it stays in L1), int4 and more rows go through the
  * blocks/tiles, the activation rows in chunks that stay in L2 while every weight block passes over them. */
 void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
            int64_t M, int64_t N, int64_t K, int64_t G, int bits, void *qscratch, int nthreads) {
@@ -486,7 +492,7 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
     memset(d + M * ng, 0, (Mp - M) * ng * sizeof(float));
     memset(xs + M * ng, 0, (Mp - M) * ng * sizeof(float));
 #ifdef PF_AVX2
-    if (bits == 4 || M > 1) {
+    if (bits == 4 || M >= PF_Q8_TILE_ROWS) {
         const int64_t chunk = ((256 << 10) / K + mr - 1) / mr * mr; /* ~256 KB of int8 rows */
         for (int64_t i0 = 0; i0 < Mp; i0 += chunk) {
             const int64_t i1 = i0 + chunk < Mp ? i0 + chunk : Mp;
