@@ -117,3 +117,58 @@ def test_native_phi3_decode_matches_pytorch_forward(shape):
             torch.testing.assert_close(
                 got[0, 0], want[0, t], rtol=1e-5, atol=1e-5 * float(want[0, t].abs().max())
             )
+
+
+@needs_cc
+@pytest.mark.parametrize(
+    ("shape", "bits"),
+    [
+        (dict(num_attention_heads=4, num_key_value_heads=4), 32),
+        (dict(num_attention_heads=6, num_key_value_heads=2, partial_rotary_factor=0.75), 32),
+        (dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True, sliding_window=12), 32),
+        (dict(num_attention_heads=6, num_key_value_heads=2), 4),
+        (dict(num_attention_heads=4, num_key_value_heads=4), 8),
+    ],
+)
+def test_rows_decode_matches_each_row_alone(shape, bits):
+    """RowsDecoder on left-padded rows of different lengths, its cache the first rows of a larger buffer (as the
+    server's batcher holds it): each row's logits equal that row's own full forward (no cache, no padding)."""
+    from phiforge.infer.quant import quantize_model
+    from phiforge.model import KVCache, ModelConfig, build
+
+    cfg = ModelConfig(
+        vocab_size=300, hidden_size=96, intermediate_size=160, num_hidden_layers=2, max_position_embeddings=128,
+        eos_token_id=None, pad_token_id=0, **shape,
+    )  # fmt: skip
+    model = build(cfg, seed=1).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.2) if p.dim() > 1 else p.data.uniform_(0.5, 1.5)
+    if bits != 32:
+        model = quantize_model(model, bits, 32)
+    assert kernels.RowsDecoder.supports(model)
+    g = torch.Generator().manual_seed(0)
+    lens = [9, 3, 14]  # prompt lengths; rows are left-padded to 14 and decoded to slot 30
+    seqs = [torch.randint(1, cfg.vocab_size, (n + 16,), generator=g) for n in lens]
+    T, B = max(lens), len(lens)
+    pads = torch.tensor([T - n for n in lens])
+    big = KVCache(cfg, B + 2, 48)  # more rows than the batch: the decoder sees a strided view
+    big.k.fill_(float("nan")), big.v.fill_(float("nan"))  # pad slots are never written by the decode steps
+
+    class View:
+        k, v, max_len = big.k[:, :B], big.v[:, :B], 48
+
+    ids = torch.zeros(B, T + 16, dtype=torch.long)
+    for i, (s, n) in enumerate(zip(seqs, lens, strict=True)):
+        ids[i, T - n :] = s
+    with torch.inference_mode():
+        from phiforge.infer.engine import Engine
+
+        eng = Engine(model)
+        eng._forward(ids[:, :T], 0, View, pads)  # the prefill fills pad slots too (finite)
+        dec = kernels.RowsDecoder(model, View)
+        for t in range(T, T + 16):
+            got = dec(ids[:, t], t, "short", pads)
+            for i, n in enumerate(lens):
+                want = model(seqs[i][None, : n + t - T + 1])[0, -1]
+                tol = 1e-4 if bits == 32 else 1e-3
+                torch.testing.assert_close(got[i, 0], want, rtol=tol, atol=tol * float(want.abs().max()))

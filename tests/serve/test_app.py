@@ -227,6 +227,7 @@ def test_non_streaming_client_that_gives_up_frees_the_row(server, monkeypatch):
 
     monkeypatch.setattr(b, "model", slow_model)
     monkeypatch.setattr(b, "_native_ok", False)  # a row alone would take the native decode path
+    monkeypatch.setattr(b, "_rows_ok", False)  # and many rows the native RowsDecoder: both skip b.model
     body = {"model": MODEL, "prompt": "x = ", "max_tokens": 150, "ignore_eos": True}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(server.url + "/v1/completions", json=body, timeout=0.5)

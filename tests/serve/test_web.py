@@ -97,6 +97,7 @@ def test_stop_button_aborts_and_frees_the_row(page, server, monkeypatch):
 
     monkeypatch.setattr(b, "model", slow_model)
     monkeypatch.setattr(b, "_native_ok", False)  # a row alone would take the native decode path
+    monkeypatch.setattr(b, "_rows_ok", False)  # and many rows the native RowsDecoder: both skip b.model
     page.goto(server.url + "/")
     page.wait_for_selector("#model:has-text('tiny-test')")
     page.fill("#temperature", "1")

@@ -275,6 +275,10 @@ class Engine:
             if kernels.Phi3Decoder.supports(self.model, B, pads is not None)
             else None
         )
+        # many rows (or padded ones): the linears as PyTorch matmuls, the rest of each layer native
+        many = None
+        if native is None and kernels.RowsDecoder.supports(self.model):
+            many = kernels.RowsDecoder(self.model, cache)
         t1 = time.perf_counter()
         for step in range(T, total + 1):
             if params.max_new_tokens == 0:
@@ -298,6 +302,8 @@ class Engine:
                 logits, kind = self._prefill(ids[:, : step + 1], cache, pads, new_kind), new_kind
             elif native is not None:
                 logits = native(int(nxt[0]), step, kind)
+            elif many is not None:
+                logits = many(ids[:, step], step, kind, pads)
             else:
                 logits = self._forward(ids[:, step : step + 1], step, cache, pads)
         decode_s = time.perf_counter() - t1

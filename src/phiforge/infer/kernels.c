@@ -645,3 +645,67 @@ void phi3_decode_layer_q(float *x, const float *ln1, const float *ln2, const voi
     decode_layer(x, ln1, lin, ln2, k_cache, v_cache, cos, sin, pos, H, I, nh, nkv, hd, rd, max_len, window, eps,
                  scratch, qscratch, nthreads);
 }
+
+/* ---- a decode step of B rows, the parts between the linear layers -----------------------------------------
+ * The linears of a many-row step are matrix products (oneDNN, qgemm) called from Python; what lies between them
+ * (norms, rotary, the cache write, attention over each row's own keys, SwiGLU, residual adds) is ~30 small
+ * PyTorch ops per layer, which cost more than their arithmetic at decode sizes. These do it in three calls. */
+
+/* x (B, H) += o (B, H) when o is given; h = rms_norm(x) * w */
+void rows_add_norm(float *x, const float *o, const float *w, float *h, int64_t B, int64_t H, float eps) {
+    for (int64_t b = 0; b < B; ++b) {
+        float *xr = x + b * H;
+        if (o)
+            for (int64_t i = 0; i < H; ++i) xr[i] += o[b * H + i];
+        rms_norm(xr, w, h + b * H, H, eps);
+    }
+}
+
+/* gu (B, 2I) = [gate | up] -> act (B, I) = up * silu(gate) */
+void rows_swiglu(const float *gu, float *act, int64_t B, int64_t I) {
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < I; ++i) {
+            const float g = gu[b * 2 * I + i];
+            act[b * I + i] = gu[b * 2 * I + I + i] * (g / (1.0f + expf(-g)));
+        }
+}
+
+/* qkv (B, (nh + 2 nkv) hd): rotary on q and k with each row's own cos/sin row (B, rd / 2), k and v written to
+ * cache slot pos of each row (row b's slab starts at k_cache + b * row_stride: (nkv, max_len, hd)), then each
+ * query head attends over its row's slots [max(pads[b], pos + 1 - window), pos]. att: (B, nh hd). scores: B nh
+ * (pos + 1) floats. */
+void rows_attention(float *qkv, const float *cos, const float *sin, float *k_cache, float *v_cache,
+                    int64_t row_stride, const int64_t *pads, int64_t pos, int64_t B, int64_t nh, int64_t nkv,
+                    int64_t hd, int64_t rd, int64_t max_len, int64_t window, float *att, float *scores,
+                    int nthreads) {
+    const int64_t half = rd / 2, group = nh / nkv, L = pos + 1, width = (nh + 2 * nkv) * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t b = 0; b < B; ++b) {
+        float *r = qkv + b * width;
+        for (int64_t j = 0; j < nh + nkv; ++j) rope(r + j * hd, cos + b * half, sin + b * half, half);
+        for (int64_t g = 0; g < nkv; ++g) {
+            memcpy(k_cache + b * row_stride + (g * max_len + pos) * hd, r + (nh + g) * hd, hd * sizeof(float));
+            memcpy(v_cache + b * row_stride + (g * max_len + pos) * hd, r + (nh + nkv + g) * hd, hd * sizeof(float));
+        }
+    }
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t bh = 0; bh < B * nh; ++bh) {
+        const int64_t b = bh / nh, head = bh % nh;
+        int64_t t0 = pads[b];
+        if (window > 0 && L - window > t0) t0 = L - window;
+        const float *q = qkv + b * width + head * hd;
+        const float *kc = k_cache + b * row_stride + (head / group) * max_len * hd;
+        const float *vc = v_cache + b * row_stride + (head / group) * max_len * hd;
+        float *s = scores + bh * L, *out = att + b * nh * hd + head * hd, mx = -INFINITY, sum = 0.f;
+        for (int64_t t = t0; t < L; ++t) {
+            s[t] = dot_f32(q, kc + t * hd, hd) * scale;
+            mx = s[t] > mx ? s[t] : mx;
+        }
+        for (int64_t t = t0; t < L; ++t) sum += (s[t] = expf(s[t] - mx));
+        for (int64_t e = 0; e < hd; ++e) out[e] = 0.f;
+        for (int64_t t = t0; t < L; ++t) {
+            const float p = s[t] / sum;
+            for (int64_t e = 0; e < hd; ++e) out[e] += p * vc[t * hd + e];
+        }
+    }
+}

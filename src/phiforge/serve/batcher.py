@@ -96,6 +96,7 @@ class Batcher:
         # a row alone runs Engine's native batch-1 decode (rebuilt whenever the cache buffer changes)
         self._native_ok = not self.sequential and kernels.Phi3Decoder.supports(self.model, 1, False)
         self._native, self._native_buf = None, 0
+        self._rows_ok = not self.sequential and kernels.RowsDecoder.supports(self.model)
         self.thread = threading.Thread(target=self._run, name="phiforge-batcher", daemon=True)
 
     # ---- public, any thread ----------------------------------------------------------------------
@@ -180,10 +181,14 @@ class Batcher:
         dev = self.engine.device
         x = torch.tensor([[r.next_id] for r in self.live], dtype=torch.long, device=dev)
         pads = torch.tensor([r.pad for r in self.live], device=dev)
-        keys = torch.arange(S + 1, device=dev)
-        mask = (keys[None, :] >= pads[:, None])[:, None, None, :]  # (nb, 1, 1, S+1): hide each row's pads
         view = _CacheView(self.k[:, :nb], self.v[:, :nb])
-        logits = self.model(x, pos=S, cache=view, positions=(S - pads)[:, None], mask=mask, last_only=True)
+        if self._rows_ok:  # the native step of many rows (the engine's, for batched generate)
+            logits = kernels.RowsDecoder(self.model, view)(x[:, 0], S, "short", pads)
+        else:
+            keys = torch.arange(S + 1, device=dev)
+            mask = (keys[None, :] >= pads[:, None])[:, None, None, :]  # (nb, 1, 1, S+1): hide each row's pads
+            pos = (S - pads)[:, None]
+            logits = self.model(x, pos=S, cache=view, positions=pos, mask=mask, last_only=True)
         logits = logits[:, -1].float()
         self.S += 1
         self.steps += 1

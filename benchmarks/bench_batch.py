@@ -1,0 +1,145 @@
+"""Where batched decode's time goes, and the most the 32-rows-vs-one ratio can be with these linear kernels.
+
+Issue 14 goal 3 asks 32 concurrent rows for >= 8x the tokens/s of one row. One row streams every weight once per
+token (memory-bound); 32 rows do 32x the arithmetic on the same bytes (compute-bound). So the ratio is capped by
+how fast the linear layers run at 32 rows relative to the whole one-row step, whatever else is made faster:
+
+    ratio = 32 * step(1) / step(32)  <=  bound = 32 * step(1) / linears(32)
+
+This prints, per kind (fp32, int4 g128) on the ~160M shapes (random weights), in one process, one thread:
+the one-row and 32-row decode steps (Engine.generate, per-token timestamps, medians; the 32-row one also without
+the native RowsDecoder, as the reference for it), the model's linear layers
+alone at 1 and 32 rows (the modules the engine calls: DecodeLinear -> gemv / oneDNN, QuantLinear -> qgemm, each
+with an input of its real width), their GFLOP/s against a measured fp32 matmul peak, the ratio and the bound.
+
+    python benchmarks/bench_batch.py [--kinds fp32,int4] [--rows 32] [--threads 1] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def linears(model) -> list[tuple[torch.nn.Module, int, int]]:
+    """(module, in_features, out_features) of every linear layer a decode step runs, once each."""
+    out = []
+    for b in model.blocks:
+        for m in (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down):
+            out.append((m, m.in_features, m.out_features))
+    h = model.lm_head
+    out.append((h, h.in_features, h.out_features))
+    return out
+
+
+def time_linears(model, rows: int, reps: int) -> float:
+    """Median seconds of one pass over all the linears with `rows` input rows."""
+    mods = linears(model)
+    xs = [torch.randn(rows, k) for _, k, _ in mods]
+    ts = []
+    with torch.no_grad():
+        for _ in range(reps + 1):
+            t = time.perf_counter()
+            for (m, _, _), x in zip(mods, xs, strict=True):
+                m(x)
+            ts.append(time.perf_counter() - t)
+    return statistics.median(ts[1:])
+
+
+def decode_step(engine, rows: int, new: int, reps: int, vocab: int) -> float:
+    """Median seconds per decode step of `rows` rows (equal-length 32-token prompts, no padding)."""
+    from timing import phiforge_run
+
+    g = torch.Generator().manual_seed(rows)
+    prompts = torch.randint(300, vocab, (rows, 32), generator=g).tolist()
+    phiforge_run(engine, prompts, 4)  # warm-up
+    tps = [phiforge_run(engine, prompts, new)["decode_tps"] for _ in range(reps)]
+    return rows / statistics.median(tps)
+
+
+@contextlib.contextmanager
+def pytorch_path():
+    """The engine's many-row step without kernels.RowsDecoder: the reference the native step is measured against."""
+    from phiforge.infer import kernels
+
+    old = kernels.RowsDecoder.supports
+    kernels.RowsDecoder.supports = staticmethod(lambda model: False)
+    try:
+        yield
+    finally:
+        kernels.RowsDecoder.supports = old
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kinds", default="fp32,int4", help="comma-separated: fp32, int4 (g128)")
+    ap.add_argument("--rows", type=int, default=32, help="rows of the batched decode")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--new", type=int, default=24, help="tokens generated per timed call")
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    from bench_engine import MODELS
+    from phiforge.infer.engine import Engine
+    from phiforge.infer.quant import quantize_checkpoint
+    from phiforge.model import ModelConfig, build, save_model
+    from phiforge.tokenizer import train_bpe
+    from phiforge.train.loop import measure_peak_flops
+
+    peak = measure_peak_flops(torch.device("cpu"))
+    cfg = ModelConfig(
+        max_position_embeddings=2048, eos_token_id=0, pad_token_id=0, bos_token_id=None, **MODELS["small"]
+    )
+    print(f"torch {torch.__version__}, {a.threads} thread(s), fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"~160M shapes, {a.rows} rows vs 1, {a.new} new tokens, median of {a.reps}")
+    print(f"'vs torch': the {a.rows}-row step with every op between the linears in PyTorch (no RowsDecoder)")
+    head = (
+        "kind",
+        "step 1 ms",
+        f"step {a.rows} ms",
+        "ratio",
+        "lin 1 ms",
+        f"lin {a.rows} ms",
+        "GF/s",
+        "peak",
+        "bound",
+        "vs torch",
+    )
+    print("{:6s} {:>9s} {:>10s} {:>6s} {:>8s} {:>9s} {:>6s} {:>5s} {:>6s} {:>8s}".format(*head))
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "fp32"
+        save_model(build(cfg, seed=0), src)
+        train_bpe(["def f(x):\n    return x + 1\n" * 50], vocab_size=300, out_dir=src)
+        for kind in a.kinds.split(","):
+            path = src
+            if kind == "int4":
+                path = Path(d) / "int4"
+                quantize_checkpoint(src, path, 4, 128)
+            elif kind != "fp32":
+                raise SystemExit(f"--kinds: unknown kind {kind!r} (fp32, int4)")
+            engine = Engine.load(path)
+            s1 = decode_step(engine, 1, a.new, a.reps, cfg.vocab_size)
+            sb = decode_step(engine, a.rows, a.new, a.reps, cfg.vocab_size)
+            with pytorch_path():
+                sp = decode_step(engine, a.rows, a.new, a.reps, cfg.vocab_size)
+            l1 = time_linears(engine.model, 1, a.reps)
+            lb = time_linears(engine.model, a.rows, a.reps)
+            flops = 2 * a.rows * sum(i * o for _, i, o in linears(engine.model))
+            print(
+                f"{kind:6s} {1e3 * s1:9.1f} {1e3 * sb:10.1f} {s1 * a.rows / sb:5.2f}x {1e3 * l1:8.1f} {1e3 * lb:9.1f}"
+                f" {flops / lb / 1e9:6.1f} {flops / lb / peak:5.0%} {s1 * a.rows / lb:5.2f}x {sp / sb:7.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
