@@ -35,3 +35,14 @@ def test_fused_linear_cross_entropy_matches_plain(bias):
         )
     with pytest.raises(ValueError, match="reduction"):
         linear_cross_entropy(h, w, b, t, "none")
+
+
+def test_fused_loss_backward_twice_fails_loudly():
+    # backward scales the stored gradients in place: a second pass over a retained graph must not
+    # silently return gradients scaled twice
+    h = torch.randn(8, 4, requires_grad=True)
+    w = torch.randn(10, 4, requires_grad=True)
+    loss = 3 * linear_cross_entropy(h, w, None, torch.randint(0, 10, (8,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()

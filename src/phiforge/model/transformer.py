@@ -16,6 +16,7 @@ from torch import nn
 
 from .attention import BlockSparseLayout, block_sparse_attention
 from .config import ModelConfig
+from .fused import qkv_rope, swiglu
 from .loss import linear_cross_entropy
 from .rope import RopeTables, apply_rope
 
@@ -58,10 +59,13 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, pos: int, cache: KVCache | None, mask: torch.Tensor | None, pads=None):
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.nh + 2 * self.nkv, self.hd)
-        qk = apply_rope(qkv[:, :, : self.nh + self.nkv], cos, sin)
+        if qkv.requires_grad and torch.is_grad_enabled():  # training: one gradient tensor (fused.py)
+            qk, v = qkv_rope(qkv, cos, sin, self.nh + self.nkv)
+        else:
+            qk, v = apply_rope(qkv[:, :, : self.nh + self.nkv], cos, sin), qkv[:, :, self.nh + self.nkv :]
         q = qk[:, :, : self.nh].transpose(1, 2)
         k = qk[:, :, self.nh :].transpose(1, 2)
-        v = qkv[:, :, self.nh + self.nkv :].transpose(1, 2)
+        v = v.transpose(1, 2)
         if cache is not None:
             ck, cv = cache.k[self.layer], cache.v[self.layer]
             ck[:, :, pos : pos + T] = k
@@ -159,6 +163,8 @@ class MLP(nn.Module):
     def forward(self, x):
         h = self.up(x)
         if self.swiglu:
+            if self.act == "silu":
+                return self.down(swiglu(h))
             gate, up = h.chunk(2, dim=-1)
             if self.act == "gegelu":
                 return self.down(gegelu(gate, up, self.limit))
