@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import statistics
 import sys
 import tempfile
@@ -93,7 +94,8 @@ def _dpo_batches(n: int, rows: int, seq: int, vocab: int) -> list[tuple]:
         y = torch.roll(x, -1, 1)
         y[:, : seq // 2 - 1] = -100
         y[:, -1] = -100
-        ref = -torch.rand(rows, generator=g, dtype=torch.float64) * seq
+        # a reference near the random-init policy's own log-probs (uniform over the vocabulary): loss ~ log 2
+        ref = (y != -100).sum(1) * -math.log(vocab) + torch.randn(rows, generator=g)
         out.append((x, y, ref[: rows // 2].float(), ref[rows // 2 :].float()))
     return out
 

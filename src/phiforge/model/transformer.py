@@ -256,7 +256,8 @@ class Transformer(nn.Module):
         """idx (B, T) token ids starting at cache slot `pos`. `positions` (B, T) overrides the rotary
         positions (left-padded batches); `mask` (B, 1, T, pos+T) bool overrides causal masking.
         Returns logits (B, T or 1, V), or the cross-entropy when `targets` is given (-100 ignored;
-        `reduction="sum"` lets a trainer normalise by the token count of a whole distributed batch).
+        `reduction="sum"` lets a trainer normalise by the token count of a whole distributed batch;
+        "none": (B * T,) per-token losses, 0 at ignored targets).
         `rope_kind` ("short"/"long") overrides the LongRoPE table choice: a chunk of a long prompt must use
         the tables of the whole prompt, not of its own last position."""
         B, T = idx.shape
