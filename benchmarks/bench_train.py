@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import phiforge
-from phiforge.train.loop import measure_peak_flops
+from phiforge.train.loop import measure_peak_flops, retain_heap
 
 MODELS = {  # the shapes of issue 4 (and ANCHORS.md): ~8M and ~160M, untied
     "tiny": dict(vocab_size=8192, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8),
@@ -51,18 +51,21 @@ def load_tree(src: str):
     return mod
 
 
-def _finish(model, opt):
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+def _finish(model, opt, clip=torch.nn.utils.clip_grad_norm_):
+    clip(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def _step_ours(model, opt, batch):
-    x, y = batch
-    loss = model(x, targets=y, reduction="sum") * (1.0 / y.numel())
-    loss.backward()
-    _finish(model, opt)
-    return float(loss.detach())
+def _lm_step(clip):
+    def step(model, opt, batch):
+        x, y = batch
+        loss = model(x, targets=y, reduction="sum") * (1.0 / y.numel())
+        loss.backward()
+        _finish(model, opt, clip)
+        return float(loss.detach())
+
+    return step
 
 
 def _step_hf(model, opt, batch):
@@ -73,12 +76,12 @@ def _step_hf(model, opt, batch):
     return float(loss.detach())
 
 
-def _dpo_step(dpo):
+def _dpo_step(dpo, clip):
     def step(model, opt, batch):
         loss, _ = dpo.dpo_loss(model, dpo.DPOBatch(*batch), beta=0.1)
         loss = loss * (2.0 / len(batch[0]))  # the loop divides the summed loss by the pair count
         loss.backward()
-        _finish(model, opt)
+        _finish(model, opt, clip)
         return float(loss.detach())
 
     return step
@@ -101,12 +104,13 @@ def _dpo_batches(n: int, rows: int, seq: int, vocab: int) -> list[tuple]:
 
 
 def _impl(pkg, cfg, dpo: bool):
-    """(model, optimizer, step) of one phiforge tree: its own build, make_optimizer and (DPO) loss."""
+    """(model, optimizer, step) of one phiforge tree: its own build, make_optimizer, clip and (DPO) loss."""
     model_mod = importlib.import_module(f"{pkg.__name__}.model")
     loop = importlib.import_module(f"{pkg.__name__}.train.loop")
     tc = importlib.import_module(f"{pkg.__name__}.train.config").TrainConfig(lr=1e-4, weight_decay=0.1)
     m = model_mod.build(model_mod.ModelConfig(**cfg), seed=0).train()
-    step = _dpo_step(importlib.import_module(f"{pkg.__name__}.train.dpo")) if dpo else _step_ours
+    clip = getattr(loop, "clip_grad_norm", torch.nn.utils.clip_grad_norm_)  # older trees: torch's
+    step = _dpo_step(importlib.import_module(f"{pkg.__name__}.train.dpo"), clip) if dpo else _lm_step(clip)
     return m, loop.make_optimizer(m, tc, fsdp=False), step
 
 
@@ -179,11 +183,16 @@ def main() -> None:
     ap.add_argument("--baseline", help="also time phiforge from this src dir (e.g. main's), taking turns")
     ap.add_argument("--dpo", action="store_true", help="time the DPO step (no transformers column)")
     ap.add_argument("--no-hf", action="store_true", help="leave out transformers")
+    ap.add_argument(
+        "--glibc-default", action="store_true", help="leave glibc malloc as it is (loop.retain_heap)"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    heap = False if a.glibc_default else retain_heap()  # as train() does on CPU
     peak = measure_peak_flops(torch.device("cpu"), n=1536)
     print(
-        f"torch {torch.__version__}, {a.threads} threads, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+        f"torch {torch.__version__}, {a.threads} threads, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, "
+        f"retained heap {heap}"
     )
     what = "DPO step" if a.dpo else "step"
     print(f"batch {a.batch} x seq {a.seq}, {what}, median of steps (alternating) [min-max s]")
