@@ -6,7 +6,7 @@ transformers' is `model(input_ids, labels=...).loss.backward(); opt.step()`. Ste
 the implementations and medians are reported. The machine is shared, so besides wall-clock tokens/s the ratio of
 process CPU time per step is printed: it counts only this process's own work (a descheduled process accrues
 none), which is the fairer comparison on an oversubscribed machine. MFU is against a fp32 matmul peak measured
-in the same process at the same thread count.
+in the same process at the same thread count, before every round of steps (the best of them).
 
 `--baseline DIR` also times the phiforge of another source tree (DIR is its src/, e.g. a `git worktree add
 /tmp/base main`'s), imported as `phiforge_base` and taking turns with this tree's: an A/B of a change in one
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import phiforge
-from phiforge.train.loop import measure_peak_flops, retain_heap
+from phiforge.train.loop import measure_peak_flops
 
 MODELS = {  # the shapes of issue 4 (and ANCHORS.md): ~8M and ~160M, untied
     "tiny": dict(vocab_size=8192, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8),
@@ -114,7 +114,7 @@ def _impl(pkg, cfg, dpo: bool):
     return m, loop.make_optimizer(m, tc, fsdp=False), step
 
 
-def bench(name: str, steps: int, batch: int, seq: int, peak: float, a) -> dict:
+def bench(name: str, steps: int, batch: int, seq: int, a) -> dict:
     from phiforge.model import save_model
     from phiforge.train.loop import train_flops_per_token
 
@@ -148,8 +148,11 @@ def bench(name: str, steps: int, batch: int, seq: int, peak: float, a) -> dict:
     first = {k: step(m, o, data[0]) for k, (m, o, step) in impls.items()}
     wall = {k: [] for k in impls}
     cpu = {k: [] for k in impls}
+    peaks = []  # measured again every round: on a shared machine one measurement can land in a busy second
     for i in range(1, steps + 1):
-        for k, (m, o, step) in impls.items():
+        peaks.append(measure_peak_flops(torch.device("cpu"), n=1536))
+        for k in list(impls)[:: 1 if i % 2 else -1]:  # who goes first alternates too
+            m, o, step = impls[k]
             t, c = time.perf_counter(), time.process_time()
             step(m, o, data[i])
             wall[k].append(time.perf_counter() - t)
@@ -159,7 +162,8 @@ def bench(name: str, steps: int, batch: int, seq: int, peak: float, a) -> dict:
     # prompts), so MFU also as the FLOPs actually done
     no_target = sum(int((b[1] == -100).sum()) for b in data[1:]) / steps / (batch * seq)
     done = fpt - 6 * cfg["vocab_size"] * cfg["hidden_size"] * no_target
-    out = {"params": impls["ours"][0].num_params(), "first": first}
+    peak = max(peaks)
+    out = {"params": impls["ours"][0].num_params(), "first": first, "peaks": peaks}
     for k in impls:
         tps = batch * seq / statistics.median(wall[k])
         spread = (min(wall[k]), max(wall[k]))
@@ -183,22 +187,18 @@ def main() -> None:
     ap.add_argument("--baseline", help="also time phiforge from this src dir (e.g. main's), taking turns")
     ap.add_argument("--dpo", action="store_true", help="time the DPO step (no transformers column)")
     ap.add_argument("--no-hf", action="store_true", help="leave out transformers")
-    ap.add_argument(
-        "--glibc-default", action="store_true", help="leave glibc malloc as it is (loop.retain_heap)"
-    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    heap = False if a.glibc_default else retain_heap()  # as train() does on CPU
-    peak = measure_peak_flops(torch.device("cpu"), n=1536)
-    print(
-        f"torch {torch.__version__}, {a.threads} threads, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, "
-        f"retained heap {heap}"
-    )
+    print(f"torch {torch.__version__}, {a.threads} threads")
     what = "DPO step" if a.dpo else "step"
     print(f"batch {a.batch} x seq {a.seq}, {what}, median of steps (alternating) [min-max s]")
     for name in a.models.split(","):
-        r = bench(name, a.steps, a.batch, a.seq, peak, a)
+        r = bench(name, a.steps, a.batch, a.seq, a)
         ours = r["ours"]
+        p = [x / 1e9 for x in r["peaks"]]
+        print(
+            f"fp32 matmul peak (1536^3, each round) max {max(p):.1f} GFLOP/s [{min(p):.1f}-{max(p):.1f}]: the MFU denominator"
+        )
         print(
             f"{name} {r['params'] / 1e6:.1f}M, first-step loss "
             + " ".join(f"{k} {v:.6f}" for k, v in r["first"].items())

@@ -12,11 +12,9 @@ preference loss such as DPO is another Objective plus a collator, not another lo
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext, suppress
@@ -128,25 +126,6 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     if type(total) is not torch.Tensor or total.device.type != "cpu" or bool(max_norm / (total + 1e-6) < 1):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)  # DTensors, GPUs, or clipping
     return total
-
-
-def retain_heap() -> bool:
-    """Keep freed memory in this process's heap (glibc only; returns whether it applied).
-
-    glibc serves large blocks (up to 32 MB, after the first free of one) with their own mmap and returns
-    freed heap tops to the kernel, so every step's activations and gradients land on fresh pages and
-    fault again: ~60,000 page faults and 0.2-0.3 s of kernel time per ~160M CPU step, 2-3% of it
-    (RESULTS.md 2026-12-02). Serving everything from the heap and never trimming it makes the second step
-    reuse the first step's pages. The price: the process keeps its peak memory until it exits.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return False
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1536) -> float:
@@ -299,8 +278,6 @@ def train(
     n_global = mb * ga * d.world
     torch.manual_seed(cfg.seed)
     raw = model.to(d.device)
-    if d.device.type == "cpu":
-        retain_heap()
     if cfg.activation_checkpointing:
         _apply_activation_checkpointing(raw)
     net = wrap(raw, d, cfg.fsdp)
