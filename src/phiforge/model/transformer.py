@@ -16,6 +16,7 @@ from torch import nn
 
 from .attention import BlockSparseLayout, block_sparse_attention
 from .config import ModelConfig
+from .fused import qkv_rope, swiglu
 from .loss import linear_cross_entropy
 from .rope import RopeTables, apply_rope
 
@@ -58,10 +59,13 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, pos: int, cache: KVCache | None, mask: torch.Tensor | None, pads=None):
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.nh + 2 * self.nkv, self.hd)
-        qk = apply_rope(qkv[:, :, : self.nh + self.nkv], cos, sin)
+        if qkv.requires_grad and torch.is_grad_enabled():  # training: one gradient tensor (fused.py)
+            qk, v = qkv_rope(qkv, cos, sin, self.nh + self.nkv)
+        else:
+            qk, v = apply_rope(qkv[:, :, : self.nh + self.nkv], cos, sin), qkv[:, :, self.nh + self.nkv :]
         q = qk[:, :, : self.nh].transpose(1, 2)
         k = qk[:, :, self.nh :].transpose(1, 2)
-        v = qkv[:, :, self.nh + self.nkv :].transpose(1, 2)
+        v = v.transpose(1, 2)
         if cache is not None:
             ck, cv = cache.k[self.layer], cache.v[self.layer]
             ck[:, :, pos : pos + T] = k
@@ -159,6 +163,8 @@ class MLP(nn.Module):
     def forward(self, x):
         h = self.up(x)
         if self.swiglu:
+            if self.act == "silu":
+                return self.down(swiglu(h))
             gate, up = h.chunk(2, dim=-1)
             if self.act == "gegelu":
                 return self.down(gegelu(gate, up, self.limit))
@@ -250,7 +256,8 @@ class Transformer(nn.Module):
         """idx (B, T) token ids starting at cache slot `pos`. `positions` (B, T) overrides the rotary
         positions (left-padded batches); `mask` (B, 1, T, pos+T) bool overrides causal masking.
         Returns logits (B, T or 1, V), or the cross-entropy when `targets` is given (-100 ignored;
-        `reduction="sum"` lets a trainer normalise by the token count of a whole distributed batch).
+        `reduction="sum"` lets a trainer normalise by the token count of a whole distributed batch;
+        "none": (B * T,) per-token losses, 0 at ignored targets).
         `rope_kind` ("short"/"long") overrides the LongRoPE table choice: a chunk of a long prompt must use
         the tables of the whole prompt, not of its own last position."""
         B, T = idx.shape

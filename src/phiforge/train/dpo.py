@@ -203,9 +203,9 @@ def collate(pairs: Pairs, rows: list[int] | torch.Tensor, pad_id: int) -> DPOBat
 
 
 def sequence_logps(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(rows,) sum of log p(target) over each row's completion tokens (fp32 log-softmax)."""
-    logits = model(x)
-    nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
+    """(rows,) sum of log p(target) over each row's completion tokens (fp32). The model's fused head + loss
+    (model/loss.py, per token): no logits for prompt and padding positions, none kept in full."""
+    nll = model(x, targets=y, reduction="none")
     return -nll.view(y.shape).sum(1)
 
 

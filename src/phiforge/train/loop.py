@@ -117,6 +117,17 @@ def train_flops_per_token(model: Transformer, seq_len: int) -> float:
     return 6 * n + 6 * c.num_hidden_layers * seq_len * c.num_attention_heads * c.head_dim
 
 
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_ (same norm, same scaling: bit for bit), less its multiply of every gradient
+    by 1.0 when nothing is clipped: torch keeps that pass to spare a GPU a host sync, which a CPU tensor
+    does not need (76 tensors, ~1% of a ~160M CPU step). Returns the total norm before clipping."""
+    params = [p for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if type(total) is not torch.Tensor or total.device.type != "cpu" or bool(max_norm / (total + 1e-6) < 1):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)  # DTensors, GPUs, or clipping
+    return total
+
+
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1536) -> float:
     """Dense matmul FLOP/s of this process (the MFU denominator when no --peak-flops is given)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -321,9 +332,7 @@ def train(
                     raise TrainingError(
                         f"loss is {loss_val} at step {step + 1} (phase {phase.name}); stopped, {kept}"
                     )
-                gn = torch.nn.utils.clip_grad_norm_(
-                    net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-                )
+                gn = clip_grad_norm(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
                 gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
