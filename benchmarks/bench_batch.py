@@ -6,7 +6,8 @@ how fast the linear layers run at 32 rows relative to the whole one-row step, wh
 
     ratio = 32 * step(1) / step(32)  <=  bound = 32 * step(1) / linears(32)
 
-This prints, per kind (fp32, int4 g128) on the ~160M shapes (random weights), in one process, one thread:
+This prints, per kind (fp32, int4 g128) on the ~160M shapes (random weights), or for the installed SmolLM2-135M-Instruct
+(`--kinds smollm2`: int4 g32 with an int8 head, as imported), in one process, one thread by default:
 the one-row and 32-row decode steps (Engine.generate, per-token timestamps, medians; the 32-row one also without
 the native RowsDecoder, as the reference for it), the model's linear layers
 alone at 1 and 32 rows (the modules the engine calls: DecodeLinear -> gemv / oneDNN, QuantLinear -> qgemm, each
@@ -55,12 +56,12 @@ def time_linears(model, rows: int, reps: int) -> float:
     return statistics.median(ts[1:])
 
 
-def decode_step(engine, rows: int, new: int, reps: int, vocab: int) -> float:
+def decode_step(engine, rows: int, new: int, reps: int, lo: int, vocab: int) -> float:
     """Median seconds per decode step of `rows` rows (equal-length 32-token prompts, no padding)."""
     from timing import phiforge_run
 
     g = torch.Generator().manual_seed(rows)
-    prompts = torch.randint(300, vocab, (rows, 32), generator=g).tolist()
+    prompts = torch.randint(lo, vocab, (rows, 32), generator=g).tolist()
     phiforge_run(engine, prompts, 4)  # warm-up
     tps = [phiforge_run(engine, prompts, new)["decode_tps"] for _ in range(reps)]
     return rows / statistics.median(tps)
@@ -81,7 +82,9 @@ def pytorch_path():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kinds", default="fp32,int4", help="comma-separated: fp32, int4 (g128)")
+    ap.add_argument(
+        "--kinds", default="fp32,int4", help="comma-separated: fp32, int4 (g128), smollm2 (the real model)"
+    )
     ap.add_argument("--rows", type=int, default=32, help="rows of the batched decode")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--new", type=int, default=24, help="tokens generated per timed call")
@@ -90,10 +93,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     from bench_engine import MODELS
-    from phiforge.infer.engine import Engine
-    from phiforge.infer.quant import quantize_checkpoint
-    from phiforge.model import ModelConfig, build, save_model
-    from phiforge.tokenizer import train_bpe
+    from phiforge.model import ModelConfig
     from phiforge.train.loop import measure_peak_flops
 
     peak = measure_peak_flops(torch.device("cpu"))
@@ -101,7 +101,7 @@ def main() -> None:
         max_position_embeddings=2048, eos_token_id=0, pad_token_id=0, bos_token_id=None, **MODELS["small"]
     )
     print(f"torch {torch.__version__}, {a.threads} thread(s), fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"~160M shapes, {a.rows} rows vs 1, {a.new} new tokens, median of {a.reps}")
+    print(f"{a.rows} rows vs 1, {a.new} new tokens, median of {a.reps}")
     print(f"'vs torch': the {a.rows}-row step with every op between the linears in PyTorch (no RowsDecoder)")
     head = (
         "kind",
@@ -115,30 +115,43 @@ def main() -> None:
         "bound",
         "vs torch",
     )
-    print("{:6s} {:>9s} {:>10s} {:>6s} {:>8s} {:>9s} {:>6s} {:>5s} {:>6s} {:>8s}".format(*head))
+    print("{:7s} {:>9s} {:>10s} {:>6s} {:>8s} {:>9s} {:>6s} {:>5s} {:>6s} {:>8s}".format(*head))
     with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "fp32"
-        save_model(build(cfg, seed=0), src)
-        train_bpe(["def f(x):\n    return x + 1\n" * 50], vocab_size=300, out_dir=src)
         for kind in a.kinds.split(","):
-            path = src
-            if kind == "int4":
-                path = Path(d) / "int4"
-                quantize_checkpoint(src, path, 4, 128)
-            elif kind != "fp32":
-                raise SystemExit(f"--kinds: unknown kind {kind!r} (fp32, int4)")
-            engine = Engine.load(path)
-            s1 = decode_step(engine, 1, a.new, a.reps, cfg.vocab_size)
-            sb = decode_step(engine, a.rows, a.new, a.reps, cfg.vocab_size)
+            engine = load(kind, Path(d), cfg)
+            s1 = decode_step(engine, 1, a.new, a.reps, 300, engine.cfg.vocab_size)
+            sb = decode_step(engine, a.rows, a.new, a.reps, 300, engine.cfg.vocab_size)
             with pytorch_path():
-                sp = decode_step(engine, a.rows, a.new, a.reps, cfg.vocab_size)
+                sp = decode_step(engine, a.rows, a.new, a.reps, 300, engine.cfg.vocab_size)
             l1 = time_linears(engine.model, 1, a.reps)
             lb = time_linears(engine.model, a.rows, a.reps)
             flops = 2 * a.rows * sum(i * o for _, i, o in linears(engine.model))
             print(
-                f"{kind:6s} {1e3 * s1:9.1f} {1e3 * sb:10.1f} {s1 * a.rows / sb:5.2f}x {1e3 * l1:8.1f} {1e3 * lb:9.1f}"
+                f"{kind:7s} {1e3 * s1:9.1f} {1e3 * sb:10.1f} {s1 * a.rows / sb:5.2f}x {1e3 * l1:8.1f} {1e3 * lb:9.1f}"
                 f" {flops / lb / 1e9:6.1f} {flops / lb / peak:5.0%} {s1 * a.rows / lb:5.2f}x {sp / sb:7.2f}x"
             )
+
+
+def load(kind: str, work: Path, cfg):
+    """fp32 / int4 (g128) of the ~160M random model, or "smollm2": the real model as installed (Q4_1 import)."""
+    from phiforge.infer.engine import Engine
+    from phiforge.infer.load import resolve
+    from phiforge.infer.quant import quantize_checkpoint
+    from phiforge.model import build, save_model
+    from phiforge.tokenizer import train_bpe
+
+    if kind == "smollm2":
+        return Engine.load(resolve("smollm2-135m-instruct"))
+    if kind not in ("fp32", "int4"):
+        raise SystemExit(f"--kinds: unknown kind {kind!r} (fp32, int4, smollm2)")
+    src = work / "fp32"
+    if not src.exists():
+        save_model(build(cfg, seed=0), src)
+        train_bpe(["def f(x):\n    return x + 1\n" * 50], vocab_size=300, out_dir=src)
+    if kind == "fp32":
+        return Engine.load(src)
+    quantize_checkpoint(src, work / "int4", 4, 128)
+    return Engine.load(work / "int4")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ VARIANTS = {
     "tile2x2": "-DPF_MR=2 -DPF_NR=2",
     "tile4x1": "-DPF_MR=4 -DPF_NR=1",
     "scalar": "-mno-avx2",
+    "q8tiles": "-DPF_Q8_TILE_ROWS=2",  # int8 tiles from 2 rows (before the sixth session: from 8)
 }
 
 

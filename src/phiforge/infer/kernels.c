@@ -368,7 +368,7 @@ static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m,
         const int64_t rr = r0 + r < N ? r0 + r : N - 1;
         wr[r] = w + rr * (K / 2), sr[r] = s + rr * ng, mr[r] = m + rr * ng, b8[r] = b ? b[rr] : 0.f;
     }
-    if (PF_PREFETCH && M == 1) /* the next block's scales and mins too: read cold, they stall the block's start */
+    if (PF_PREFETCH) /* the next block's scales and mins too: read cold, they stall the block's start */
         for (int64_t o = 0; o < 8 * ng * 2; o += 64) {
             _mm_prefetch((const char *)(s + (r0 + 8) * ng) + o, _MM_HINT_T0);
             _mm_prefetch((const char *)(m + (r0 + 8) * ng) + o, _MM_HINT_T0);
@@ -386,6 +386,10 @@ static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m,
         return;
     }
     for (int64_t k = 0; k < K / 32; ++k) {
+        if (PF_PREFETCH) { /* as tile4 does for one row: with a few rows the block's unpack is memory-bound too */
+            _mm_prefetch((const char *)(wr[0] + 8 * (K / 2) + k * 128), _MM_HINT_T0);
+            _mm_prefetch((const char *)(wr[0] + 8 * (K / 2) + k * 128 + 64), _MM_HINT_T0);
+        }
         __m256i v[8];
         unpack8(wr, k, v);
         for (int c = 0; c < 8; ++c) _mm256_store_si256((__m256i *)(vt + k * 256 + c * 32), v[c]);
