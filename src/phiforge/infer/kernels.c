@@ -577,6 +577,33 @@ static void rope(float *v, const float *cos, const float *sin, int64_t half) {
     }
 }
 
+/* one token's q|k|v row (nh + 2 nkv heads of hd): rotary on the q and k heads, k and v into cache slot pos of
+ * their (nkv, max_len, hd) slabs */
+static void rope_store(float *qkv, const float *cos, const float *sin, float *k_cache, float *v_cache, int64_t pos,
+                       int64_t nh, int64_t nkv, int64_t hd, int64_t half, int64_t max_len) {
+    for (int64_t j = 0; j < nh + nkv; ++j) rope(qkv + j * hd, cos, sin, half);
+    for (int64_t g = 0; g < nkv; ++g) {
+        memcpy(k_cache + (g * max_len + pos) * hd, qkv + (nh + g) * hd, hd * sizeof(float));
+        memcpy(v_cache + (g * max_len + pos) * hd, qkv + (nh + nkv + g) * hd, hd * sizeof(float));
+    }
+}
+
+/* one query head over cached keys/values t0..L-1: softmax(q . k * scale) . v into out (hd); s: L floats */
+static void attend(const float *q, const float *kc, const float *vc, int64_t t0, int64_t L, int64_t hd, float scale,
+                   float *s, float *out) {
+    float mx = -INFINITY, sum = 0.f;
+    for (int64_t t = t0; t < L; ++t) {
+        s[t] = dot_f32(q, kc + t * hd, hd) * scale;
+        mx = s[t] > mx ? s[t] : mx;
+    }
+    for (int64_t t = t0; t < L; ++t) sum += (s[t] = expf(s[t] - mx));
+    for (int64_t e = 0; e < hd; ++e) out[e] = 0.f;
+    for (int64_t t = t0; t < L; ++t) {
+        const float p = s[t] / sum;
+        for (int64_t e = 0; e < hd; ++e) out[e] += p * vc[t * hd + e];
+    }
+}
+
 static void decode_layer(float *x, const float *ln1, const Lin *lin, const float *ln2, float *k_cache,
                          float *v_cache, const float *cos, const float *sin, int64_t pos, int64_t H, int64_t I,
                          int64_t nh, int64_t nkv, int64_t hd, int64_t rd, int64_t max_len, int64_t window, float eps,
@@ -593,29 +620,12 @@ static void decode_layer(float *x, const float *ln1, const Lin *lin, const float
 
     rms_norm(x, ln1, h, H, eps);
     matvec(&lin[0], h, qkv, (nh + 2 * nkv) * hd, H, qscratch, nthreads);
-    for (int64_t j = 0; j < nh + nkv; ++j) rope(qkv + j * hd, cos, sin, half);
-    for (int64_t g = 0; g < nkv; ++g) {
-        const float *k = qkv + (nh + g) * hd, *v = qkv + (nh + nkv + g) * hd;
-        for (int64_t d = 0; d < hd; ++d) {
-            k_cache[(g * max_len + pos) * hd + d] = k[d];
-            v_cache[(g * max_len + pos) * hd + d] = v[d];
-        }
-    }
+    rope_store(qkv, cos, sin, k_cache, v_cache, pos, nh, nkv, hd, half, max_len);
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t head = 0; head < nh; ++head) {
         const float *q = qkv + head * hd;
         const float *kc = k_cache + (head / group) * max_len * hd, *vc = v_cache + (head / group) * max_len * hd;
-        float *s = scores + head * L, *out = att + head * hd, mx = -INFINITY, sum = 0.f;
-        for (int64_t t = t0; t < L; ++t) {
-            s[t] = dot_f32(q, kc + t * hd, hd) * scale;
-            mx = s[t] > mx ? s[t] : mx;
-        }
-        for (int64_t t = t0; t < L; ++t) sum += (s[t] = expf(s[t] - mx));
-        for (int64_t e = 0; e < hd; ++e) out[e] = 0.f;
-        for (int64_t t = t0; t < L; ++t) {
-            const float p = s[t] / sum;
-            for (int64_t e = 0; e < hd; ++e) out[e] += p * vc[t * hd + e];
-        }
+        attend(q, kc, vc, t0, L, hd, scale, scores + head * L, att + head * hd);
     }
     matvec(&lin[1], att, o, H, nh * hd, qscratch, nthreads);
     for (int64_t i = 0; i < H; ++i) x[i] += o[i];
@@ -685,12 +695,8 @@ void rows_attention(float *qkv, const float *cos, const float *sin, float *k_cac
     const int64_t half = rd / 2, group = nh / nkv, L = pos + 1, width = (nh + 2 * nkv) * hd;
     const float scale = 1.0f / sqrtf((float)hd);
     for (int64_t b = 0; b < B; ++b) {
-        float *r = qkv + b * width;
-        for (int64_t j = 0; j < nh + nkv; ++j) rope(r + j * hd, cos + b * half, sin + b * half, half);
-        for (int64_t g = 0; g < nkv; ++g) {
-            memcpy(k_cache + b * row_stride + (g * max_len + pos) * hd, r + (nh + g) * hd, hd * sizeof(float));
-            memcpy(v_cache + b * row_stride + (g * max_len + pos) * hd, r + (nh + nkv + g) * hd, hd * sizeof(float));
-        }
+        rope_store(qkv + b * width, cos + b * half, sin + b * half, k_cache + b * row_stride,
+                   v_cache + b * row_stride, pos, nh, nkv, hd, half, max_len);
     }
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t bh = 0; bh < B * nh; ++bh) {
@@ -700,16 +706,6 @@ void rows_attention(float *qkv, const float *cos, const float *sin, float *k_cac
         const float *q = qkv + b * width + head * hd;
         const float *kc = k_cache + b * row_stride + (head / group) * max_len * hd;
         const float *vc = v_cache + b * row_stride + (head / group) * max_len * hd;
-        float *s = scores + bh * L, *out = att + b * nh * hd + head * hd, mx = -INFINITY, sum = 0.f;
-        for (int64_t t = t0; t < L; ++t) {
-            s[t] = dot_f32(q, kc + t * hd, hd) * scale;
-            mx = s[t] > mx ? s[t] : mx;
-        }
-        for (int64_t t = t0; t < L; ++t) sum += (s[t] = expf(s[t] - mx));
-        for (int64_t e = 0; e < hd; ++e) out[e] = 0.f;
-        for (int64_t t = t0; t < L; ++t) {
-            const float p = s[t] / sum;
-            for (int64_t e = 0; e < hd; ++e) out[e] += p * vc[t * hd + e];
-        }
+        attend(q, kc, vc, t0, L, hd, scale, scores + bh * L, att + b * nh * hd + head * hd);
     }
 }
