@@ -86,10 +86,14 @@ def main() -> None:
         "--kinds", default="fp32,int4", help="comma-separated: fp32, int4 (g128), smollm2 (the real model)"
     )
     ap.add_argument("--rows", type=int, default=32, help="rows of the batched decode")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the kernels use as many)")
     ap.add_argument("--new", type=int, default=24, help="tokens generated per timed call")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5, help="timed calls per measurement (medians are reported)")
     a = ap.parse_args()
+    if a.rows < 2 or a.threads < 1 or a.reps < 1 or a.new < 2:
+        ap.error(
+            f"need --rows >= 2, --threads/--reps >= 1, --new >= 2 (got {a.rows}, {a.threads}, {a.reps}, {a.new})"
+        )
     torch.set_num_threads(a.threads)
 
     from bench_engine import MODELS
