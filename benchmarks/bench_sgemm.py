@@ -6,10 +6,12 @@ around MKL's per-call packing of W, all in one process, taking turns call by cal
                 freezing path; the pack is made for one batch size M)
   onednn        torch.ops.mkldnn._reorder_linear_weight(W, M) once + torch.ops.mkldnn._linear_pointwise
   onednn-dense  torch.ops.mkldnn._linear_pointwise on W as stored (no packed copy)
+  native        kernels.sgemm: W broadcast in place (6 weight rows) against x packed 16 rows at a time
   gemv          kernels.gemv, one row only
-DecodeLinear takes gemv for one row and onednn-dense from kernels.DNN_ROWS rows. A hand-written AVX2 kernel on
-a packed weight (6x16 and 4x24 tiles) and one on the unpacked weight (4x3 dot products) were measured too and
-dropped (RESULTS.md; their code is in git history: commit e361a73, variants native and native-nt).
+DecodeLinear takes gemv for one row, onednn-dense from kernels.DNN_ROWS rows and native from
+kernels.SGEMM_ROWS. Earlier hand-written AVX2 kernels with the usual roles (a packed weight, 6x16 and 4x24
+tiles) and dot products on the unpacked weight (4x3) were measured and dropped (RESULTS.md; their code is in
+git history: commit e361a73).
 
 GMAC/s (multiply-adds per second), medians of --reps; 1 thread timed in process CPU seconds (the wait for a
 core on a shared machine is not counted), more threads in wall seconds. The last column is the engine's path
@@ -19,7 +21,7 @@ core on a shared machine is not counted), more threads in wall seconds. The last
 
 --forward MODEL (bench_engine's shapes: tiny, small, mini4) times the whole model's forward instead, 1 thread:
 a 32- and 512-token prefill and one decode step of 32 rows, with DecodeLinear's many-row path switched in turn
-between MKL (F.linear), oneDNN on W (what the engine does) and oneDNN on a packed copy of W.
+between MKL (F.linear), oneDNN on W, oneDNN on a packed copy of W and the native kernel (what the engine does).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ SHAPES = {
               "lm_head": (32064, 768)},
     "mini": {"qkv": (9216, 3072), "out": (3072, 3072), "down": (3072, 8192)},
 }  # fmt: skip
-VARIANTS = ("F.linear", "mkl-packed", "onednn", "onednn-dense", "gemv")
+VARIANTS = ("F.linear", "mkl-packed", "onednn", "onednn-dense", "native", "gemv")
 
 
 def calls(x: torch.Tensor, w: torch.Tensor, variants: list[str]) -> dict:
@@ -54,6 +56,8 @@ def calls(x: torch.Tensor, w: torch.Tensor, variants: list[str]) -> dict:
         fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, pd, None, "none", [], "")
     if "onednn-dense" in variants:
         fns["onednn-dense"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    if "native" in variants and M > 1:
+        fns["native"] = lambda: kernels.sgemm(x, w, None)
     if "gemv" in variants and M == 1:
         fns["gemv"] = lambda: kernels.gemv(x, w, None)
     return fns
@@ -116,24 +120,25 @@ def forward_ab(name: str, reps: int) -> None:
             model(ids[:rows, 40:41], pos=40, cache=cache, last_only=True)
             return time.process_time() - t
 
-    dnn_rows = kernels.DNN_ROWS
+    dnn_rows, sg_rows = kernels.DNN_ROWS, kernels.SGEMM_ROWS
     print(f"{name}, 1 thread, ms of process time, medians of {reps - 1} after one warm-up")
     for case, (rows, T) in {
         "prefill 32": (1, 32),
         "prefill 512": (1, 512),
         "decode step, 32 rows": (32, 1),
     }.items():
-        times = {"mkl": [], "onednn": [], "onednn-packed": []}
+        times = {"mkl": [], "onednn": [], "onednn-packed": [], "native": []}
         for _ in range(reps):
             for k in times:
                 kernels.DNN_ROWS = 10**9 if k == "mkl" else dnn_rows
+                kernels.SGEMM_ROWS = sg_rows if k == "native" else 10**9
                 kernels.DecodeLinear.forward = packed if k == "onednn-packed" else plain
                 times[k].append(step(rows, T))
         med = {k: statistics.median(v[1:]) for k, v in times.items()}
         print(f"{case:<22}" + "".join(f"{k} {1e3 * v:7.0f}  " for k, v in med.items())
-              + f"mkl/onednn {med['mkl'] / med['onednn']:.2f}x  mkl/packed {med['mkl'] / med['onednn-packed']:.2f}x",
+              + f"onednn/native {med['onednn'] / med['native']:.2f}x  mkl/native {med['mkl'] / med['native']:.2f}x",
               flush=True)  # fmt: skip
-    kernels.DNN_ROWS, kernels.DecodeLinear.forward = dnn_rows, plain
+    kernels.DNN_ROWS, kernels.SGEMM_ROWS, kernels.DecodeLinear.forward = dnn_rows, sg_rows, plain
     print(f"load average {os.getloadavg()}")
 
 
@@ -166,7 +171,8 @@ def main() -> None:
                     fns = calls(x, w, variants)
                     med = timed(fns, a.reps, clock)
                     g = {k: M * N * K / s / 1e9 for k, s in med.items()}
-                    fast = g.get("gemv" if M == 1 else "onednn-dense")
+                    engine = "gemv" if M == 1 else "native" if M >= kernels.SGEMM_ROWS else "onednn-dense"
+                    fast = g.get(engine, g["F.linear"])
                     cells = "".join(f"{g[v]:>13.1f}" if v in g else f"{'-':>13}" for v in variants)
                     print(
                         f"{f'{model} {name} {N}x{K} M={M}':<26}{cells}{fast / g['F.linear']:>9.2f}x",

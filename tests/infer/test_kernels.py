@@ -1,5 +1,5 @@
-"""DecodeLinear's paths (the native gemv for 1 row, oneDNN for many): same numbers as F.linear (to fp32
-reassociation), every shape, and a fallback."""
+"""DecodeLinear's paths (the native gemv for 1 row, oneDNN for a few, the native many-row kernel from
+SGEMM_ROWS): same numbers as F.linear (to fp32 reassociation), every shape, and a fallback."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_decode_linear_leaves_few_rows_and_training_to_f_linear():
 
 
 @pytest.mark.parametrize(("out", "inp"), [(7, 33), (100, 300), (513, 96), (768, 768), (9, 1030)])
-@pytest.mark.parametrize("shape", [(kernels.DNN_ROWS,), (32,), (3, 37), (1, 200)])
+@pytest.mark.parametrize("shape", [(kernels.DNN_ROWS,), (kernels.SGEMM_ROWS,), (32,), (3, 37), (1, 200)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_decode_linear_many_rows_match_linear(out, inp, shape, bias):
     # DNN_ROWS and more rows (a prefill chunk, a batched decode step) go to oneDNN: within fp32 reassociation
@@ -58,6 +58,35 @@ def test_decode_linear_many_rows_match_linear(out, inp, shape, bias):
     assert torch.equal(y, want)
     y.sum().backward()
     assert lin.weight.grad is not None
+
+
+@needs_cc
+@pytest.mark.skipif(kernels.isa() == "scalar", reason="the native many-row fp32 kernel needs AVX2")
+@pytest.mark.parametrize(
+    ("rows", "out", "inp", "threads"),
+    [
+        (8, 6, 8, 1),  # one tile, half of its 16 rows padding
+        (17, 13, 1030, 1),  # a 1-row second block, a 1-row last weight block, K past one 1024-wide block
+        (32, 2304, 768, 2),  # the ~160M qkv at 32 rows, weight blocks split over 2 threads
+        (48, 7, 2100, 2),  # three K blocks, the last 52 wide
+        (100, 1, 1, 1),
+    ],
+)
+@pytest.mark.parametrize("bias", [False, True])
+def test_sgemm_matches_float64_product(rows, out, inp, threads, bias):
+    g = torch.Generator().manual_seed(rows * out + inp)
+    x, w = torch.randn(rows, inp, generator=g), torch.randn(out, inp, generator=g)
+    b = torch.randn(out, generator=g) if bias else None
+    want = x.double() @ w.double().T + (b.double() if bias else 0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = kernels.sgemm(x.view(1, rows, inp), w, b)
+    finally:
+        torch.set_num_threads(old)
+    assert got.shape == (1, rows, out) and got.dtype == torch.float32
+    # one fp32 fma chain per output and K block: within fp32 rounding of the exact product
+    torch.testing.assert_close(got[0].double(), want, rtol=1e-5, atol=2e-5 * inp**0.5)
 
 
 @pytest.mark.slow  # a phiforge subprocess, ~11 s

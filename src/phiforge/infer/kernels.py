@@ -86,6 +86,9 @@ def library() -> ctypes.CDLL | None:
     f = lib.rows_attention
     f.argtypes = [ptr] * 5 + [i64, ptr] + [i64] * 8 + [ptr] * 2 + [ctypes.c_int]
     f.restype = None
+    f = lib.sgemm_f32
+    f.argtypes = [ptr] * 4 + [i64] * 3 + [ctypes.c_int]
+    f.restype = ctypes.c_int
     f = lib.qgemm
     f.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_int, ptr, ctypes.c_int]
     f.restype = None
@@ -297,6 +300,26 @@ def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tens
     return out
 
 
+def sgemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor | None:
+    """x (..., K) fp32, w (N, K) contiguous fp32 -> x @ w.T (+ b) through the native many-row kernel, or None
+    when this build has none (no AVX2)."""
+    lib = library()
+    K = x.shape[-1]
+    xc = x.reshape(-1, K).contiguous()
+    out = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
+    rc = lib.sgemm_f32(
+        xc.data_ptr(),
+        w.data_ptr(),
+        b.data_ptr() if b is not None else None,
+        out.data_ptr(),
+        xc.shape[0],
+        w.shape[0],
+        K,
+        torch.get_num_threads(),
+    )
+    return out if rc == 0 else None
+
+
 def isa() -> str:
     """The instruction set the loaded kernels were built for: "avx512vnni", "avx2", "scalar" (or "none")."""
     lib = library()
@@ -343,14 +366,19 @@ def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor
 # Whole ~160M model: prefill and a 32-row decode step 1.2-1.4x (benchmarks/RESULTS.md, "fp32 small-M GEMM";
 # bench_sgemm.py also measures the packed-weight variants that were not taken).
 DNN_ROWS = 4
+# Rows from which DecodeLinear calls the native `sgemm` instead (W broadcast in place, x packed): at 8-64 rows
+# 1.2-1.9x oneDNN on the ~160M and Phi-3-mini shapes, level or better up to 512 (benchmarks/RESULTS.md,
+# "fp32 many-row kernel"); at 4 rows its 16-row tiles are 3/4 padding and oneDNN is level.
+SGEMM_ROWS = 8
 # the op inductor's CPU freezing emits; not in every build (no mkldnn: F.linear)
 _DNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class DecodeLinear(torch.nn.Linear):
     """nn.Linear whose no-grad fp32 CPU calls skip MKL where it is slow: one row goes to the native gemv,
-    DNN_ROWS or more to oneDNN's inner product on the weight as stored (no packed copy, nothing cached);
-    the rest, training (grad enabled) included, is F.linear. Same parameters, same state_dict."""
+    SGEMM_ROWS or more to the native many-row kernel, DNN_ROWS up to that to oneDNN's inner product on the
+    weight as stored (neither packs a copy of W nor caches anything); the rest, training (grad enabled)
+    included, is F.linear. Same parameters, same state_dict."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -364,6 +392,8 @@ class DecodeLinear(torch.nn.Linear):
             rows = x.numel() // max(x.shape[-1], 1)
             if rows == 1:
                 return gemv(x, w, self.bias)
+            if rows >= SGEMM_ROWS and library() is not None and (y := sgemm(x, w, self.bias)) is not None:
+                return y
             if rows >= DNN_ROWS and _DNN:
                 return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
         return torch.nn.functional.linear(x, w, self.bias)
