@@ -195,9 +195,18 @@ def test_rows_decode_matches_each_row_alone(shape, bits):
         eng = Engine(model)
         eng._forward(ids[:, :T], 0, View, pads)  # the prefill fills pad slots too (finite)
         dec = kernels.RowsDecoder(model, View)
+        errs = []
         for t in range(T, T + 16):
             got = dec(ids[:, t], t, "short", pads)
             for i, n in enumerate(lens):
                 want = model(seqs[i][None, : n + t - T + 1])[0, -1]
-                tol = 1e-4 if bits == 32 else 1e-3
-                torch.testing.assert_close(got[i, 0], want, rtol=tol, atol=tol * float(want.abs().max()))
+                if bits == 32:
+                    torch.testing.assert_close(
+                        got[i, 0], want, rtol=1e-4, atol=1e-4 * float(want.abs().max())
+                    )
+                errs.append(float((got[i, 0] - want).abs().max() / want.abs().max()))
+    # int8/int4 round each activation row to int8 in the kernel: a 1e-7 difference upstream (another summation
+    # order) can flip one rounding and move that row's logits by ~1e-2 from then on, as in a real batch. So:
+    # most (row, step) pairs at fp32 rounding, none past a flip's size (a wrong slot or row is O(1) everywhere)
+    errs.sort()
+    assert errs[len(errs) // 2] < 1e-5 and errs[int(0.75 * len(errs))] < 1e-3 and errs[-1] < 0.1, errs

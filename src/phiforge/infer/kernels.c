@@ -130,6 +130,27 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* e^x in 8 lanes, within ~2 ulp of expf (softmax and SiLU: glibc's scalar expf was ~1/4 of a 32-row decode
+ * step's attention): x = n ln2 + r, |r| <= ln2 / 2 (ln2 split in two for an exact n ln2), e^r by a degree-7
+ * polynomial (Horner, Taylor-fitted minimax coefficients), 2^n built in the exponent bits. x is clamped to
+ * [-87.3, 88.7], where 2^n stays a normal float. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.72f)), _mm256_set1_ps(-87.33f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
 /* sum_g m[g] xs[g]: the mins' share of a row's dot product, 8 groups per step (int8's dot_q and tiles share it,
  * int4's mins8 sums in the same order: a row's result has the same bits whether it is decoded alone or in a batch) */
 static inline float mins_dot(const uint16_t *m, const float *xs, int64_t ng) {
@@ -661,6 +682,20 @@ static void rms_norm(const float *x, const float *w, float *out, int64_t n, floa
     for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
 }
 
+/* out = up * silu(gate) = up * (gate / (1 + e^-gate)); out may be gate itself */
+static void swiglu(const float *gate, const float *up, float *out, int64_t n) {
+    int64_t i = 0;
+#ifdef PF_AVX2
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        const __m256 sg = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(up + i), sg));
+    }
+#endif
+    for (; i < n; ++i) out[i] = up[i] * (gate[i] / (1.0f + expf(-gate[i])));
+}
+
 static void rope(float *v, const float *cos, const float *sin, int64_t half) {
     for (int64_t i = 0; i < half; ++i) {
         const float x1 = v[i], x2 = v[i + half];
@@ -681,8 +716,78 @@ static void rope_store(float *qkv, const float *cos, const float *sin, float *k_
 }
 
 /* one query head over cached keys/values t0..L-1: softmax(q . k * scale) . v into out (hd); s: L floats */
+#ifdef PF_AVX2
+/* out[0:8 nv] = inv * sum_t s[t] v[t]: nv is a constant at each call, so acc stays in registers */
+static inline __attribute__((always_inline)) void attend_v(const float *s, const float *v, int64_t t0, int64_t L,
+                                                           int64_t hd, float inv, float *out, const int nv) {
+    __m256 acc[8];
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t t = t0; t < L; ++t) {
+        const __m256 p = _mm256_broadcast_ss(s + t);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            if (j < nv) acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + t * hd + 8 * j), acc[j]);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++)
+        if (j < nv) _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(acc[j], _mm256_set1_ps(inv)));
+}
+
+/* scores of 4 keys at once (4 independent fma chains, one reduction for all 4), exponentials 8 at a time, and
+ * the weighted sum of values held in registers, normalised once at the end */
+static void attend8(const float *q, const float *kc, const float *vc, int64_t t0, int64_t L, int64_t hd,
+                    float scale, float *s, float *out) {
+    int64_t t = t0;
+    for (; t + 4 <= L; t += 4) {
+        const float *k = kc + t * hd;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t e = 0; e < hd; e += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + e);
+            a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + e), a0);
+            a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + hd + e), a1);
+            a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * hd + e), a2);
+            a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * hd + e), a3);
+        }
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+        const __m128 d = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        _mm_storeu_ps(s + t, _mm_mul_ps(d, _mm_set1_ps(scale)));
+    }
+    for (; t < L; ++t) s[t] = dot_f32(q, kc + t * hd, hd) * scale;
+    float mx = -INFINITY, sum = 0.f;
+    for (t = t0; t < L; ++t) mx = s[t] > mx ? s[t] : mx;
+    __m256 sv = _mm256_setzero_ps();
+    for (t = t0; t + 8 <= L; t += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), _mm256_set1_ps(mx)));
+        _mm256_storeu_ps(s + t, e);
+        sv = _mm256_add_ps(sv, e);
+    }
+    sum = hsum8(sv);
+    for (; t < L; ++t) sum += (s[t] = expf(s[t] - mx));
+    const float inv = 1.0f / sum;
+    for (int64_t e0 = 0; e0 < hd; e0 += 64) {
+        const float *v = vc + e0;
+        switch ((hd - e0) >= 64 ? 8 : (int)(hd - e0) / 8) {
+        case 8: attend_v(s, v, t0, L, hd, inv, out + e0, 8); break;
+        case 7: attend_v(s, v, t0, L, hd, inv, out + e0, 7); break;
+        case 6: attend_v(s, v, t0, L, hd, inv, out + e0, 6); break;
+        case 5: attend_v(s, v, t0, L, hd, inv, out + e0, 5); break;
+        case 4: attend_v(s, v, t0, L, hd, inv, out + e0, 4); break;
+        case 3: attend_v(s, v, t0, L, hd, inv, out + e0, 3); break;
+        case 2: attend_v(s, v, t0, L, hd, inv, out + e0, 2); break;
+        default: attend_v(s, v, t0, L, hd, inv, out + e0, 1); break;
+        }
+    }
+}
+#endif
+
 static void attend(const float *q, const float *kc, const float *vc, int64_t t0, int64_t L, int64_t hd, float scale,
                    float *s, float *out) {
+#ifdef PF_AVX2
+    if (hd % 8 == 0) {
+        attend8(q, kc, vc, t0, L, hd, scale, s, out);
+        return;
+    }
+#endif
     float mx = -INFINITY, sum = 0.f;
     for (int64_t t = t0; t < L; ++t) {
         s[t] = dot_f32(q, kc + t * hd, hd) * scale;
@@ -723,10 +828,7 @@ static void decode_layer(float *x, const float *ln1, const Lin *lin, const float
     for (int64_t i = 0; i < H; ++i) x[i] += o[i];
     rms_norm(x, ln2, h, H, eps);
     matvec(&lin[2], h, gu, 2 * I, H, qscratch, nthreads);
-    for (int64_t i = 0; i < I; ++i) {
-        const float g = gu[i];
-        gu[i] = gu[I + i] * (g / (1.0f + expf(-g)));
-    }
+    swiglu(gu, gu + I, gu, I);
     matvec(&lin[3], gu, o, H, I, qscratch, nthreads);
     for (int64_t i = 0; i < H; ++i) x[i] += o[i];
 }
@@ -768,12 +870,9 @@ void rows_add_norm(float *x, const float *o, const float *w, float *h, int64_t B
 }
 
 /* gu (B, 2I) = [gate | up] -> act (B, I) = up * silu(gate) */
-void rows_swiglu(const float *gu, float *act, int64_t B, int64_t I) {
-    for (int64_t b = 0; b < B; ++b)
-        for (int64_t i = 0; i < I; ++i) {
-            const float g = gu[b * 2 * I + i];
-            act[b * I + i] = gu[b * 2 * I + I + i] * (g / (1.0f + expf(-g)));
-        }
+void rows_swiglu(const float *gu, float *act, int64_t B, int64_t I, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t b = 0; b < B; ++b) swiglu(gu + b * 2 * I, gu + b * 2 * I + I, act + b * I, I);
 }
 
 /* qkv (B, (nh + 2 nkv) hd): rotary on q and k with each row's own cos/sin row (B, rd / 2), k and v written to

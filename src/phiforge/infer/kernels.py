@@ -81,7 +81,7 @@ def library() -> ctypes.CDLL | None:
     f.argtypes = [ptr] * 4 + [i64] * 2 + [ctypes.c_float]
     f.restype = None
     f = lib.rows_swiglu
-    f.argtypes = [ptr] * 2 + [i64] * 2
+    f.argtypes = [ptr] * 2 + [i64] * 2 + [ctypes.c_int]
     f.restype = None
     f = lib.rows_attention
     f.argtypes = [ptr] * 5 + [i64, ptr] + [i64] * 8 + [ptr] * 2 + [ctypes.c_int]
@@ -277,7 +277,7 @@ class RowsDecoder:
                               x.shape[1], eps)  # fmt: skip
             gu = blk.mlp.up(h)
             act = torch.empty(B, gu.shape[1] // 2)
-            lib.rows_swiglu(gu.data_ptr(), act.data_ptr(), B, act.shape[1])
+            lib.rows_swiglu(gu.data_ptr(), act.data_ptr(), B, act.shape[1], nt)
             o = blk.mlp.down(act)
         x += o
         return m.logits(m.norm(x)).view(B, 1, -1)
