@@ -66,9 +66,9 @@ def test_decode_linear_many_rows_match_linear(out, inp, shape, bias):
     ("rows", "out", "inp", "threads"),
     [
         (8, 6, 8, 1),  # one tile, half of its 16 rows padding
-        (17, 13, 1030, 1),  # a 1-row second block, a 1-row last weight block, K past one 1024-wide block
+        (17, 13, 1030, 1),  # a 1-row second block, a 1-row last weight block
         (32, 2304, 768, 2),  # the ~160M qkv at 32 rows, weight blocks split over 2 threads
-        (48, 7, 2100, 2),  # three K blocks, the last 52 wide
+        (24, 7, 8192 + 40, 2),  # two K blocks (SG_KC = 8192), the last 40 wide
         (100, 1, 1, 1),
     ],
 )

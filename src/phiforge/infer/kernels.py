@@ -366,19 +366,21 @@ def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor
 # Whole ~160M model: prefill and a 32-row decode step 1.2-1.4x (benchmarks/RESULTS.md, "fp32 small-M GEMM";
 # bench_sgemm.py also measures the packed-weight variants that were not taken).
 DNN_ROWS = 4
-# Rows from which DecodeLinear calls the native `sgemm` instead (W broadcast in place, x packed): at 8-64 rows
-# 1.2-1.9x oneDNN on the ~160M and Phi-3-mini shapes, level or better up to 512 (benchmarks/RESULTS.md,
-# "fp32 many-row kernel"); at 4 rows its 16-row tiles are 3/4 padding and oneDNN is level.
-SGEMM_ROWS = 8
+# Rows for which DecodeLinear calls the native `sgemm` instead (W broadcast in place, x packed): at 8-64 rows
+# 1.1-1.9x oneDNN on the ~160M and Phi-3-mini shapes with W cold in cache, as in a forward (benchmarks/
+# RESULTS.md, "fp32 many-row kernel"); at 4 rows its 16-row tiles are 3/4 padding and oneDNN is level. Past
+# SGEMM_MAX_ROWS the packed x outgrows L2 and is re-read from L3 for every 6 weight rows: a Phi-3-mini slice's
+# 512-token prefill ran 1.16x slower than oneDNN there, so long prompts stay with oneDNN.
+SGEMM_ROWS, SGEMM_MAX_ROWS = 8, 128
 # the op inductor's CPU freezing emits; not in every build (no mkldnn: F.linear)
 _DNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class DecodeLinear(torch.nn.Linear):
     """nn.Linear whose no-grad fp32 CPU calls skip MKL where it is slow: one row goes to the native gemv,
-    SGEMM_ROWS or more to the native many-row kernel, DNN_ROWS up to that to oneDNN's inner product on the
-    weight as stored (neither packs a copy of W nor caches anything); the rest, training (grad enabled)
-    included, is F.linear. Same parameters, same state_dict."""
+    SGEMM_ROWS to SGEMM_MAX_ROWS to the native many-row kernel, the other rows from DNN_ROWS to oneDNN's
+    inner product on the weight as stored (neither packs a copy of W nor caches anything); the rest, training
+    (grad enabled) included, is F.linear. Same parameters, same state_dict."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -392,7 +394,7 @@ class DecodeLinear(torch.nn.Linear):
             rows = x.numel() // max(x.shape[-1], 1)
             if rows == 1:
                 return gemv(x, w, self.bias)
-            if rows >= SGEMM_ROWS and library() is not None and (y := sgemm(x, w, self.bias)) is not None:
+            if SGEMM_ROWS <= rows <= SGEMM_MAX_ROWS and (y := sgemm(x, w, self.bias)) is not None:
                 return y
             if rows >= DNN_ROWS and _DNN:
                 return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
