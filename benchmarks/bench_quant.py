@@ -4,7 +4,10 @@ For each model (random weights, saved, quantized with `quantize_checkpoint` and 
 exactly as the CLI does), each engine in its own process, engines alternating (benchmarks/timing.py):
   prefill ms of a 32-token and a --long-token prompt (time to the first token's logits),
   batch-1 decode tokens/s after the 32-token prompt (per-token timestamps),
-  phiforge only: decode tokens/s of --batch rows at once (summed over rows) and its ratio to one row.
+  phiforge only: decode tokens/s of --batch rows at once (summed over rows) and its ratio to one row,
+  and decode's share of the memory-bandwidth floor: (weight bytes read per token, from the checkpoint's
+  tensors: every weight once, the embedding table one row unless tied) / (a streaming read's bandwidth,
+  measured here at --threads), times decode tokens/s. 100% = decode streams the weights at that bandwidth.
 Medians over --reps processes with [min-max]; ratios against llama.cpp at the same bits (>1: phiforge faster).
 llama.cpp columns need llama-cpp-python (`CMAKE_ARGS=-DGGML_NATIVE=ON pip install llama-cpp-python`).
 
@@ -54,6 +57,27 @@ def prepare(name: str, kinds: list[str], work: Path, llama: bool) -> dict[str, l
     return engines
 
 
+def weight_bytes(path: str) -> int:
+    """Bytes of a checkpoint's tensors that one decoded token reads (quantized weights with their scales and
+    mins; the untied embedding table counts one row)."""
+    from safetensors import safe_open
+
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    total = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(f, "pt") as st:
+            for k in st.keys():
+                t = st.get_slice(k)
+                n = 1
+                for d in t.get_shape():
+                    n *= d
+                n *= {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "I8": 1, "I32": 4, "I64": 8}[t.get_dtype()]
+                if "embed" in k and not cfg.get("tie_word_embeddings"):
+                    n //= t.get_shape()[0]  # one row of the table (and of its per-row scales)
+                total += n
+    return total
+
+
 def worker(kind: str, path: str, a) -> dict:
     import torch
 
@@ -94,7 +118,9 @@ def report(name: str, res: dict, a) -> None:
         f"\n{name}: {a.threads} thread(s), prompt 32 / {a.long}, {a.new} new, medians of {a.reps} [min-max]"
     )
     head = ("engine", "prefill 32 ms", f"prefill {a.long} ms", "decode tok/s", f"batch {a.batch} tok/s")
-    print(f"{head[0]:<16}" + "".join(f"{h:>22}" for h in head[1:]) + "   vs llama.cpp: pre32 pre-long decode")
+    head += ("floor",)
+    print(f"{head[0]:<16}" + "".join(f"{h:>22}" for h in head[1:-1]) + f"{head[-1]:>7}"
+          + "   vs llama.cpp: pre32 pre-long decode")  # fmt: skip
     for e, runs in res.items():
         if "skipped" in runs[0]:
             print(f"{e:<16} skipped: {runs[0]['skipped']}")
@@ -103,13 +129,15 @@ def report(name: str, res: dict, a) -> None:
         cells += [spread(runs, "decode_tps")]
         bt, one = median(runs, "batch_tps"), median(runs, "decode_tps")
         cells.append(f"{bt:.1f} ({bt / one:.1f}x)" if bt else "-")
+        wb = a.wbytes.get(e.split()[-1]) if e.startswith("phiforge") else None
+        cells.append(f"{100 * wb / a.bandwidth * one:.0f}%" if wb else "-")
         ref = res.get(f"llama.cpp {GGUF.get(e.split()[-1], '')}", [{}])
         ratios = ""
         if e.startswith("phiforge") and ref and "skipped" not in ref[0]:
             r = [median(ref, k) / median(runs, k) for k in ("prefill_ms", "prefill_long_ms")]
             r.append(median(runs, "decode_tps") / median(ref, "decode_tps"))
             ratios = "   " + " ".join(f"{x:5.2f}x" for x in r)
-        print(f"{e:<16}" + "".join(f"{c:>22}" for c in cells) + ratios, flush=True)
+        print(f"{e:<16}" + "".join(f"{c:>22}" for c in cells[:-1]) + f"{cells[-1]:>7}" + ratios, flush=True)
 
 
 def main() -> None:
@@ -134,10 +162,18 @@ def main() -> None:
     except ImportError:
         llama = False
         print("llama.cpp: skipped (llama-cpp-python not installed)")
+    import torch
+
+    from bench_engine import read_bandwidth
+
+    torch.set_num_threads(a.threads)
+    a.bandwidth = read_bandwidth()
+    print(f"measured read bandwidth, {a.threads} thread(s): {a.bandwidth / 1e9:.1f} GB/s")
     flags = ["--threads", str(a.threads), "--new", str(a.new), "--long", str(a.long), "--batch", str(a.batch)]
     for name in a.models.split(","):
         with tempfile.TemporaryDirectory() as d:
             engines = prepare(name, a.kinds.split(","), Path(d), llama)
+            a.wbytes = {k: weight_bytes(engines[f"phiforge {k}"][1]) for k in a.kinds.split(",")}
             if a.baseline:
                 for k in a.kinds.split(","):
                     engines[f"phiforge-base {k}"] = [f"phiforge={a.baseline}", engines[f"phiforge {k}"][1]]
