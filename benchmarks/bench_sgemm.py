@@ -13,6 +13,8 @@ kernels.SGEMM_ROWS. Earlier hand-written AVX2 kernels with the usual roles (a pa
 tiles) and dot products on the unpacked weight (4x3) were measured and dropped (RESULTS.md; their code is in
 git history: commit e361a73).
 
+--cold cycles each call through copies of W (>= 160 MB in all), so W streams from memory as it does in a
+forward; without it the same W stays in L2/L3 between calls, which flatters kernels that re-read it.
 GMAC/s (multiply-adds per second), medians of --reps; 1 thread timed in process CPU seconds (the wait for a
 core on a shared machine is not counted), more threads in wall seconds. The last column is the engine's path
 (gemv for one row, onednn-dense for more) over F.linear.
@@ -40,7 +42,7 @@ from phiforge.infer import kernels
 SHAPES = {
     "small": {"qkv": (2304, 768), "out": (768, 768), "gate_up": (6144, 768), "down": (768, 3072),
               "lm_head": (32064, 768)},
-    "mini": {"qkv": (9216, 3072), "out": (3072, 3072), "down": (3072, 8192)},
+    "mini": {"qkv": (9216, 3072), "out": (3072, 3072), "gate_up": (16384, 3072), "down": (3072, 8192)},
 }  # fmt: skip
 VARIANTS = ("F.linear", "mkl-packed", "onednn", "onednn-dense", "native", "gemv")
 
@@ -150,11 +152,19 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--forward", help="time the whole model (tiny, small, mini4) instead of single layers")
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="cycle through copies of each weight (>= 160 MB in all) so W comes from memory, as in a forward;"
+        " the variants that pack a copy per weight are skipped",
+    )
     a = ap.parse_args()
     if a.forward:
         forward_ab(a.forward, a.reps)
         return
     variants = a.variants.split(",")
+    if a.cold:
+        variants = [v for v in variants if v not in ("mkl-packed", "onednn")]
     assert kernels.library() is not None, "native kernels unavailable (no C compiler?)"
     print(f"kernels: {kernels.isa()}, torch {torch.__version__}, load {os.getloadavg()}")
     for nt in (int(t) for t in a.threads.split(",")):
@@ -168,9 +178,13 @@ def main() -> None:
                 w = torch.randn(N, K) * 0.02
                 for M in (int(r) for r in a.rows.split(",")):
                     x = torch.randn(M, K)
-                    fns = calls(x, w, variants)
+                    fns, copies = calls(x, w, variants), 1
+                    if a.cold:
+                        copies = max(2, int(160e6 // (N * K * 4)))
+                        per = [fns] + [calls(x, w.clone(), variants) for _ in range(copies - 1)]
+                        fns = {k: (lambda fs=[p[k] for p in per]: [f() for f in fs]) for k in fns}
                     med = timed(fns, a.reps, clock)
-                    g = {k: M * N * K / s / 1e9 for k, s in med.items()}
+                    g = {k: copies * M * N * K / s / 1e9 for k, s in med.items()}
                     engine = "gemv" if M == 1 else "native" if M >= kernels.SGEMM_ROWS else "onednn-dense"
                     fast = g.get(engine, g["F.linear"])
                     cells = "".join(f"{g[v]:>13.1f}" if v in g else f"{'-':>13}" for v in variants)
