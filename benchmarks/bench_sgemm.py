@@ -8,8 +8,8 @@ around MKL's per-call packing of W, all in one process, taking turns call by cal
   onednn-dense  torch.ops.mkldnn._linear_pointwise on W as stored (no packed copy)
   native        kernels.sgemm: W broadcast in place (6 weight rows) against x packed 16 rows at a time
   gemv          kernels.gemv, one row only
-DecodeLinear takes gemv for one row, onednn-dense from kernels.DNN_ROWS rows and native from
-kernels.SGEMM_ROWS. Earlier hand-written AVX2 kernels with the usual roles (a packed weight, 6x16 and 4x24
+DecodeLinear takes gemv for one row, native from kernels.SGEMM_ROWS to SGEMM_MAX_ROWS rows and onednn-dense
+for the other rows from kernels.DNN_ROWS. Earlier hand-written AVX2 kernels with the usual roles (a packed weight, 6x16 and 4x24
 tiles) and dot products on the unpacked weight (4x3) were measured and dropped (RESULTS.md; their code is in
 git history: commit e361a73).
 
@@ -185,7 +185,8 @@ def main() -> None:
                         fns = {k: (lambda fs=[p[k] for p in per]: [f() for f in fs]) for k in fns}
                     med = timed(fns, a.reps, clock)
                     g = {k: copies * M * N * K / s / 1e9 for k, s in med.items()}
-                    engine = "gemv" if M == 1 else "native" if M >= kernels.SGEMM_ROWS else "onednn-dense"
+                    native = kernels.SGEMM_ROWS <= M <= kernels.SGEMM_MAX_ROWS
+                    engine = "gemv" if M == 1 else "native" if native else "onednn-dense"
                     fast = g.get(engine, g["F.linear"])
                     cells = "".join(f"{g[v]:>13.1f}" if v in g else f"{'-':>13}" for v in variants)
                     print(

@@ -560,7 +560,7 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
  * split across threads. Each output is one fp32 fma chain over k per block, blocks added in order.
  * SG_KC: with W cold in cache (as in a forward), Phi-3-mini's K = 3072 / 8192 shapes at 16-64 rows ran
  * 1.1-1.4x faster unblocked than in 1024-wide blocks (longer weight-row streams, one output pass): the
- * packed x (up to 128 rows x 8192) then sits in L2/L3, which the 2 x-vector loads per 12 FMAs tolerate. */
+ * packed x (up to 64 rows x 8192) then sits in L2/L3, which the 2 x-vector loads per 12 FMAs tolerate. */
 #ifndef SG_KC
 #define SG_KC 8192
 #endif

@@ -366,12 +366,12 @@ def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor
 # Whole ~160M model: prefill and a 32-row decode step 1.2-1.4x (benchmarks/RESULTS.md, "fp32 small-M GEMM";
 # bench_sgemm.py also measures the packed-weight variants that were not taken).
 DNN_ROWS = 4
-# Rows for which DecodeLinear calls the native `sgemm` instead (W broadcast in place, x packed): at 8-64 rows
-# 1.1-1.9x oneDNN on the ~160M and Phi-3-mini shapes with W cold in cache, as in a forward (benchmarks/
-# RESULTS.md, "fp32 many-row kernel"); at 4 rows its 16-row tiles are 3/4 padding and oneDNN is level. Past
-# SGEMM_MAX_ROWS the packed x outgrows L2 and is re-read from L3 for every 6 weight rows: a Phi-3-mini slice's
-# 512-token prefill ran 1.16x slower than oneDNN there, so long prompts stay with oneDNN.
-SGEMM_ROWS, SGEMM_MAX_ROWS = 8, 128
+# Rows for which DecodeLinear calls the native `sgemm` instead (W broadcast in place, x packed). With W cold
+# in cache, as in a forward (`bench_sgemm.py --cold`, benchmarks/RESULTS.md, seventh session): 16 rows
+# 1.4-1.8x oneDNN, 32 rows 1.2-1.6x, 64 rows 1.0-1.2x on the ~160M and Phi-3-mini shapes; at 128 rows
+# 0.83-1.12x, and at 512 a Phi-3-mini slice's prefill ran 1.16x slower (the packed x outgrows L2 and is re-read
+# for every 6 weight rows). At 4 rows its 16-row tiles are 3/4 padding and oneDNN is level.
+SGEMM_ROWS, SGEMM_MAX_ROWS = 8, 64
 # the op inductor's CPU freezing emits; not in every build (no mkldnn: F.linear)
 _DNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
