@@ -157,6 +157,7 @@ def test_native_phi3_decode_matches_pytorch_forward(shape):
         (dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True, sliding_window=12), 32),
         (dict(num_attention_heads=6, num_key_value_heads=2), 4),
         (dict(num_attention_heads=4, num_key_value_heads=4), 8),
+        (dict(num_attention_heads=1, num_key_value_heads=1), 32),  # head_dim 96: values in 64 + 32 lanes
     ],
 )
 def test_rows_decode_matches_each_row_alone(shape, bits):
