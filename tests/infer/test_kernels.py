@@ -46,7 +46,8 @@ def test_decode_linear_leaves_few_rows_and_training_to_f_linear():
 @pytest.mark.parametrize("shape", [(kernels.DNN_ROWS,), (kernels.SGEMM_ROWS,), (32,), (3, 37), (1, 200)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_decode_linear_many_rows_match_linear(out, inp, shape, bias):
-    # DNN_ROWS and more rows (a prefill chunk, a batched decode step) go to oneDNN: within fp32 reassociation
+    # DNN_ROWS and more rows (a prefill chunk, a batched decode step) go to oneDNN or, from SGEMM_ROWS, the
+    # native kernel: within fp32 reassociation
     lin = torch.nn.Linear(inp, out, bias=bias)
     lin.__class__ = kernels.DecodeLinear
     x = torch.randn(*shape, inp, generator=torch.Generator().manual_seed(out + inp))
