@@ -108,3 +108,34 @@ def test_the_phase_brings_its_loss(train_data, tmp_path):
     # AdamW is invariant to the loss scale, so both runs reach (nearly) the same weights
     assert twice[-1]["type"] == "eval"
     assert twice[-1]["val_loss"]["val"] == pytest.approx(2 * plain[-1]["val_loss"]["val"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("scale", "max_norm", "poison"),
+    [
+        (1.0, 1e6, None),
+        (1.0, 0.5, None),
+        (1.0, float("inf"), None),
+        (1.0, 0.5, float("inf")),
+        (1.0, 1e6, float("nan")),
+    ],
+)
+def test_clip_grad_norm_equals_torch(scale, max_norm, poison):
+    """loop.clip_grad_norm skips torch's multiply-by-1 when nothing is clipped; otherwise (clipping, an inf or a
+    NaN gradient) the gradients and the returned norm are torch's, bit for bit."""
+    from phiforge.train.loop import clip_grad_norm
+
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(7, 5, generator=g) * scale, torch.randn(3, generator=g)]
+    if poison is not None:
+        grads[1][1] = poison
+    ours = [torch.nn.Parameter(torch.zeros_like(x)) for x in grads]
+    ref = [torch.nn.Parameter(torch.zeros_like(x)) for x in grads]
+    for p, q, x in zip(ours, ref, grads, strict=True):
+        p.grad, q.grad = x.clone(), x.clone()
+    no_grad = torch.nn.Parameter(torch.zeros(2))  # skipped, as torch skips it
+    got = clip_grad_norm([*ours, no_grad], max_norm)
+    want = torch.nn.utils.clip_grad_norm_([*ref, no_grad], max_norm)
+    assert torch.equal(got, want) or (got.isnan() and want.isnan())
+    for p, q in zip(ours, ref, strict=True):
+        assert torch.equal(p.grad.nan_to_num(7.0), q.grad.nan_to_num(7.0))

@@ -123,7 +123,12 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     does not need (76 tensors, ~1% of a ~160M CPU step). Returns the total norm before clipping."""
     params = [p for p in params if p.grad is not None]
     total = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if type(total) is not torch.Tensor or total.device.type != "cpu" or bool(max_norm / (total + 1e-6) < 1):
+    # `not >= 1` rather than `< 1`: a NaN norm clips too, as in torch (every gradient becomes NaN)
+    if (
+        type(total) is not torch.Tensor
+        or total.device.type != "cpu"
+        or not bool(max_norm / (total + 1e-6) >= 1)
+    ):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)  # DTensors, GPUs, or clipping
     return total
 
