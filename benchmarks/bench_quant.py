@@ -59,7 +59,8 @@ def prepare(name: str, kinds: list[str], work: Path, llama: bool) -> dict[str, l
 
 def weight_bytes(path: str) -> int:
     """Bytes of a checkpoint's tensors that one decoded token reads (quantized weights with their scales and
-    mins; the untied embedding table counts one row)."""
+    mins; the untied embedding table counts one row). From the files, not bench_engine's
+    weight_bytes_per_token(model): a quantized model keeps its weights in buffers, not parameters."""
     from safetensors import safe_open
 
     cfg = json.loads((Path(path) / "config.json").read_text())

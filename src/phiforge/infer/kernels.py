@@ -320,6 +320,12 @@ def sgemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Ten
     return out if rc == 0 else None
 
 
+@cache
+def _has_sgemm() -> bool:
+    # sgemm_f32 exists in every build but computes only with AVX2 (it returns -1 on a "scalar" build)
+    return library() is not None and isa() != "scalar"
+
+
 def isa() -> str:
     """The instruction set the loaded kernels were built for: "avx512vnni", "avx2", "scalar" (or "none")."""
     lib = library()
@@ -394,8 +400,8 @@ class DecodeLinear(torch.nn.Linear):
             rows = x.numel() // max(x.shape[-1], 1)
             if rows == 1:
                 return gemv(x, w, self.bias)
-            if SGEMM_ROWS <= rows <= SGEMM_MAX_ROWS and (y := sgemm(x, w, self.bias)) is not None:
-                return y
+            if SGEMM_ROWS <= rows <= SGEMM_MAX_ROWS and _has_sgemm():
+                return sgemm(x, w, self.bias)
             if rows >= DNN_ROWS and _DNN:
                 return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
         return torch.nn.functional.linear(x, w, self.bias)
