@@ -9,21 +9,21 @@ around MKL's per-call packing of W, all in one process, taking turns call by cal
   native        kernels.sgemm: W broadcast in place (6 weight rows) against x packed 16 rows at a time
   gemv          kernels.gemv, one row only
 DecodeLinear takes gemv for one row, native from kernels.SGEMM_ROWS to SGEMM_MAX_ROWS rows and onednn-dense
-for the other rows from kernels.DNN_ROWS. Earlier hand-written AVX2 kernels with the usual roles (a packed weight, 6x16 and 4x24
-tiles) and dot products on the unpacked weight (4x3) were measured and dropped (RESULTS.md; their code is in
+for the other rows from kernels.DNN_ROWS. Earlier hand-written AVX2 kernels with the usual roles (a packed
+weight, 6x16 and 4x24 tiles) and dot products on the unpacked weight (4x3) were measured and dropped (RESULTS.md; their code is in
 git history: commit e361a73).
 
 --cold cycles each call through copies of W (>= 160 MB in all), so W streams from memory as it does in a
 forward; without it the same W stays in L2/L3 between calls, which flatters kernels that re-read it.
 GMAC/s (multiply-adds per second), medians of --reps; 1 thread timed in process CPU seconds (the wait for a
 core on a shared machine is not counted), more threads in wall seconds. The last column is the engine's path
-(gemv for one row, onednn-dense for more) over F.linear.
+(gemv, native or onednn-dense, as DecodeLinear chooses for that many rows) over F.linear.
 
     python benchmarks/bench_sgemm.py [--models small,mini] [--rows 1,8,32,128,512] [--threads 1,2] [--reps 5]
 
 --forward MODEL (bench_engine's shapes: tiny, small, mini4) times the whole model's forward instead, 1 thread:
 a 32- and 512-token prefill and one decode step of 32 rows, with DecodeLinear's many-row path switched in turn
-between MKL (F.linear), oneDNN on W, oneDNN on a packed copy of W and the native kernel (what the engine does).
+between MKL (F.linear), oneDNN on W, oneDNN on a packed copy of W and the engine's choice (native up to SGEMM_MAX_ROWS rows, then oneDNN on W).
 """
 
 from __future__ import annotations
