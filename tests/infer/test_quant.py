@@ -59,6 +59,59 @@ def test_native_kernel_equals_dequantized_product(bits, group, rows):
     assert torch.equal(out[-1:], kernels.qgemm(x[-1:], q, s, m, b, bits, group))
 
 
+needs_repack = pytest.mark.skipif(
+    kernels.isa() not in ("avx2", "avx512vnni"), reason="int4 is repacked only for the AVX2/VNNI kernels"
+)
+
+
+@needs_kernels
+@needs_repack
+def test_repack_int4_is_the_documented_permutation():
+    q = torch.randint(0, 256, (24, 128), dtype=torch.uint8)  # 3 blocks of 8 rows, K = 256: 8 units
+    sc, mn = torch.randn(24, 2).half(), torch.randn(24, 2).half()  # 2 groups of 128
+    r, rs, rm = quant.repack_int4(q, sc, mn)
+    assert r.shape == q.shape and not torch.equal(r, q)
+    view = r.reshape(3, 8, 4, 8, 4)  # block, unit, word, row, byte
+    for blk, unit, word, row in ((0, 0, 0, 0), (1, 2, 3, 5), (2, 7, 1, 7)):
+        got = view[blk, unit, word, row]
+        assert torch.equal(got, q[8 * blk + row, 16 * unit + 4 * word : 16 * unit + 4 * word + 4])
+        for packed, stored in ((rs, sc), (rm, mn)):  # [block][group][row]
+            assert torch.equal(packed.reshape(3, 2, 8)[blk, unit // 4, row], stored[8 * blk + row, unit // 4])
+    back = quant.repack_int4(r, rs, rm, inverse=True)
+    assert all(torch.equal(a, b) for a, b in zip(back, (q, sc, mn), strict=True))
+
+
+@needs_kernels
+@needs_repack
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_repacked_int4_has_the_stored_layouts_bits(group, threads):
+    # the one-row kernel on repacked weights (4 distant blocks of 8 rows at once, then the blocks left over one
+    # by one) and the many-row unpack from them give every output bit for bit as the stored layout does.
+    # N = 8: one block; 40: one group of 4 + 1; 104: three + 1; 768: 24 groups
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for N in (8, 40, 104, 768):
+            torch.manual_seed(N)
+            lin = torch.nn.Linear(256, N)
+            a, b = (quant.QuantLinear.from_linear(lin, 4, group) for _ in range(2))
+            assert b.pack_for_kernels() and b.repacked and not torch.equal(a.qweight, b.qweight)
+            with torch.no_grad():
+                for rows in (1, 5, 33):
+                    x = torch.randn(rows, 256)
+                    assert torch.equal(a(x), b(x)), (N, rows)
+            assert all(torch.equal(b.state_dict()[k], a.state_dict()[k]) for k in a.state_dict())
+            assert torch.equal(b.dequantize(), a.dequantize())
+            b.load_state_dict(a.state_dict())
+            assert not b.repacked and torch.equal(b.qweight, a.qweight) and torch.equal(b.scales, a.scales)
+    finally:
+        torch.set_num_threads(old)
+    # only int4 with whole blocks of 8 rows is repacked
+    assert not quant.QuantLinear.from_linear(torch.nn.Linear(256, 36), 4, 32).pack_for_kernels()
+    assert not quant.QuantLinear.from_linear(torch.nn.Linear(256, 64), 8, 32).pack_for_kernels()
+
+
 _ISA_CHECK = """
 import torch
 from phiforge.infer import kernels, quant
@@ -202,12 +255,16 @@ def test_native_decode_layer_matches_module_forward(bits):
         num_key_value_heads=2, max_position_embeddings=64,
     )  # fmt: skip
     model = quant.quantize_model(build(cfg, seed=1), bits, 64).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     prompt = [5, 17, 300, 42, 7]
     ids = Engine(model).generate([prompt], SamplingParams(max_new_tokens=6, ignore_eos=True))[0].tokens
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # repacked or not
     seq = prompt + ids
     cache = KVCache(cfg, 1, 64)
     dec = kernels.Phi3Decoder(model, cache)
     assert kernels.Phi3Decoder.supports(model, 1, False)
+    if bits == 4 and kernels.isa() != "scalar":  # the decoder repacked every int4 linear for its kernel
+        assert all(m.repacked for m in model.modules() if isinstance(m, quant.QuantLinear))
     ref_cache = KVCache(cfg, 1, 64)
     with torch.inference_mode():
         model(torch.tensor([prompt]), cache=cache)

@@ -235,7 +235,7 @@ static float dot_q(const uint8_t *w, const uint16_t *s, const uint16_t *m, const
  * and each group's scale costs one convert + one fma for 8 outputs. Per output the order is fixed, the same for
  * one activation row or many: each group's products exactly in int32, y = fma(isum[g], s[g] d[g], y) for
  * g = 0, 1, ..., then + the mins' share (mins_dot's order), + bias. One activation row reads the weights in place
- * (unpack8); more rows share an int8 copy of the block unpacked once per chunk of rows (8 K bytes per thread, in
+ * (unpack8; gemv4_il below when QuantLinear repacked them); more rows share an int8 copy of the block unpacked once per chunk of rows (8 K bytes per thread, in
  * L1/L2): the stored weights and their layout are untouched. PF_MR4 activation rows share each loaded weight
  * vector (register tile: PF_MR4 int16 + int32 + fp32 accumulators). */
 #ifndef PF_MR4
@@ -381,7 +381,7 @@ static inline void store8(float *y, const float *acc, const float *m8, const flo
  * block repeats row N-1 and drops it); vt: 8 K bytes (M > 1) */
 static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
                          const int8_t *xq, const float *d, const float *xs, int64_t M, int64_t i0, int64_t i1,
-                         int64_t r0, int64_t N, int64_t K, int64_t G, int8_t *vt) {
+                         int64_t r0, int64_t N, int64_t K, int64_t G, int8_t *vt, int il) {
     const int64_t ng = K / G, upg = G / 32;
     const uint8_t *wr[8];
     const uint16_t *sr[8], *mr[8];
@@ -395,7 +395,13 @@ static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m,
             _mm_prefetch((const char *)(s + (r0 + 8) * ng) + o, _MM_HINT_T0);
             _mm_prefetch((const char *)(m + (r0 + 8) * ng) + o, _MM_HINT_T0);
         }
-    scales8(sr, mr, ng, s8, m8);
+    if (il) /* repacked: [g][r] already */
+        for (int64_t i = 0; i < ng * 8; i += 8) {
+            _mm256_storeu_ps(s8 + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + r0 * ng + i))));
+            _mm256_storeu_ps(m8 + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + r0 * ng + i))));
+        }
+    else
+        scales8(sr, mr, ng, s8, m8);
     if (M == 1) {
         __m256 acc;
         if (upg == 1)
@@ -407,7 +413,15 @@ static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m,
         store8(y, o, m8, xs, b8, b != 0, 0, r0, N, ng);
         return;
     }
-    for (int64_t k = 0; k < K / 32; ++k) {
+    for (int64_t k = 0; il && k < K / 32; ++k) { /* repacked: unpack8's transpose is already done */
+        const uint8_t *wk = w + r0 * (K / 2) + k * 128;
+        for (int c = 0; c < 4; ++c) {
+            const __m256i p = _mm256_loadu_si256((const __m256i *)(wk + c * 32)), lo = _mm256_set1_epi8(0x0f);
+            _mm256_store_si256((__m256i *)(vt + k * 256 + c * 32), _mm256_and_si256(p, lo));
+            _mm256_store_si256((__m256i *)(vt + k * 256 + (c + 4) * 32), _mm256_and_si256(_mm256_srli_epi16(p, 4), lo));
+        }
+    }
+    for (int64_t k = 0; !il && k < K / 32; ++k) {
         if (PF_PREFETCH) { /* as tile4 does for one row: with a few rows the block's unpack is memory-bound too */
             _mm_prefetch((const char *)(wr[0] + 8 * (K / 2) + k * 128), _MM_HINT_T0);
             _mm_prefetch((const char *)(wr[0] + 8 * (K / 2) + k * 128 + 64), _MM_HINT_T0);
@@ -425,6 +439,98 @@ static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m,
         float o[PF_MR4][8]; /* constant indices only: acc stays in registers */
         for (int ii = 0; ii < PF_MR4; ++ii) _mm256_storeu_ps(o[ii], acc[ii]);
         for (int ii = 0; ii < PF_MR4 && i + ii < M; ++ii) store8(y, o[ii], m8, xs, b8, b != 0, i + ii, r0, N, ng);
+    }
+}
+
+/* int4 repacked for the kernels (quant.repack_int4, done by QuantLinear.pack_for_kernels): in each block of 8
+ * weight rows, 32-weight unit k is 128 contiguous bytes [c = 0..3][row r = 0..7][4 bytes], row r's packed word c
+ * in lane r (what unpack8's transpose produces), and the block's fp16 scales and mins are [g][r]. A unit is then
+ * 4 vector loads and no shuffles, a group's 8 scales one load, and a block one contiguous stream. One activation
+ * row works on PF_IL_NS blocks from PF_IL_NS distant parts of the matrix at once: one stream reads ~10-12 GB/s
+ * on this VM, several ~15. Cold weights, 1 thread, on the ~160M and Phi-3-mini shapes: 1.3-1.6x the stored
+ * layout's tile4 (RESULTS.md, eighth session). Per output the arithmetic and its order are tile4's and
+ * mins8's (the same bits). */
+#ifndef PF_IL_NS
+#define PF_IL_NS 4
+#endif
+/* mins8 over [g][r] fp16 mins, converted as they are read (the same order, the same bits) */
+static inline __m256 mins8h(const uint16_t *mb, const float *xs, int64_t ng) {
+    __m256 a[8];
+    for (int l = 0; l < 8; ++l) a[l] = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8)
+        for (int l = 0; l < 8; ++l)
+            a[l] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mb + (g + l) * 8))),
+                                   _mm256_set1_ps(xs[g + l]), a[l]);
+    __m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                             _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])));
+    for (; g < ng; ++g)
+        r = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mb + g * 8))), _mm256_set1_ps(xs[g]), r);
+    return r;
+}
+
+/* ns blocks (first rows r0[j]) of one activation row; N is a multiple of 8 (pack_for_kernels packs no other) */
+static inline __attribute__((always_inline)) void gemv4_il_blocks(const uint8_t *w, const uint16_t *s,
+                                                                  const uint16_t *m, const float *b, float *y,
+                                                                  const int8_t *xq, const float *d, const float *xs,
+                                                                  const int64_t *r0, int64_t K, int64_t G,
+                                                                  const int ns) {
+    const int64_t ng = K / G, upg = G / 32;
+    const __m256i lo = _mm256_set1_epi8(0x0f);
+    __m256 acc[PF_IL_NS];
+    for (int j = 0; j < ns; ++j) acc[j] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        __m256i isum[PF_IL_NS];
+        for (int j = 0; j < ns; ++j) isum[j] = _mm256_setzero_si256();
+        for (int64_t u = 0; u < upg; ++u) {
+            const int64_t k = g * upg + u;
+            __m256i pa[PF_IL_NS], pb[PF_IL_NS]; /* low and high nibbles: two dependency chains, not one */
+            for (int j = 0; j < ns; ++j) pa[j] = pb[j] = _mm256_setzero_si256();
+            for (int c = 0; c < 4; ++c) {
+                int32_t xa, xb;
+                memcpy(&xa, xq + k * 32 + 4 * c, 4);
+                memcpy(&xb, xq + k * 32 + 16 + 4 * c, 4);
+                const __m256i va = _mm256_set1_epi32(xa), vb = _mm256_set1_epi32(xb);
+                for (int j = 0; j < ns; ++j) {
+                    const __m256i p = _mm256_loadu_si256((const __m256i *)(w + r0[j] * (K / 2) + k * 128 + c * 32));
+                    pa[j] = dot4(pa[j], _mm256_and_si256(p, lo), va);
+                    pb[j] = dot4(pb[j], _mm256_and_si256(_mm256_srli_epi16(p, 4), lo), vb);
+                }
+            }
+            for (int j = 0; j < ns; ++j) /* AVX2: int16 sums, each half <= 4 x 2 x 15 x 127, together <= 30480 */
+                isum[j] = _mm256_add_epi32(isum[j], WIDEN4 ? _mm256_madd_epi16(_mm256_add_epi16(pa[j], pb[j]),
+                                                                               _mm256_set1_epi16(1))
+                                                           : _mm256_add_epi32(pa[j], pb[j]));
+        }
+        const __m256 dg = _mm256_set1_ps(d[g]);
+        for (int j = 0; j < ns; ++j) {
+            const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + r0[j] * ng + g * 8)));
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(sv, dg), acc[j]);
+        }
+    }
+    for (int j = 0; j < ns; ++j) { /* store8's sum */
+        __m256 v = _mm256_add_ps(acc[j], mins8h(m + r0[j] * ng, xs, ng));
+        if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + r0[j]));
+        _mm256_storeu_ps(y + r0[j], v);
+    }
+}
+
+static void gemv4_il(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
+                     const int8_t *xq, const float *d, const float *xs, int64_t N, int64_t K, int64_t G,
+                     int nthreads) {
+    /* PF_IL_NS regions of `per` blocks, the streams `per` blocks apart, then the blocks left over one by one.
+     * (Streams 32-128 blocks apart, or 2 or 6 of them, measured level within this VM's noise in a ~160M decode.) */
+    const int64_t nb = N / 8, per = nb / PF_IL_NS;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t i = 0; i < per + nb % PF_IL_NS; ++i) {
+        int64_t r0[PF_IL_NS];
+        if (i < per) {
+            for (int j = 0; j < PF_IL_NS; ++j) r0[j] = (j * per + i) * 8;
+            gemv4_il_blocks(w, s, m, b, y, xq, d, xs, r0, K, G, PF_IL_NS);
+        } else {
+            r0[0] = (PF_IL_NS * per + i - per) * 8;
+            gemv4_il_blocks(w, s, m, b, y, xq, d, xs, r0, K, G, 1);
+        }
     }
 }
 
@@ -504,7 +610,7 @@ static void qgemm8_tiles(const uint8_t *w, const uint16_t *s, const uint16_t *m,
  * threads; int8 below PF_Q8_TILE_ROWS rows is a dot_q per weight row (it stays in L1), int4 and more rows go through the
  * blocks/tiles, the activation rows in chunks that stay in L2 while every weight block passes over them. */
 void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
-           int64_t M, int64_t N, int64_t K, int64_t G, int bits, void *qscratch, int nthreads) {
+           int64_t M, int64_t N, int64_t K, int64_t G, int bits, int il, void *qscratch, int nthreads) {
     const int64_t ng = K / G, row_bytes = bits == 4 ? K / 2 : K;
 #ifdef PF_AVX2
     const int64_t mr = bits == 4 ? PF_MR4 : PF_MR, Mp = M > 1 ? (M + mr - 1) / mr * mr : M;
@@ -518,6 +624,10 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
     memset(d + M * ng, 0, (Mp - M) * ng * sizeof(float));
     memset(xs + M * ng, 0, (Mp - M) * ng * sizeof(float));
 #ifdef PF_AVX2
+    if (il && M == 1) {
+        gemv4_il(w, s, m, b, y, xq, d, xs, N, K, G, nthreads);
+        return;
+    }
     if (bits == 4 || M >= PF_Q8_TILE_ROWS) {
         const int64_t chunk = ((256 << 10) / K + mr - 1) / mr * mr; /* ~256 KB of int8 rows */
         for (int64_t i0 = 0; i0 < Mp; i0 += chunk) {
@@ -533,12 +643,14 @@ void qgemm(const float *x, const uint8_t *w, const uint16_t *s, const uint16_t *
                 int8_t *vt = M > 1 ? aligned_alloc(64, 8 * K) : 0;
 #pragma omp for schedule(static)
                 for (int64_t r0 = 0; r0 < N; r0 += 8)
-                    qgemm4_block(w, s, m, b, y, xq, d, xs, M, i0, i1, r0, N, K, G, vt);
+                    qgemm4_block(w, s, m, b, y, xq, d, xs, M, i0, i1, r0, N, K, G, vt, il);
                 free(vt);
             }
         }
         return;
     }
+#else
+    if (il) abort(); /* kernels.pack_int4 repacks only for AVX2 builds: a repacked weight here is a caller's bug */
 #endif
     (void)mr;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -663,14 +775,14 @@ typedef struct {
     const void *w;
     const uint16_t *s, *m;
     int64_t G;
-    int bits;
+    int bits, il;
 } Lin;
 
 static void matvec(const Lin *l, const float *x, float *y, int64_t N, int64_t K, void *qscratch, int nthreads) {
     if (l->bits == 32)
         gemv_f32(x, (const float *)l->w, 0, y, N, K, nthreads);
     else
-        qgemm(x, (const uint8_t *)l->w, l->s, l->m, 0, y, 1, N, K, l->G, l->bits, qscratch, nthreads);
+        qgemm(x, (const uint8_t *)l->w, l->s, l->m, 0, y, 1, N, K, l->G, l->bits, l->il, qscratch, nthreads);
 }
 
 /* One Phi-3 decoder layer for a single token (batch 1, fp32), llama.cpp-style: everything between two
@@ -840,19 +952,19 @@ void phi3_decode_layer(float *x, const float *ln1, const float *wqkv, const floa
                        const float *wgu, const float *wdown, float *k_cache, float *v_cache, const float *cos,
                        const float *sin, int64_t pos, int64_t H, int64_t I, int64_t nh, int64_t nkv, int64_t hd,
                        int64_t rd, int64_t max_len, int64_t window, float eps, float *scratch, int nthreads) {
-    const Lin lin[4] = {{wqkv, 0, 0, 0, 32}, {wo, 0, 0, 0, 32}, {wgu, 0, 0, 0, 32}, {wdown, 0, 0, 0, 32}};
+    const Lin lin[4] = {{wqkv, 0, 0, 0, 32, 0}, {wo, 0, 0, 0, 32, 0}, {wgu, 0, 0, 0, 32, 0}, {wdown, 0, 0, 0, 32, 0}};
     decode_layer(x, ln1, lin, ln2, k_cache, v_cache, cos, sin, pos, H, I, nh, nkv, hd, rd, max_len, window, eps,
                  scratch, 0, nthreads);
 }
 
-/* The same layer over quantized linears: w/s/m hold (qkv, out, gate_up, down) in that order. */
+/* The same layer over quantized linears: w/s/m/il hold (qkv, out, gate_up, down) in that order (il: repacked) */
 void phi3_decode_layer_q(float *x, const float *ln1, const float *ln2, const void *const *w,
-                         const uint16_t *const *s, const uint16_t *const *m, int64_t G, int bits, float *k_cache,
+                         const uint16_t *const *s, const uint16_t *const *m, const int *il, int64_t G, int bits, float *k_cache,
                          float *v_cache, const float *cos, const float *sin, int64_t pos, int64_t H, int64_t I,
                          int64_t nh, int64_t nkv, int64_t hd, int64_t rd, int64_t max_len, int64_t window, float eps,
                          float *scratch, void *qscratch, int nthreads) {
     Lin lin[4];
-    for (int i = 0; i < 4; ++i) lin[i] = (Lin){w[i], s[i], m[i], G, bits};
+    for (int i = 0; i < 4; ++i) lin[i] = (Lin){w[i], s[i], m[i], G, bits, il[i]};
     decode_layer(x, ln1, lin, ln2, k_cache, v_cache, cos, sin, pos, H, I, nh, nkv, hd, rd, max_len, window, eps,
                  scratch, qscratch, nthreads);
 }

@@ -90,11 +90,11 @@ def library() -> ctypes.CDLL | None:
     f.argtypes = [ptr] * 4 + [i64] * 3 + [ctypes.c_int]
     f.restype = ctypes.c_int
     f = lib.qgemm
-    f.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_int, ptr, ctypes.c_int]
+    f.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_int, ctypes.c_int, ptr, ctypes.c_int]
     f.restype = None
     f = lib.phi3_decode_layer_q
     f.argtypes = (
-        [ptr] * 6 + [i64, ctypes.c_int] + [ptr] * 4 + [i64] * 9 + [ctypes.c_float, ptr, ptr, ctypes.c_int]
+        [ptr] * 7 + [i64, ctypes.c_int] + [ptr] * 4 + [i64] * 9 + [ctypes.c_float, ptr, ptr, ctypes.c_int]
     )
     f.restype = None
     return lib
@@ -140,12 +140,16 @@ class Phi3Decoder:
         if self.bits != 32:
             self.group = model.blocks[0].attn.qkv.group_size
             self.qscratch = qscratch(1, max(2 * hid, 2 * inter), self.group)
+            for q in model.modules():  # int4: the one-row kernel's layout, in place (state_dict unchanged)
+                if hasattr(q, "pack_for_kernels"):
+                    q.pack_for_kernels()
             for i, b in enumerate(model.blocks):
                 lins = (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)
                 arrays = [
                     (ctypes.c_void_p * 4)(*(getattr(q, k).data_ptr() for q in lins))
                     for k in ("qweight", "scales", "mins")
                 ]
+                arrays.insert(3, (ctypes.c_int * 4)(*(int(q.repacked) for q in lins)))
                 self.layers.append(
                     (b.norm1.weight.data_ptr(), b.norm2.weight.data_ptr(), *arrays)
                     + (cache.k[i, 0].data_ptr(), cache.v[i, 0].data_ptr())
@@ -206,7 +210,7 @@ class Phi3Decoder:
         c, s = cos[pos].data_ptr(), sin[pos].data_ptr()
         scratch, qs, nt = self.scratch.data_ptr(), self.qscratch.data_ptr(), torch.get_num_threads()
         f, G, bits = self.lib.phi3_decode_layer_q, self.group, self.bits
-        for ln1, ln2, w, sc, mn, k, v in self.layers:
+        for ln1, ln2, w, sc, mn, il, k, v in self.layers:
             f(
                 x.data_ptr(),
                 ln1,
@@ -214,6 +218,7 @@ class Phi3Decoder:
                 w,
                 sc,
                 mn,
+                il,
                 G,
                 bits,
                 k,
@@ -339,8 +344,9 @@ def qscratch(rows: int, k: int, group: int) -> torch.Tensor:
     return torch.empty(rows * k + 64 + 8 * rows * (k // group + 1), dtype=torch.uint8)
 
 
-def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor:
-    """x (..., K) fp32 -> (..., N) through the native int8/int4 kernel (quant.py holds the format)."""
+def qgemm(x, qweight, scales, mins, bias, bits: int, group: int, repacked: bool = False) -> torch.Tensor:
+    """x (..., K) fp32 -> (..., N) through the native int8/int4 kernel (quant.py holds the format; `repacked`:
+    int4 in quant.repack_int4's layout)."""
     lib = library()
     N, K = scales.shape[0], x.shape[-1]
     xc = x.reshape(-1, K).contiguous()
@@ -359,6 +365,7 @@ def qgemm(x, qweight, scales, mins, bias, bits: int, group: int) -> torch.Tensor
         K,
         group,
         bits,
+        int(repacked),
         scratch.data_ptr(),
         torch.get_num_threads(),
     )
