@@ -11,6 +11,7 @@ greedy decode (tokens/s from per-token timestamps over `--new` steps after the 3
 `--reps` processes per engine, [min-max].
 
     python benchmarks/bench_real.py [--threads 2] [--new 64] [--reps 3]
+        [--baseline DIR]   (DIR: another tree's src/, e.g. `git worktree add /tmp/base main` -> /tmp/base/src)
 """
 
 from __future__ import annotations
@@ -93,9 +94,13 @@ def run_llama_cpp(new: int, threads: int) -> dict:
     return {**llama_run(llm, short, new), "prefill_long_ms": llama_run(llm, long, 1)["prefill_ms"]}
 
 
-def worker(engine: str, threads: int, new: int) -> dict:
+def worker(engine: str, threads: int, new: int, src: str | None = None) -> dict:
+    import sys
+
     import torch
 
+    if src:  # --baseline: the phiforge of another source tree
+        sys.path.insert(0, src)
     torch.set_num_threads(threads)
     if engine.startswith("phiforge"):
         return run_phiforge(engine.split("-")[1], new)
@@ -110,10 +115,15 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64, help="decode steps timed")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument(
+        "--baseline",
+        help="also time phiforge-int4 from this src dir (e.g. main's), taking turns with the rest",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--src", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.threads, a.new)))
+        print(json.dumps(worker(a.worker, a.threads, a.new, a.src)))
         return
     engines = a.engines.split(",")
     try:
@@ -122,7 +132,10 @@ def main() -> None:
         engines = [e for e in engines if e != "llama.cpp"]
         print("llama.cpp: skipped (llama-cpp-python is not installed: pip install llama-cpp-python)")
     flags = ["--threads", str(a.threads), "--new", str(a.new)]
-    res = alternate(__file__, {e: [e, *flags] for e in engines}, a.reps)
+    runs = {e: [e, *flags] for e in engines}
+    if a.baseline:
+        runs["phiforge-base"] = ["phiforge-int4", *flags, "--src", a.baseline]
+    res = alternate(__file__, runs, a.reps)
     print(
         f"SmolLM2-135M-Instruct Q4_1 GGUF, {a.threads} thread(s), {a.new} new, medians of {a.reps} [min-max]"
     )
@@ -134,7 +147,7 @@ def main() -> None:
         "decode vs HF",
         "vs llama.cpp: pre512 decode",
     )
-    print(f"{head[0]:<15}" + "".join(f"{h:>22}" for h in head[1:]))
+    print(f"{head[0]:<15}" + "".join(f"{h:>22}" for h in head[1:-1]) + f"   {head[-1]}")
     ref, lcpp = res.get("transformers", [{}]), res.get("llama.cpp", [{}])
 
     def ratio(x: float | None, y: float | None) -> str:  # "-" where an engine was not measured
@@ -153,7 +166,7 @@ def main() -> None:
             f"{ratio(median(lcpp, 'prefill_long_ms'), median(runs, 'prefill_long_ms'))} "
             f"{ratio(dec, median(lcpp, 'decode_tps'))}",
         )
-        print(f"{e:<15}" + "".join(f"{c:>22}" for c in cells))
+        print(f"{e:<15}" + "".join(f"{c:>22}" for c in cells[:-1]) + f"   {cells[-1]:>27}")
     print(f"load average {os.getloadavg()}")
 
 

@@ -159,11 +159,14 @@ def decode_layout(model: Transformer) -> None:
 
 def use_native_gemv(model: Transformer) -> None:
     """Route no-grad fp32 linears past MKL (kernels.DecodeLinear: the native gemv for one row, oneDNN for
-    many); shapes and state_dict unchanged."""
+    many) and repack int4 weights for the native one-row kernel (quant.QuantLinear.pack_for_kernels: once
+    here, not on the first request); shapes and state_dict unchanged."""
     for mod in model.modules():
         if type(mod) is torch.nn.Linear:
             mod.__class__ = kernels.DecodeLinear
             mod.weight.data = mod.weight.data.contiguous()
+        elif hasattr(mod, "pack_for_kernels"):
+            mod.pack_for_kernels()
 
 
 class Engine:
