@@ -188,7 +188,8 @@ _TILE_CHECK = """
 import torch
 from phiforge.infer import kernels, quant
 for group in (32, 128):
-    for N, K, rows in ((37, 1024, (2, 7, 9, 33)), (8, 256, (3, 16)), (13, 8192, (41,))):  # 8192: 2 row chunks
+    # 8192: 2 row chunks; 104 = 13 blocks of 8 rows, repacked: streams of 6, 4 or 3 blocks and a rest
+    for N, K, rows in ((37, 1024, (2, 7, 9, 33)), (8, 256, (3, 16)), (13, 8192, (41,)), (104, 512, (1, 6))):
         torch.manual_seed(N + group)
         w, b = torch.randn(N, K) * 0.02, torch.randn(N)
         q, s, m = quant.quantize_weight(w, 4, group)
@@ -203,24 +204,28 @@ for group in (32, 128):
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
             for i in (0, M - 1):  # each row has the one-row path's bits
                 assert torch.equal(out[i : i + 1], kernels.qgemm(x[i : i + 1], q, s, m, b, 4, group)), (M, i)
+            if N % 8 == 0:  # and so has the repacked layout, one row or many
+                packed = quant.repack_int4(q, s, m)
+                for xr in (x[:1], x):
+                    assert torch.equal(kernels.qgemm(xr, *packed, b, 4, group, True), out[: len(xr)]), (N, M)
 print("ok")
 """
 
 
 @needs_kernels
 @pytest.mark.skipif(not _cpu_has("avx2", "fma", "f16c"), reason="the int4 tiles need AVX2")
-@pytest.mark.parametrize("mr", [2, 6, 8])
-def test_int4_tile_heights_equal_their_definition(mr, tmp_path):
+@pytest.mark.parametrize("flags", ["-DPF_MR4=2", "-DPF_MR4=6", "-DPF_MR4=8", "-DPF_IL_NS=3"])
+def test_int4_tile_heights_equal_their_definition(flags, tmp_path):
     # the int4 many-row tiles built with other activation-row heights (PF_MR4; the default 4 runs in-process
-    # above): odd M and N, partial blocks of 8 weight rows, both group sizes, and a row of any batch has the same
-    # bits as that row alone
+    # above) and the repacked one-row kernel with 3 streams (PF_IL_NS; default 2): odd M and N, partial blocks
+    # of 8 weight rows, both group sizes, and a row of any batch has the same bits as that row alone
     import os
     import subprocess
     import sys
 
     env = {
         **os.environ,
-        "PHIFORGE_KERNEL_FLAGS": f"-DPF_MR4={mr}",
+        "PHIFORGE_KERNEL_FLAGS": flags,
         "XDG_CACHE_HOME": str(tmp_path),
         "OMP_NUM_THREADS": "1",
     }

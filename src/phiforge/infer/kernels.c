@@ -446,12 +446,14 @@ static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m,
  * weight rows, 32-weight unit k is 128 contiguous bytes [c = 0..3][row r = 0..7][4 bytes], row r's packed word c
  * in lane r (what unpack8's transpose produces), and the block's fp16 scales and mins are [g][r]. A unit is then
  * 4 vector loads and no shuffles, a group's 8 scales one load, and a block one contiguous stream. One activation
- * row works on PF_IL_NS blocks from PF_IL_NS distant parts of the matrix at once: one stream reads ~10-12 GB/s
- * on this VM, several ~15. Cold weights, 1 thread, on the ~160M and Phi-3-mini shapes: 1.3-1.6x the stored
- * layout's tile4 (RESULTS.md, eighth session). Per output the arithmetic and its order are tile4's and
- * mins8's (the same bits). */
+ * row works on PF_IL_NS blocks from PF_IL_NS distant parts of the matrix at once: one stream read 8-12 GB/s on
+ * this VM, 8 streams 12-16. Cold weights, 1 thread, on the ~160M and Phi-3-mini shapes, the kernel alone:
+ * 1.3-1.5x the stored layout's tile4. In a whole decode (RESULTS.md, eighth session) 2 and 4 streams were level
+ * at 1 thread; at 2 threads 2 streams did better on the ~160M model (1.11-1.20x vs 1.03-1.06x the stored
+ * layout) and 4 on the Phi-3-mini slice (1.21x vs 1.14x); streams 32-128 blocks apart were no better.
+ * Per output the arithmetic and its order are tile4's and mins8's (the same bits). */
 #ifndef PF_IL_NS
-#define PF_IL_NS 4
+#define PF_IL_NS 2
 #endif
 /* mins8 over [g][r] fp16 mins, converted as they are read (the same order, the same bits) */
 static inline __m256 mins8h(const uint16_t *mb, const float *xs, int64_t ng) {
@@ -518,8 +520,7 @@ static inline __attribute__((always_inline)) void gemv4_il_blocks(const uint8_t 
 static void gemv4_il(const uint8_t *w, const uint16_t *s, const uint16_t *m, const float *b, float *y,
                      const int8_t *xq, const float *d, const float *xs, int64_t N, int64_t K, int64_t G,
                      int nthreads) {
-    /* PF_IL_NS regions of `per` blocks, the streams `per` blocks apart, then the blocks left over one by one.
-     * (Streams 32-128 blocks apart, or 2 or 6 of them, measured level within this VM's noise in a ~160M decode.) */
+    /* PF_IL_NS regions of `per` blocks, the streams `per` blocks apart, then the blocks left over one by one */
     const int64_t nb = N / 8, per = nb / PF_IL_NS;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t i = 0; i < per + nb % PF_IL_NS; ++i) {

@@ -109,14 +109,16 @@ def repack_int4(
     q = (N // 8, 8, half // 16, 4, 4)  # block, row, unit, word, byte
     sm = (N // 8, 8, ng)  # block, row, group
     if inverse:
-        return (
+        out = (
             qweight.reshape(N // 8, half // 16, 4, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, half),
             *(t.reshape(N // 8, ng, 8).transpose(1, 2).reshape(N, ng) for t in (scales, mins)),
         )
-    return (
-        qweight.reshape(q).permute(0, 2, 3, 1, 4).reshape(N, half),
-        *(t.reshape(sm).transpose(1, 2).reshape(N, ng) for t in (scales, mins)),
-    )
+    else:
+        out = (
+            qweight.reshape(q).permute(0, 2, 3, 1, 4).reshape(N, half),
+            *(t.reshape(sm).transpose(1, 2).reshape(N, ng) for t in (scales, mins)),
+        )
+    return tuple(t.contiguous() for t in out)  # one block (N = 8) reshapes to a transposed view
 
 
 class QuantLinear(nn.Module):
