@@ -212,3 +212,78 @@ def test_rows_decode_matches_each_row_alone(shape, bits):
     # most (row, step) pairs at fp32 rounding, none past a flip's size (a wrong slot or row is O(1) everywhere)
     errs.sort()
     assert errs[len(errs) // 2] < 1e-5 and errs[int(0.75 * len(errs))] < 1e-3 and errs[-1] < 0.1, errs
+
+
+@needs_cc
+@pytest.mark.parametrize(
+    ("shape", "bits"),
+    [
+        (dict(num_attention_heads=6, num_key_value_heads=2, partial_rotary_factor=0.75), 32),
+        (dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True, sliding_window=12), 32),
+        (dict(num_attention_heads=6, num_key_value_heads=2), 4),
+    ],
+)
+def test_rows_prefill_matches_full_forward(shape, bits):
+    """RowsDecoder.prefill (a prompt's tokens as rows, token t seeing slots <= t) in two chunks, the second at
+    slot 13: the last logits and every cached key and value as the PyTorch forward's, and decoding goes on from
+    that cache. The sliding window (12) is shorter than the prompt (21)."""
+    from phiforge.infer.quant import quantize_model
+    from phiforge.model import KVCache, ModelConfig, build
+
+    cfg = ModelConfig(
+        vocab_size=300, hidden_size=96, intermediate_size=160, num_hidden_layers=2, max_position_embeddings=128,
+        eos_token_id=None, pad_token_id=0, **shape,
+    )  # fmt: skip
+    model = build(cfg, seed=1).eval()
+    torch.manual_seed(1)  # the weights below do not depend on the tests run before in this process
+    for p in model.parameters():
+        p.data.normal_(0, 0.2) if p.dim() > 1 else p.data.uniform_(0.5, 1.5)
+    if bits != 32:
+        model = quantize_model(model, bits, 32)
+    seq = torch.randint(1, cfg.vocab_size, (1, 22), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = model(seq)[0]
+        ref, cache = KVCache(cfg, 1, 32), KVCache(cfg, 1, 32)
+        model(seq[:, :21], pos=0, cache=ref)
+        dec = kernels.RowsDecoder(model, cache)
+        dec.prefill(seq[0, :13], 0, "short")
+        got = dec.prefill(seq[0, 13:21], 13, "short")[0, 0]
+        step = kernels.Phi3Decoder(model, cache)(int(seq[0, 21]), 21, "short")[0, 0]
+    # int4: a 1e-7 difference upstream can flip an activation's int8 rounding, and attention carries that ~1e-2
+    # to the later slots; a wrong slot or a look past the causal edge is O(1)
+    tol = 1e-4 if bits == 32 else 0.1
+    for a, b in ((got, want[20]), (step, want[21])):
+        assert (a - b).abs().max() < tol * b.abs().max()
+    for a, b in ((cache.k, ref.k), (cache.v, ref.v)):
+        err = (a[:, :, :, :21] - b[:, :, :, :21]).abs().amax(dim=(0, 1, 2, 4))  # per slot
+        scale = b.abs().max()
+        assert err[0] < 1e-5 * scale and err.max() < tol * scale, err  # slot 0: no rounding to flip before it
+
+
+@needs_cc
+def test_engine_prefills_short_prompts_natively():
+    # greedy tokens the same with the native prefill and the PyTorch forward; a long prompt takes the forward
+    from phiforge.infer.engine import NATIVE_PREFILL_TOKENS, Engine
+    from phiforge.infer.sampling import SamplingParams
+    from phiforge.model import ModelConfig, build
+
+    cfg = ModelConfig(
+        vocab_size=300, hidden_size=96, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256, eos_token_id=None,
+    )  # fmt: skip
+    eng = Engine(build(cfg, seed=1))
+    assert eng.native_rows
+    calls = []
+    real = kernels.RowsDecoder.prefill
+    kernels.RowsDecoder.prefill = lambda self, *a: calls.append(a[0].shape[0]) or real(self, *a)
+    try:
+        for n in (5, NATIVE_PREFILL_TOKENS, NATIVE_PREFILL_TOKENS + 1):
+            prompt = torch.randint(1, 300, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+            p = SamplingParams(max_new_tokens=6, ignore_eos=True)
+            native = eng.generate([prompt], p)[0].tokens
+            eng.native_rows = False
+            assert eng.generate([prompt], p)[0].tokens == native
+            eng.native_rows = True
+    finally:
+        kernels.RowsDecoder.prefill = real
+    assert calls == [5, NATIVE_PREFILL_TOKENS]

@@ -169,6 +169,12 @@ def use_native_gemv(model: Transformer) -> None:
             mod.pack_for_kernels()
 
 
+# Prompts of up to this many tokens (one row, no padding) are prefilled as RowsDecoder rows: native calls between
+# the linears instead of ~30 PyTorch ops per layer (RESULTS.md, eighth session). Longer prompts are matmul-bound,
+# and the native attention's scores buffer grows with rows x slots.
+NATIVE_PREFILL_TOKENS = 64
+
+
 class Engine:
     def __init__(
         self, model: Transformer, tokenizer: Tokenizer | None = None, prefill_chunk: int | None = 2048
@@ -181,9 +187,11 @@ class Engine:
         self.cfg = model.cfg
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        self.native_rows = False  # short prompts through kernels.RowsDecoder.prefill
         if self.device.type == "cpu" and self.dtype == torch.float32:
             if kernels.library() is not None:
                 use_native_gemv(model)
+                self.native_rows = kernels.RowsDecoder.supports(model)
             else:
                 decode_layout(model)
 
@@ -346,6 +354,14 @@ class Engine:
         self, x: torch.Tensor, pos: int, cache: KVCache, pads: torch.Tensor | None, kind: str | None = None
     ) -> torch.Tensor:
         T = x.shape[1]
+        if (
+            pads is None
+            and x.shape[0] == 1
+            and pos + T <= NATIVE_PREFILL_TOKENS
+            and kind
+            and self.native_rows
+        ):
+            return kernels.RowsDecoder(self.model, cache).prefill(x[0], pos, kind)
         if pads is None:
             return self.model(x, pos=pos, cache=cache, last_only=True, rope_kind=kind)
         # left padding: per-row rotary positions and a mask hiding pad keys

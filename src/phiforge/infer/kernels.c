@@ -996,23 +996,25 @@ void rows_swiglu(const float *gu, float *act, int64_t B, int64_t I, int nthreads
  * query head attends over its row's slots [max(pads[b], pos + 1 - window), pos]. att: (B, nh hd). scores: B nh
  * (pos + 1) floats. */
 void rows_attention(float *qkv, const float *cos, const float *sin, float *k_cache, float *v_cache,
-                    int64_t row_stride, const int64_t *pads, int64_t pos, int64_t B, int64_t nh, int64_t nkv,
-                    int64_t hd, int64_t rd, int64_t max_len, int64_t window, float *att, float *scores,
-                    int nthreads) {
-    const int64_t half = rd / 2, group = nh / nkv, L = pos + 1, width = (nh + 2 * nkv) * hd;
+                    int64_t row_stride, const int64_t *pads, int64_t pos, int64_t step, int64_t B, int64_t nh,
+                    int64_t nkv, int64_t hd, int64_t rd, int64_t max_len, int64_t window, float *att,
+                    float *scores, int nthreads) {
+    /* row b goes to slot pos + b step of cache row b (row_stride apart): step 0 for B sequences' decode step,
+     * step 1 and row_stride 0 for one sequence's prompt chunk (row b then sees the slots up to its own) */
+    const int64_t half = rd / 2, group = nh / nkv, width = (nh + 2 * nkv) * hd, Lmax = pos + (B - 1) * step + 1;
     const float scale = 1.0f / sqrtf((float)hd);
     for (int64_t b = 0; b < B; ++b) {
         rope_store(qkv + b * width, cos + b * half, sin + b * half, k_cache + b * row_stride,
-                   v_cache + b * row_stride, pos, nh, nkv, hd, half, max_len);
+                   v_cache + b * row_stride, pos + b * step, nh, nkv, hd, half, max_len);
     }
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t bh = 0; bh < B * nh; ++bh) {
-        const int64_t b = bh / nh, head = bh % nh;
+        const int64_t b = bh / nh, head = bh % nh, L = pos + b * step + 1;
         int64_t t0 = pads[b];
         if (window > 0 && L - window > t0) t0 = L - window;
         const float *q = qkv + b * width + head * hd;
         const float *kc = k_cache + b * row_stride + (head / group) * max_len * hd;
         const float *vc = v_cache + b * row_stride + (head / group) * max_len * hd;
-        attend(q, kc, vc, t0, L, hd, scale, scores + bh * L, att + b * nh * hd + head * hd);
+        attend(q, kc, vc, t0, L, hd, scale, scores + bh * Lmax, att + b * nh * hd + head * hd);
     }
 }
