@@ -268,7 +268,7 @@ def test_native_decode_layer_matches_module_forward(bits):
     cache = KVCache(cfg, 1, 64)
     dec = kernels.Phi3Decoder(model, cache)
     assert kernels.Phi3Decoder.supports(model, 1, False)
-    if bits == 4 and kernels.isa() != "scalar":  # the decoder repacked every int4 linear for its kernel
+    if bits == 4 and kernels.isa() != "scalar":  # the Engine repacked every int4 linear for the kernel
         assert all(m.repacked for m in model.modules() if isinstance(m, quant.QuantLinear))
     ref_cache = KVCache(cfg, 1, 64)
     with torch.inference_mode():

@@ -153,14 +153,14 @@ static inline __m256 exp8(__m256 x) {
 }
 
 /* sum_g m[g] xs[g]: the mins' share of a row's dot product, 8 groups per step (int8's dot_q and tiles share it,
- * int4's mins8 sums in the same order: a row's result has the same bits whether it is decoded alone or in a batch) */
+ * int4's mins8_of sums in the same order: a row's result has the same bits whether it is decoded alone or in a batch) */
 static inline float mins_dot(const uint16_t *m, const float *xs, int64_t ng) {
     __m256 t = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 8 <= ng; g += 8)
         t = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g))), _mm256_loadu_ps(xs + g), t);
     float r = hsum8(t);
-    for (; g < ng; ++g) r = fmaf(h2f(m[g]), xs[g], r); /* fma, as mins8's vector tail */
+    for (; g < ng; ++g) r = fmaf(h2f(m[g]), xs[g], r); /* fma, as mins8_of's vector tail */
     return r;
 }
 #endif
@@ -348,24 +348,31 @@ static inline __attribute__((always_inline)) void tile4(const int8_t *vt, const 
     }
 }
 
-/* mins_dot for the 8 rows of a block at once, in mins_dot's order (lane l of mins_dot = a[l] here) */
-static inline __m256 mins8(const float *m8, const float *xs, int64_t ng) {
+/* 8 floats of [g][r] mins: fp32 (m8, converted per block) or fp16 (the repacked layout, converted as read) */
+static inline __attribute__((always_inline)) __m256 load_m8(const void *m, int64_t g, const int half) {
+    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)m + g * 8)))
+                : _mm256_loadu_ps((const float *)m + g * 8);
+}
+
+/* mins_dot for the 8 rows of a block at once, in mins_dot's order (lane l of mins_dot = a[l] here); the same
+ * sums and bits from either layout of the mins */
+static inline __attribute__((always_inline)) __m256 mins8_of(const void *m, const int half, const float *xs,
+                                                             int64_t ng) {
     __m256 a[8];
     for (int l = 0; l < 8; ++l) a[l] = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 8 <= ng; g += 8)
-        for (int l = 0; l < 8; ++l)
-            a[l] = _mm256_fmadd_ps(_mm256_loadu_ps(m8 + (g + l) * 8), _mm256_set1_ps(xs[g + l]), a[l]);
+        for (int l = 0; l < 8; ++l) a[l] = _mm256_fmadd_ps(load_m8(m, g + l, half), _mm256_set1_ps(xs[g + l]), a[l]);
     __m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
                              _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])));
-    for (; g < ng; ++g) r = _mm256_fmadd_ps(_mm256_loadu_ps(m8 + g * 8), _mm256_set1_ps(xs[g]), r);
+    for (; g < ng; ++g) r = _mm256_fmadd_ps(load_m8(m, g, half), _mm256_set1_ps(xs[g]), r);
     return r;
 }
 
 /* outputs of activation row i for the block's rows that exist */
 static inline void store8(float *y, const float *acc, const float *m8, const float *xs, const float *b8, int has_bias,
                           int64_t i, int64_t r0, int64_t N, int64_t ng) {
-    __m256 v = _mm256_add_ps(_mm256_loadu_ps(acc), mins8(m8, xs + i * ng, ng));
+    __m256 v = _mm256_add_ps(_mm256_loadu_ps(acc), mins8_of(m8, 0, xs + i * ng, ng));
     if (has_bias) v = _mm256_add_ps(v, _mm256_loadu_ps(b8));
     float *yr = y + i * N + r0;
     if (r0 + 8 <= N) {
@@ -451,29 +458,13 @@ static void qgemm4_block(const uint8_t *w, const uint16_t *s, const uint16_t *m,
  * 1.3-1.5x the stored layout's tile4. In a whole decode (RESULTS.md, eighth session) 2 and 4 streams were level
  * at 1 thread; at 2 threads 2 streams did better on the ~160M model (1.11-1.20x vs 1.03-1.06x the stored
  * layout) and 4 on the Phi-3-mini slice (1.21x vs 1.14x); streams 32-128 blocks apart were no better.
- * Per output the arithmetic and its order are tile4's and mins8's (the same bits). */
+ * Per output the arithmetic and its order are tile4's and mins8_of's (the same bits). */
 #ifndef PF_IL_NS
 #define PF_IL_NS 2
 #endif
 #ifndef PF_IL_PFD /* software prefetch this many bytes ahead in each stream (0: none). Whole decode, in process, */
 #define PF_IL_PFD 1024 /* over the stored layout, 1 thread: ~160M 1.11-1.14x -> 1.29-1.42x, Phi-3-mini slice 1.18x -> */
 #endif                 /* 1.40x; 2 threads: 1.10x -> 1.24x and level (RESULTS.md, eighth session) */
-/* mins8 over [g][r] fp16 mins, converted as they are read (the same order, the same bits) */
-static inline __m256 mins8h(const uint16_t *mb, const float *xs, int64_t ng) {
-    __m256 a[8];
-    for (int l = 0; l < 8; ++l) a[l] = _mm256_setzero_ps();
-    int64_t g = 0;
-    for (; g + 8 <= ng; g += 8)
-        for (int l = 0; l < 8; ++l)
-            a[l] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mb + (g + l) * 8))),
-                                   _mm256_set1_ps(xs[g + l]), a[l]);
-    __m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
-                             _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])));
-    for (; g < ng; ++g)
-        r = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mb + g * 8))), _mm256_set1_ps(xs[g]), r);
-    return r;
-}
-
 /* ns blocks (first rows r0[j]) of one activation row; N is a multiple of 8 (pack_for_kernels packs no other) */
 static inline __attribute__((always_inline)) void gemv4_il_blocks(const uint8_t *w, const uint16_t *s,
                                                                   const uint16_t *m, const float *b, float *y,
@@ -520,7 +511,7 @@ static inline __attribute__((always_inline)) void gemv4_il_blocks(const uint8_t 
         }
     }
     for (int j = 0; j < ns; ++j) { /* store8's sum */
-        __m256 v = _mm256_add_ps(acc[j], mins8h(m + r0[j] * ng, xs, ng));
+        __m256 v = _mm256_add_ps(acc[j], mins8_of(m + r0[j] * ng, 1, xs, ng));
         if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + r0[j]));
         _mm256_storeu_ps(y + r0[j], v);
     }

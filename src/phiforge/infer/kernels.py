@@ -140,15 +140,13 @@ class Phi3Decoder:
         if self.bits != 32:
             self.group = model.blocks[0].attn.qkv.group_size
             self.qscratch = qscratch(1, max(2 * hid, 2 * inter), self.group)
-            for q in model.modules():  # int4: the one-row kernel's layout, in place (state_dict unchanged)
-                if hasattr(q, "pack_for_kernels"):
-                    q.pack_for_kernels()
             for i, b in enumerate(model.blocks):
                 lins = (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)
                 arrays = [
                     (ctypes.c_void_p * 4)(*(getattr(q, k).data_ptr() for q in lins))
                     for k in ("qweight", "scales", "mins")
                 ]
+                # int4 repacked for the one-row kernel or not (the Engine repacks at load: engine.use_native_gemv)
                 arrays.insert(3, (ctypes.c_int * 4)(*(int(q.repacked) for q in lins)))
                 self.layers.append(
                     (b.norm1.weight.data_ptr(), b.norm2.weight.data_ptr(), *arrays)
