@@ -6,6 +6,11 @@ how fast the linear layers run at 32 rows relative to the whole one-row step, wh
 
     ratio = 32 * step(1) / step(32)  <=  bound = 32 * step(1) / linears(32)
 
+and, whatever the linear kernels, by the core's arithmetic peak (`arith_peak.c`: register-only loops of the
+instruction each kind's kernels are built on, fp32 FMA or int8 `maddubs` / VNNI `vpdpbusd`, on every thread):
+
+    hw bound = 32 * step(1) / (32 rows' multiply-adds / arithmetic peak)
+
 This prints, per kind (fp32, int4 g128) on the ~160M shapes (random weights), or for the installed SmolLM2-135M-Instruct
 (`--kinds smollm2`: int4 g32 with an int8 head, as imported), in one process, one thread by default:
 the one-row and 32-row decode steps (Engine.generate, per-token timestamps, medians; the 32-row one also without
@@ -29,6 +34,27 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def arith_peak(threads: int) -> dict[str, float]:
+    """{"fp32": GFLOP/s, "int8": GMAC/s[, "vnni": GMAC/s]} of `arith_peak.c` on `threads` threads; {} where it
+    cannot be built (no gcc, not x86-64). Same -march=native (and PHIFORGE_KERNEL_FLAGS) as the kernels."""
+    import os
+    import platform
+    import shutil
+    import subprocess
+
+    cc = os.environ.get("CC") or shutil.which("gcc")
+    if cc is None or platform.machine() not in ("x86_64", "AMD64"):
+        return {}
+    extra = os.environ.get("PHIFORGE_KERNEL_FLAGS", "").split()
+    with tempfile.TemporaryDirectory() as d:
+        exe = Path(d) / "arith_peak"
+        src = Path(__file__).with_name("arith_peak.c")
+        subprocess.run([cc, "-O2", "-march=native", *extra, "-fopenmp", str(src), "-o", str(exe)], check=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, env=env).stdout
+    return {line.split()[0]: float(line.split()[-1]) for line in out.splitlines()}
 
 
 def linears(model) -> list[tuple[torch.nn.Module, int, int]]:
@@ -104,7 +130,10 @@ def main() -> None:
     cfg = ModelConfig(
         max_position_embeddings=2048, eos_token_id=0, pad_token_id=0, bos_token_id=None, **MODELS["small"]
     )
+    ap = arith_peak(a.threads)
     print(f"torch {torch.__version__}, {a.threads} thread(s), fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    if ap:
+        print("arithmetic peak (arith_peak.c): " + ", ".join(f"{k} {v:.1f}" for k, v in ap.items()))
     print(f"{a.rows} rows vs 1, {a.new} new tokens, median of {a.reps}")
     print(f"'vs torch': the {a.rows}-row step with every op between the linears in PyTorch (no RowsDecoder)")
     head = (
@@ -118,8 +147,9 @@ def main() -> None:
         "peak",
         "bound",
         "vs torch",
+        "hw bound",
     )
-    print("{:7s} {:>9s} {:>10s} {:>6s} {:>8s} {:>9s} {:>6s} {:>5s} {:>6s} {:>8s}".format(*head))
+    print("{:7s} {:>9s} {:>10s} {:>6s} {:>8s} {:>9s} {:>6s} {:>5s} {:>6s} {:>8s} {:>8s}".format(*head))
     with tempfile.TemporaryDirectory() as d:
         for kind in a.kinds.split(","):
             engine = load(kind, Path(d), cfg)
@@ -130,9 +160,13 @@ def main() -> None:
             l1 = time_linears(engine.model, 1, a.reps)
             lb = time_linears(engine.model, a.rows, a.reps)
             flops = 2 * a.rows * sum(i * o for _, i, o in linears(engine.model))
+            # the least time the linears' arithmetic can take: fp32 FMAs, or int8 multiply-adds (int4 and int8
+            # weights meet int8 activations: maddubs on AVX2, vpdpbusd where the build has VNNI)
+            rate = ap.get("fp32", 0) * 1e9 if kind == "fp32" else ap.get("vnni", ap.get("int8", 0)) * 1e9 * 2
+            hw = f"{s1 * a.rows / (flops / rate):7.2f}x" if rate else "     n/a"
             print(
                 f"{kind:7s} {1e3 * s1:9.1f} {1e3 * sb:10.1f} {s1 * a.rows / sb:5.2f}x {1e3 * l1:8.1f} {1e3 * lb:9.1f}"
-                f" {flops / lb / 1e9:6.1f} {flops / lb / peak:5.0%} {s1 * a.rows / lb:5.2f}x {sp / sb:7.2f}x"
+                f" {flops / lb / 1e9:6.1f} {flops / lb / peak:5.0%} {s1 * a.rows / lb:5.2f}x {sp / sb:7.2f}x {hw}"
             )
 
 
