@@ -56,7 +56,11 @@ class Attention(nn.Module):
                 cfg.blocksparse_homo_head_pattern,
             )
 
-    def forward(self, x, cos, sin, pos: int, cache: KVCache | None, mask: torch.Tensor | None, pads=None):
+    def forward(
+        self, x, cos, sin, pos: int, cache: KVCache | None, mask: torch.Tensor | None, pads=None, last=False
+    ):
+        """`last`: only the last query's output, (B, 1, hidden); keys and values of every position still go to
+        the cache."""
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, self.nh + 2 * self.nkv, self.hd)
         if qkv.requires_grad and torch.is_grad_enabled():  # training: one gradient tensor (fused.py)
@@ -74,8 +78,12 @@ class Attention(nn.Module):
                 k, v = ck[:, :, : pos + T], cv[:, :, : pos + T]
         if self.sparse is not None:
             y = self._sparse_attention(q, k, v, pos, pads)
-            return self.out(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+            y = y[:, :, -1:] if last else y
+            return self.out(y.transpose(1, 2).reshape(B, y.shape[2], self.nh * self.hd))
         gqa = self.nkv != self.nh
+        if last and T > 1:  # the last query sees every key (causally): one decode-style query
+            q, T = q[:, :, -1:], 1
+            mask = mask[..., -1:, :] if mask is not None else None
         if T == 1 and not self.training:
             return self.out(self._decode_attention(q, k, v, mask).reshape(B, 1, self.nh * self.hd))
         if mask is None and T > 1 and pos > 0 and x.device.type == "cpu" and not self.training:
@@ -219,12 +227,17 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, pos, cache, mask, pads=None):
+    def forward(self, x, cos, sin, pos, cache, mask, pads=None, last=False):
+        """`last`: the output of the last position only (B, 1, hidden), as the last layer of a prefill needs:
+        every position's keys and values are cached, but one query, one row of the output projection and of
+        the MLP are computed (llama.cpp skips the same rows; 17-19% of a 4-layer Phi-3-mini slice's prefill)."""
+        y = x[:, -1:] if last else x
         if self.parallel:
             h = self.norm1(x)
-            return x + self.drop(self.attn(h, cos, sin, pos, cache, mask, pads)) + self.drop(self.mlp(h))
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, pos, cache, mask, pads))
-        return x + self.drop(self.mlp(self.norm2(x)))
+            a = self.attn(h, cos, sin, pos, cache, mask, pads, last)
+            return y + self.drop(a) + self.drop(self.mlp(h[:, -1:] if last else h))
+        y = y + self.drop(self.attn(self.norm1(x), cos, sin, pos, cache, mask, pads, last))
+        return y + self.drop(self.mlp(self.norm2(y)))
 
 
 class Transformer(nn.Module):
@@ -280,9 +293,9 @@ class Transformer(nn.Module):
             window = (k <= q) & (k > q - W)
             mask = window if mask is None else mask & window
         pads = self._pads(pos, T, positions, mask) if self.cfg.block_sparse else None
-        for block in self.blocks:
-            x = block(x, cos, sin, pos, cache, mask, pads)
-        if last_only:
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, pos, cache, mask, pads, last_only and i == len(self.blocks) - 1)
+        if last_only:  # (no layers: the embedding's last row)
             x = x[:, -1:]
         if targets is None:
             return self.logits(self.norm(x))
