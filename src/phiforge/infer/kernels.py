@@ -272,12 +272,15 @@ class RowsDecoder:
         T = ids.shape[0]
         scores = torch.empty(T * self.model.cfg.num_attention_heads * (pos + T))
         zeros = torch.zeros(T, dtype=torch.long)
-        x = self._layers(ids, pos, 1, torch.arange(pos, pos + T), zeros, kind, 0, scores)
-        return self.model.logits(self.model.norm(x[-1:])).view(1, 1, -1)
+        x = self._layers(ids, pos, 1, torch.arange(pos, pos + T), zeros, kind, 0, scores, last=True)
+        return self.model.logits(self.model.norm(x)).view(1, 1, -1)
 
-    def _layers(self, ids, pos: int, step: int, positions, pads, kind: str, row_stride: int, scores):
+    def _layers(
+        self, ids, pos: int, step: int, positions, pads, kind: str, row_stride: int, scores, last=False
+    ):
         """The residual stream (rows, H) after every block: row b at cache slot pos + b step, rotary position
-        positions[b], keys from slot pads[b] on."""
+        positions[b], keys from slot pads[b] on. `last`: after the last layer's attention (which caches every
+        row's keys and values) only the last row goes on, as in Transformer.forward(last_only=True)."""
         m, lib, eps = self.model, self.lib, self.model.cfg.norm_eps
         B = ids.shape[0]
         cos, sin = m.rope.get(int(positions.max()) + 1, kind, torch.device("cpu"), torch.float32)
@@ -292,6 +295,8 @@ class RowsDecoder:
             lib.rows_attention(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), self.cache.k[i].data_ptr(),
                                self.cache.v[i].data_ptr(), row_stride, pads.data_ptr(), pos, step, B, *self.dims,
                                att.data_ptr(), scores.data_ptr(), nt)  # fmt: skip
+            if last and i == len(m.blocks) - 1:
+                x, h, att, B = x[-1:], h[-1:], att[-1:], 1  # contiguous views: the buffers' last rows
             o = blk.attn.out(att)
             lib.rows_add_norm(x.data_ptr(), o.data_ptr(), blk.norm2.weight.data_ptr(), h.data_ptr(), B,
                               x.shape[1], eps)  # fmt: skip
