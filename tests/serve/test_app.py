@@ -243,7 +243,7 @@ def test_a_failing_step_fails_its_request_not_the_server(server, client, monkeyp
     def broken(*a, **kw):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(b, "model", broken)
+    monkeypatch.setattr(b.engine, "prefill", broken)  # admission prefills through the engine
     r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     assert "boom" in r.json()["error"]["message"]

@@ -342,6 +342,12 @@ class Engine:
         cache.v[:, :, :, : x.shape[1]] = part.v.index_select(1, rows)
         return logits.index_select(0, rows), cache
 
+    def prefill(self, ids: torch.Tensor, cache: KVCache, kind: str | None = None) -> torch.Tensor:
+        """Last-position logits (B, 1, V) of unpadded prompts ids (B, T), their keys and values written to
+        cache slots 0..T-1, as generate() prefills (in chunks; one short prompt natively). `kind`: the rotary
+        tables ("short"/"long"), by default those of the prompt's last position."""
+        return self._prefill(ids, cache, None, kind or self.model.rope.kind_for(ids.shape[1] - 1))
+
     def _prefill(self, x: torch.Tensor, cache: KVCache, pads: torch.Tensor | None, kind: str) -> torch.Tensor:
         """Last-position logits of x (from slot 0), fed `prefill_chunk` tokens at a time through the cache;
         every chunk uses the rope tables of the whole of x (LongRoPE picks them from its longest position)."""

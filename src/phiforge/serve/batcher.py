@@ -164,7 +164,7 @@ class Batcher:
         row, limit, gen = self._new_row(req)
         tmp = KVCache(self.cfg, 1, n, self.engine.device, self.engine.dtype)
         ids = torch.tensor([req.prompt], dtype=torch.long, device=self.engine.device)
-        logits = self.model(ids, pos=0, cache=tmp, last_only=True)[:, -1].float()
+        logits = self.engine.prefill(ids, tmp)[:, -1].float()  # the engine's path: native for short prompts
         self._make_room(n)
         i, S = len(self.live), self.S
         self.k[:, i, :, S - n : S] = tmp.k[:, 0]
