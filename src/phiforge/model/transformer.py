@@ -230,7 +230,7 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, pos, cache, mask, pads=None, last=False):
         """`last`: the output of the last position only (B, 1, hidden), as the last layer of a prefill needs:
         every position's keys and values are cached, but one query, one row of the output projection and of
-        the MLP are computed (llama.cpp skips the same rows; 17-19% of a 4-layer Phi-3-mini slice's prefill)."""
+        the MLP are computed (llama.cpp skips the same rows; a 4-layer Phi-3-mini slice's 512-token prefill: 1.20x)."""
         y = x[:, -1:] if last else x
         if self.parallel:
             h = self.norm1(x)
