@@ -235,6 +235,44 @@ def test_int4_tile_heights_equal_their_definition(flags, tmp_path):
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
 
 
+_QACT_CHECK = """
+import sys, torch
+from phiforge.infer import kernels, quant
+torch.manual_seed(0)
+outs = []
+for bits in (4, 8):
+    for group in (32, 64, 128):
+        for M in (1, 9):
+            q, s, m = quant.quantize_weight(torch.randn(40, 768) * 0.02, bits, group)
+            x = torch.randn(M, 768) * torch.logspace(-3, 2, 768)  # groups of very different ranges
+            x[0, :32] = 0.0  # an all-zero group: scale 0
+            outs.append(kernels.qgemm(x, q, s, m, None, bits, group))
+torch.save(outs, sys.argv[1])
+"""
+
+
+@needs_kernels
+@pytest.mark.skipif(not _cpu_has("avx2", "fma", "f16c"), reason="the vector quantizer is AVX2")
+def test_vector_activation_quantizer_has_the_scalar_bits(tmp_path):
+    # the AVX2 activation quantizer against the scalar loop it replaced (-DPF_QACT_SCALAR=1, its own build):
+    # every int4 / int8 output bit for bit
+    import os
+    import subprocess
+    import sys
+
+    outs = {}
+    for name, flags in (("vector", ""), ("scalar", "-DPF_QACT_SCALAR=1")):
+        env = {**os.environ, "PHIFORGE_KERNEL_FLAGS": flags, "XDG_CACHE_HOME": str(tmp_path / name)}
+        f = tmp_path / f"{name}.pt"
+        p = subprocess.run(
+            [sys.executable, "-c", _QACT_CHECK, str(f)], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        outs[name] = torch.load(f)
+    assert len(outs["vector"]) == 12
+    assert all(torch.equal(a, b) for a, b in zip(outs["vector"], outs["scalar"], strict=True))
+
+
 def test_quantize_model_replaces_every_linear_and_the_embedding():
     model = quant.quantize_model(build(get_preset("tiny"), seed=0), 4, 64)
     assert not [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]

@@ -82,18 +82,62 @@ static inline float h2f(uint16_t h) {
 #endif
 }
 
+#ifndef PF_QACT_SCALAR /* 1: the scalar activation quantizer on AVX2 builds too (the tests compare the two) */
+#define PF_QACT_SCALAR 0
+#endif
+
+#if defined(PF_AVX2) && !PF_QACT_SCALAR
+/* one group of 32k activations: the scalar loop's bits (max is exact in any order and, like fmaxf, skips a
+ * NaN |x|; cvtps rounds to nearest-even as nearbyintf does in the default mode; the sum is exact). In a one-row
+ * int4 decode the scalar loop, one fmaxf call per activation, ran on the critical path before every matvec. */
+static float quantize_group32(const float *xg, int8_t *xq, int64_t G, int32_t *sum) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int64_t j = 0; j < G; j += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(xg + j)), m);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    const float dd = amax / 127.f, id = dd > 0.f ? 1.f / dd : 0.f;
+    const __m256 iv = _mm256_set1_ps(id);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undo the packs' per-lane interleave */
+    __m256i s = _mm256_setzero_si256();
+    for (int64_t j = 0; j < G; j += 32) {
+        __m256i v[4];
+        for (int t = 0; t < 4; ++t) {
+            v[t] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + j + 8 * t), iv));
+            s = _mm256_add_epi32(s, v[t]);
+        }
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)(xq + j), _mm256_permutevar8x32_epi32(p, order));
+    }
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    *sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1)));
+    return dd;
+}
+#endif
+
 /* x (K) -> xq (K), d (ng), xs (ng), groups of G */
 static void quantize_act(const float *x, int8_t *xq, float *d, float *xs, int64_t K, int64_t G) {
     for (int64_t g = 0; g < K / G; ++g) {
         const float *xg = x + g * G;
-        float amax = 0.f;
-        for (int64_t j = 0; j < G; ++j) amax = fmaxf(amax, fabsf(xg[j]));
-        const float dd = amax / 127.f, id = dd > 0.f ? 1.f / dd : 0.f;
         int32_t sum = 0;
-        for (int64_t j = 0; j < G; ++j) {
-            const int v = (int)nearbyintf(xg[j] * id);
-            xq[g * G + j] = (int8_t)v;
-            sum += v;
+        float dd;
+#if defined(PF_AVX2) && !PF_QACT_SCALAR
+        if (G % 32 == 0) {
+            dd = quantize_group32(xg, xq + g * G, G, &sum);
+        } else
+#endif
+        {
+            float amax = 0.f;
+            for (int64_t j = 0; j < G; ++j) amax = fmaxf(amax, fabsf(xg[j]));
+            dd = amax / 127.f;
+            const float id = dd > 0.f ? 1.f / dd : 0.f;
+            for (int64_t j = 0; j < G; ++j) {
+                const int v = (int)nearbyintf(xg[j] * id);
+                xq[g * G + j] = (int8_t)v;
+                sum += v;
+            }
         }
         d[g] = dd;
         xs[g] = dd * (float)sum;
