@@ -2,7 +2,8 @@
  *
  *   fp32: vfmadd231ps ymm, 10 independent accumulators (8 multiply-adds each)
  *   int8: vpmaddubsw + vpaddw ymm, 8 chains (32 u8 x s8 multiply-adds each): the AVX2 int4/int8 kernels' inner op
- *   vnni: vpdpbusd ymm, 8 chains (32 multiply-adds each), where the compiler targets AVX-VNNI or AVX-512 VNNI
+ *   vnni: vpdpbusd ymm, 8 chains (32 multiply-adds each), where the target has what the kernels' VNNI path
+ *         needs (AVX-512 VNNI + VL + BW; an AVX-VNNI-only CPU runs the kernels' maddubs path)
  *
  * Each of T OpenMP threads runs the loop; prints "fp32 GFLOP/s", "int8 GMAC/s" and, where built, "vnni GMAC/s"
  * for all threads together (total work / wall time). Built and run by bench_batch.py (x86-64 only):
@@ -44,7 +45,7 @@ static void maddubs_loop(void) { /* the products into fresh registers, then an i
                                "xmm10", "xmm11");
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512BW__) /* kernels.c's PF_VNNI condition */
 #define HAVE_VNNI 1
 #include <immintrin.h>
 static volatile int vnni_sink;
