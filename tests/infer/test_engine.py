@@ -256,6 +256,25 @@ def test_chunked_prefill_equals_one_shot(model_factory):
         assert max(abs(p - q) for p, q in zip(ra.logprobs, rb.logprobs, strict=True)) < 1e-4
 
 
+def test_public_prefill_is_generates_and_refuses_bad_shapes(model_factory):
+    """Engine.prefill (the server's admission) is generate's prefill: the same logits and cache, the rotary
+    tables of the prompt's last position by default; shapes the cache cannot hold are one-line errors."""
+    from phiforge.model import KVCache
+
+    m = model_factory(longrope_cfg(), seed=3)
+    eng = Engine(m, prefill_chunk=7)
+    for n in (20, 40):  # below the LongRoPE switch at 32, past it: the default kind follows the prompt
+        x = torch.tensor([rand_prompt(n, seed=n)])
+        a, b = KVCache(m.cfg, 1, n), KVCache(m.cfg, 1, n)
+        want = eng._prefill(x, a, None, m.rope.kind_for(n - 1))
+        assert torch.equal(eng.prefill(x, b), want) and torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+    x = torch.tensor([rand_prompt(8, seed=1)])
+    for ids, cache in ((x, KVCache(m.cfg, 1, 4)), (x[:, :0], KVCache(m.cfg, 1, 8)), (x[0], KVCache(m.cfg, 1, 8)),
+                       (x.repeat(2, 1), KVCache(m.cfg, 1, 8))):  # fmt: skip
+        with pytest.raises(ValueError, match=r"prefill: ids must be \(rows, tokens\).*got shape"):
+            eng.prefill(ids, cache)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Stop ids
 

@@ -346,6 +346,16 @@ class Engine:
         """Last-position logits (B, 1, V) of unpadded prompts ids (B, T), their keys and values written to
         cache slots 0..T-1, as generate() prefills (in chunks; one short prompt natively). `kind`: the rotary
         tables ("short"/"long"), by default those of the prompt's last position."""
+        if (
+            ids.dim() != 2
+            or ids.shape[1] == 0
+            or ids.shape[1] > cache.max_len
+            or ids.shape[0] > cache.k.shape[1]
+        ):
+            raise ValueError(
+                f"prefill: ids must be (rows, tokens) with 1 <= tokens <= the cache's {cache.max_len} slots and "
+                f"rows <= its {cache.k.shape[1]} rows, got shape {tuple(ids.shape)}"
+            )
         return self._prefill(ids, cache, None, kind or self.model.rope.kind_for(ids.shape[1] - 1))
 
     def _prefill(self, x: torch.Tensor, cache: KVCache, pads: torch.Tensor | None, kind: str) -> torch.Tensor:
