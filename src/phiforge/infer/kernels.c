@@ -88,8 +88,9 @@ static inline float h2f(uint16_t h) {
 
 #if defined(PF_AVX2) && !PF_QACT_SCALAR
 /* one group of 32k activations: the scalar loop's bits (max is exact in any order and, like fmaxf, skips a
- * NaN |x|; cvtps rounds to nearest-even as nearbyintf does in the default mode; the sum is exact). In a one-row
- * int4 decode the scalar loop, one fmaxf call per activation, ran on the critical path before every matvec. */
+ * NaN |x|; cvtps rounds to nearest-even as nearbyintf does in the default mode; the sum is exact). A NaN
+ * activation itself becomes -128 here and 0 there: garbage either way. In a one-row int4 decode the scalar loop,
+ * one fmaxf call per activation, ran on the critical path before every matvec. */
 static float quantize_group32(const float *xg, int8_t *xq, int64_t G, int32_t *sum) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 m = _mm256_setzero_ps();
