@@ -256,7 +256,7 @@ def test_rows_prefill_matches_full_forward(shape, bits):
         assert (a - b).abs().max() < tol * b.abs().max()
     for a, b in ((cache.k, ref.k), (cache.v, ref.v)):
         err = (a[:, :, :, :21] - b[:, :, :, :21]).abs().amax(dim=(0, 1, 2, 4))  # per slot
-        scale = b.abs().max()
+        scale = b[:, :, :, :21].abs().max()  # written slots only: the rest is torch.empty's (NaN at times)
         assert err[0] < 1e-5 * scale and err.max() < tol * scale, err  # slot 0: no rounding to flip before it
 
 
